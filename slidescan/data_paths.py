@@ -1,0 +1,16 @@
+"""Where the real example data lives: ``$SLIDESCAN_DATA`` or ``../shared/data`` beside the checkout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_VAR = "SLIDESCAN_DATA"
+
+
+def shared_data_dir() -> Path:
+    """Return the real-data folder (it may not exist; callers decide what that means)."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
