@@ -1,0 +1,176 @@
+"""The ``slidescan`` command line: each command parses its options and calls one library function.
+
+Heavy modules (torch, openslide, zarr) are imported inside the commands, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from slidescan import RESEARCH_USE_NOTICE, __version__
+from slidescan.errors import SlidescanError
+
+app = typer.Typer(
+    help=(
+        "Find lymph-node metastases in H&E whole-slide images: tumour-probability heatmaps and "
+        f"per-slide calls. {RESEARCH_USE_NOTICE}"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Turn SlidescanError into one line on stderr and exit code 1 — never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SlidescanError as exc:
+            typer.echo(f"error: {one_line(exc)}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def one_line(exc: BaseException) -> str:
+    """The user-facing line of an error, also when a DataLoader worker re-raised it with a trace."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [ln for ln in text.splitlines() if ln.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"slidescan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=version_callback, is_eager=True, help="Print version."),
+    ] = False,
+) -> None:
+    """slidescan command line."""
+
+
+DataArg = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Patch data: Kaggle folder (train_labels.csv + train/), PatchCamelyon .h5 files or "
+        "folder, or class folders 0/1 (normal/tumor). Several are concatenated.",
+        show_default=False,
+    ),
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option(help="Weights file (default: the shipped pcamnet-s weights).", show_default=False),
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")]
+WorkersOpt = Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")]
+ResizeOpt = Annotated[
+    bool, typer.Option("--resize", help="Centre-crop and resize images that are not 96×96 RGB.")
+]
+
+
+@app.command()
+@user_errors
+def train(
+    data: DataArg,
+    out: Annotated[
+        Path, typer.Option(help="Weights file to write (best validation epoch).")
+    ] = Path("slidescan-model.pt"),
+    model: Annotated[
+        str, typer.Option(help="Architecture (see `slidescan models`).")
+    ] = "pcamnet-s",
+    val: Annotated[
+        list[Path] | None,
+        typer.Option(help="Validation data; default: hold out --val-fraction of DATA."),
+    ] = None,
+    val_fraction: Annotated[float, typer.Option(help="Held-out fraction without --val.")] = 0.2,
+    split: Annotated[
+        str, typer.Option(help="Split to read from folders that have several.")
+    ] = "train",
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(min=1, help="Patches per step.")] = 100,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="Adam L2 weight decay.")] = 0.0,
+    schedule: Annotated[
+        str, typer.Option(help="Learning-rate schedule: cosine (with warm-up) or constant.")
+    ] = "cosine",
+    augment: Annotated[
+        bool, typer.Option(help="Dihedral flips/rotations and HED stain jitter.")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and augmentation.")] = 0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run of the same settings.")
+    ] = False,
+    resize: ResizeOpt = False,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = 2,
+) -> None:
+    """Train a patch classifier and write a weights file with its model card."""
+    from slidescan.patch_data import open_patch_datasets
+    from slidescan.trainer import TrainConfig
+    from slidescan.trainer import train as run_training
+
+    if schedule not in ("cosine", "constant"):
+        raise SlidescanError(f"--schedule must be cosine or constant, got {schedule!r}")
+    train_data = open_patch_datasets(data, split=split, resize=resize)
+    val_data = open_patch_datasets(val, split="valid", resize=resize) if val else None
+    cfg = TrainConfig(
+        model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        schedule=schedule, val_fraction=val_fraction, augment=augment, seed=seed,
+        workers=workers, device=device,
+    )  # fmt: skip
+    description = train_data.description
+    if val_data is not None:
+        description += f"; validation: {val_data.description}"
+    typer.echo(f"training {model} on {description}", err=True)
+    result = run_training(
+        train_data, out, cfg, val_data=val_data, resume=resume, data_description=description,
+        command="slidescan " + shlex.join(sys.argv[1:]),
+    )  # fmt: skip
+    m = result.metrics
+    typer.echo(
+        f"best epoch {result.best_epoch}: val AUC {m['auc']:.4f}, accuracy {m['accuracy']:.4f} "
+        f"at threshold {m['threshold']:.3f}; {result.seconds:.0f} s; weights: {result.weights}"
+    )
+
+
+@app.command()
+@user_errors
+def models() -> None:
+    """List the model architectures: name, parameter count, input size."""
+    from slidescan.models import DEFAULT_MODEL, count_parameters, create_model, list_models
+
+    for spec in list_models():
+        n = count_parameters(create_model(spec.name))
+        mark = " (default)" if spec.name == DEFAULT_MODEL else ""
+        typer.echo(
+            f"{spec.name:<12} {n:>12,} params  input {spec.input_size}×{spec.input_size}  "
+            f"{spec.description}{mark}"
+        )
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=None, allow_nan=True))

@@ -1,0 +1,46 @@
+"""Device choice and the per-device details: AMP and pinned memory on CUDA, fp32 elsewhere."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from slidescan.errors import SlidescanError
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit name must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SlidescanError(
+            f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SlidescanError("--device cuda was asked for but no CUDA GPU is available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SlidescanError("--device mps was asked for but MPS is not available")
+    return device
+
+
+def pin_memory(device: torch.device) -> bool:
+    """Pinned host memory only pays (and only works) for CUDA transfers."""
+    return device.type == "cuda"
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device) -> Iterator[None]:
+    """Mixed precision on CUDA; fp32 elsewhere (bf16 on CPUs without bf16 units is far slower)."""
+    if device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.float16):
+            yield
+    else:
+        yield

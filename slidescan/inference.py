@@ -1,0 +1,51 @@
+"""Run a patch model over uint8 batches on a device: where pixels become probabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from slidescan.augment import dihedral
+from slidescan.device import autocast
+from slidescan.weights import ModelCard
+
+
+class Normalizer:
+    """uint8 N×3×H×W on the host → normalised float on ``device`` (channels-last: fastest)."""
+
+    def __init__(self, card: ModelCard, device: torch.device) -> None:
+        self.device = device
+        self.mean = torch.tensor(card.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(card.std, device=device).view(1, 3, 1, 1)
+
+    def __call__(self, batch: Tensor, augment: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Normalise ``batch``; ``augment`` (training only) acts on float RGB in [0, 1] first."""
+        # Copy uint8 (4× fewer bytes than float) and convert on the device.
+        x = batch.to(self.device, non_blocking=True).float().div_(255.0)
+        if augment is not None:
+            x = augment(x)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move to ``device`` in channels-last layout and eval mode."""
+    return model.to(device, memory_format=torch.channels_last).eval()
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: Tensor, *, tta: bool = False) -> Tensor:
+    """Logits for a normalised batch; with ``tta`` the mean logit over the 8 dihedral transforms."""
+    with autocast(x.device):
+        if not tta:
+            return model(x).float()
+        return torch.stack([model(dihedral(x, k)).float() for k in range(8)]).mean(0)
+
+
+def predict_probs(
+    model: nn.Module, batch: Tensor, normalizer: Normalizer, *, tta: bool = False
+) -> Tensor:
+    """Tumour probabilities (CPU float32) for a uint8 batch."""
+    return torch.sigmoid(predict_logits(model, normalizer(batch), tta=tta)).cpu()

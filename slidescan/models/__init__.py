@@ -1,0 +1,22 @@
+"""Patch classifiers: each maps a normalised N×3×H×W RGB batch to one tumour logit per patch."""
+
+from slidescan.models.registry import (
+    ModelSpec,
+    count_parameters,
+    create_model,
+    get_spec,
+    list_models,
+    register_model,
+)
+
+DEFAULT_MODEL = "pcamnet-s"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ModelSpec",
+    "count_parameters",
+    "create_model",
+    "get_spec",
+    "list_models",
+    "register_model",
+]

@@ -1,0 +1,293 @@
+"""Train a patch classifier: labelled patches in, a slidescan weights file (with its card) out."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from slidescan.augment import augment_batch
+from slidescan.device import autocast, pin_memory, select_device
+from slidescan.errors import SlidescanError
+from slidescan.inference import Normalizer, predict_probs, prepare_model
+from slidescan.metrics import best_threshold, binary_metrics
+from slidescan.models import DEFAULT_MODEL, count_parameters, create_model
+from slidescan.weights import ModelCard, save_weights
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; defaults follow the tutorial where it spoke (Adam, BCE, 10×100, 20%)."""
+
+    model: str = DEFAULT_MODEL
+    model_config: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    val_fraction: float = 0.2
+    augment: bool = True
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+
+
+@dataclass
+class TrainResult:
+    """Where the weights went and how the best epoch did on validation."""
+
+    weights: Path
+    best_epoch: int
+    metrics: dict[str, Any]
+    history: list[dict[str, float]]
+    seconds: float
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random (train, val) index split holding out ``fraction`` of ``n`` items."""
+    if not 0 < fraction < 1:
+        raise SlidescanError(f"validation fraction must be between 0 and 1, got {fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(n * fraction))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def channel_stats(
+    dataset: Dataset, n: int = 2000, seed: int = 0
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of RGB in [0, 1] over a seeded sample of ``n`` patches."""
+    size = len(dataset)  # type: ignore[arg-type]
+    idx = np.random.default_rng(seed).choice(size, size=min(n, size), replace=False)
+    pixels = torch.stack([dataset[int(i)][0] for i in idx]).float().div_(255.0)
+    mean = pixels.mean(dim=(0, 2, 3))
+    std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std]
+
+
+def _labels_of(dataset: Any, indices: np.ndarray | None) -> np.ndarray:
+    labels = np.asarray(dataset.labels)
+    return labels if indices is None else labels[indices]
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+
+
+def predict_dataset(
+    model: nn.Module,
+    dataset: Dataset,
+    normalizer: Normalizer,
+    *,
+    batch_size: int = 256,
+    workers: int = 2,
+    tta: bool = False,
+    desc: str = "predict",
+) -> np.ndarray:
+    """Probabilities for every item of a (uint8 patch, label) dataset, in order."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=pin_memory(normalizer.device),
+        persistent_workers=False,
+    )
+    out = []
+    for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
+        out.append(predict_probs(model, images, normalizer, tta=tta).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def _lr_factor(schedule: str, step: int, total: int) -> float:
+    if schedule == "constant":
+        return 1.0
+    warmup = min(100, total // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def resume_path(out: Path) -> Path:
+    """The checkpoint written beside ``out`` after every epoch, for ``--resume``."""
+    return out.with_name(out.name + ".resume")
+
+
+def train(
+    train_data: Dataset,
+    out: Path,
+    cfg: TrainConfig,
+    *,
+    val_data: Dataset | None = None,
+    resume: bool = False,
+    data_description: str = "",
+    command: str = "",
+) -> TrainResult:
+    """Train ``cfg.model`` on ``train_data``; keep the best-AUC epoch's weights at ``out``."""
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    device = select_device(cfg.device)
+    if val_data is None:
+        train_idx, val_idx = split_holdout(len(train_data), cfg.val_fraction, cfg.seed)  # type: ignore[arg-type]
+        train_labels = _labels_of(train_data, train_idx)
+        val_labels = _labels_of(train_data, val_idx)
+        val_data = Subset(train_data, val_idx.tolist())
+        train_data = Subset(train_data, train_idx.tolist())
+    else:
+        train_labels = _labels_of(train_data, None)
+        val_labels = _labels_of(val_data, None)
+    for name, labels in (("training", train_labels), ("validation", val_labels)):
+        if len(np.unique(labels)) < 2 or labels.min() < 0:
+            raise SlidescanError(f"the {name} data needs labelled examples of both classes")
+
+    mean, std = channel_stats(train_data, seed=cfg.seed)
+    card = ModelCard(model=cfg.model, config=dict(cfg.model_config), mean=mean, std=std)  # type: ignore[arg-type]
+    model = prepare_model(create_model(cfg.model, **cfg.model_config), device)
+    normalizer = Normalizer(card, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    steps_per_epoch = max(1, len(train_data) // cfg.batch_size)  # type: ignore[arg-type]
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(cfg.schedule, s, total_steps)
+    )
+
+    first_epoch, best_auc, best_epoch, history = 0, -1.0, -1, []
+    best_metrics: dict[str, Any] = {}
+    ckpt_path = resume_path(out)
+    if resume:
+        if not ckpt_path.is_file():
+            raise SlidescanError(f"--resume: no checkpoint at {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if ckpt["config"] != _json_config(cfg):
+            raise SlidescanError(f"--resume: {ckpt_path} was written with different settings")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        first_epoch, best_auc, best_epoch = ckpt["epoch"] + 1, ckpt["best_auc"], ckpt["best_epoch"]
+        history, best_metrics = ckpt["history"], ckpt["best_metrics"]
+
+    n_params = count_parameters(model)
+    loss_fn = nn.BCEWithLogitsLoss()
+    for epoch in range(first_epoch, cfg.epochs):
+        # Per-epoch generators make shuffling and augmentation reproducible, even after --resume.
+        shuffle_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 500)
+        loader = DataLoader(
+            train_data,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=len(train_data) > cfg.batch_size,  # type: ignore[arg-type]
+            num_workers=cfg.workers,
+            pin_memory=pin_memory(device),
+            generator=shuffle_gen,
+            worker_init_fn=_seed_worker,
+        )
+        model.train()
+        seen, loss_sum, correct = 0, 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+        augment = partial(augment_batch, generator=aug_gen) if cfg.augment else None
+        for images, labels in bar:
+            x = normalizer(images, augment=augment)
+            y = labels.to(device, non_blocking=True).float()
+            with autocast(device):
+                logits = model(x)
+                loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            n = len(labels)
+            seen += n
+            loss_sum += float(loss.detach()) * n
+            correct += int(((logits.detach() > 0).float() == y).sum())
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+
+        model.eval()
+        probs = predict_dataset(model, val_data, normalizer, workers=cfg.workers, desc="validate")
+        threshold = best_threshold(val_labels, probs)
+        m = binary_metrics(val_labels, probs, threshold=threshold, n_bootstrap=200)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "val_auc": m.auc,
+            "val_accuracy": m.accuracy,
+            "val_nll": m.nll,
+            "threshold": threshold,
+        }
+        history.append(row)
+        tqdm.write(
+            f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
+            f"train acc {row['train_accuracy']:.3f} | val AUC {m.auc:.4f} "
+            f"acc {m.accuracy:.3f} (threshold {threshold:.2f})"
+        )
+        if m.auc > best_auc:
+            best_auc, best_epoch = m.auc, epoch + 1
+            best_metrics = m.to_dict()
+            card.threshold = float(threshold)
+            card.metrics = {"validation": best_metrics, "epoch": best_epoch}
+            card.training = {
+                "data": data_description,
+                "command": command,
+                "config": _json_config(cfg),
+                "n_train": len(train_data),  # type: ignore[arg-type]
+                "n_val": len(val_data),  # type: ignore[arg-type]
+                "parameters": n_params,
+                "device": str(device),
+            }
+            save_weights(out, model, card)
+        _save_checkpoint(
+            ckpt_path, model, optimizer, scheduler, cfg, epoch, best_auc, best_epoch,
+            history, best_metrics,
+        )  # fmt: skip
+
+    if ckpt_path.exists():
+        ckpt_path.unlink()
+    return TrainResult(out, best_epoch, best_metrics, history, time.perf_counter() - start)
+
+
+def _json_config(cfg: TrainConfig) -> dict[str, Any]:
+    raw = asdict(cfg)
+    raw.pop("workers")  # how many loader processes ran changes nothing about the result
+    raw.pop("device")
+    return raw
+
+
+def _save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    cfg: TrainConfig,
+    epoch: int,
+    best_auc: float,
+    best_epoch: int,
+    history: list[dict[str, float]],
+    best_metrics: dict[str, Any],
+) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "config": _json_config(cfg),
+        "epoch": epoch,
+        "best_auc": best_auc,
+        "best_epoch": best_epoch,
+        "history": history,
+        "best_metrics": best_metrics,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

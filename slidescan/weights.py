@@ -1,0 +1,116 @@
+"""Weights files: the state dict plus the model card that says how to use it.
+
+A weights file is a ``torch.save``d dict with plain types only, so it loads with
+``torch.load(weights_only=True)`` — arbitrary pickled objects are never executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slidescan.errors import SlidescanError
+from slidescan.models import create_model
+
+FORMAT = "slidescan-weights"
+FORMAT_VERSION = 1
+PCAM_MPP = 0.972  # PatchCamelyon: level 2 of Camelyon16 slides scanned at ~0.243 µm/px
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "pcamnet-s.pt"
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to use a trained model correctly, stored inside its weights file."""
+
+    model: str
+    config: dict[str, Any] = field(default_factory=dict)
+    input_size: int = 96
+    mpp: float = PCAM_MPP
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    threshold: float = 0.5
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    slidescan_version: str = ""
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-run model (eval mode) with its card and the file's SHA-256."""
+
+    model: nn.Module
+    card: ModelCard
+    sha256: str
+    path: Path | None
+
+
+def save_weights(path: Path, model: nn.Module, card: ModelCard) -> None:
+    """Write ``model``'s weights with ``card`` atomically (temp file, then rename)."""
+    from slidescan import __version__
+
+    card.slidescan_version = card.slidescan_version or __version__
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "card": asdict(card),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file (recorded in every heatmap for provenance)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _card_from_dict(raw: dict[str, Any]) -> ModelCard:
+    known = ModelCard.__dataclass_fields__
+    card = ModelCard(**{k: v for k, v in raw.items() if k in known})
+    card.mean = tuple(card.mean)  # type: ignore[assignment]
+    card.std = tuple(card.std)  # type: ignore[assignment]
+    return card
+
+
+def load_weights(path: Path | None = None) -> LoadedModel:
+    """Load a slidescan weights file (default: the shipped model) into an eval-mode model.
+
+    Raises SlidescanError for a missing file, a file that is not a slidescan model, or weights
+    that do not fit the architecture named in the card.
+    """
+    path = Path(path) if path is not None else SHIPPED_WEIGHTS
+    if not path.is_file():
+        raise SlidescanError(f"{path}: weights file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure means: not ours
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise SlidescanError(f"{path}: not a slidescan weights file ({reason})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise SlidescanError(f"{path}: not a slidescan weights file (no slidescan model card)")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise SlidescanError(
+            f"{path}: weights format {payload['format_version']} is newer than this slidescan "
+            f"understands ({FORMAT_VERSION}); upgrade slidescan"
+        )
+    card = _card_from_dict(payload["card"])
+    model = create_model(card.model, **card.config)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise SlidescanError(f"{path}: weights do not fit model {card.model!r}: {first}") from None
+    model.eval()
+    return LoadedModel(model=model, card=card, sha256=file_sha256(path), path=path)
