@@ -174,3 +174,82 @@ def models() -> None:
 
 def _print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=None, allow_nan=True))
+
+
+@app.command()
+@user_errors
+def evaluate(
+    data: DataArg,
+    weights: WeightsOpt = None,
+    split: Annotated[
+        str, typer.Option(help="Split to read from folders that have several.")
+    ] = "valid",
+    tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 flips/rotations.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object only.")] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Folder for ROC, calibration, confusion and example-patch figures."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Patches per batch.")] = 256,
+    resize: ResizeOpt = False,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = 2,
+) -> None:
+    """Measure a model on labelled patches: AUC (95% CI), accuracy, sensitivity, specificity…"""
+    from slidescan.evaluation import evaluate as run_evaluation
+    from slidescan.evaluation import write_evaluation_report
+    from slidescan.metrics import format_metrics
+    from slidescan.patch_data import open_patch_datasets
+    from slidescan.weights import load_weights
+
+    loaded = load_weights(weights)
+    dataset = open_patch_datasets(data, split=split, resize=resize)
+    result = run_evaluation(
+        loaded, dataset, device=device, tta=tta, batch_size=batch_size, workers=workers
+    )
+    if report is not None:
+        title = f"{loaded.card.model} on {dataset.description}" + (" (TTA)" if tta else "")
+        write_evaluation_report(report, result, dataset, title)
+    if as_json:
+        _print_json(
+            {**result.metrics.to_dict(), "model": loaded.card.model, "tta": tta,
+             "data": dataset.description, "weights_sha256": loaded.sha256}
+        )  # fmt: skip
+        return
+    typer.echo(f"{loaded.card.model} on {dataset.description}" + (" with TTA" if tta else ""))
+    typer.echo(format_metrics(result.metrics))
+    if report is not None:
+        typer.echo(f"report written to {report}/")
+
+
+@app.command()
+@user_errors
+def predict(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Patch image files and/or folders (searched recursively).", show_default=False
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="CSV file to write.")] = Path("predictions.csv"),
+    weights: WeightsOpt = None,
+    kaggle: Annotated[
+        bool,
+        typer.Option("--kaggle", help="Kaggle submission format: id,label (label = probability)."),
+    ] = False,
+    tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 flips/rotations.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Patches per batch.")] = 256,
+    resize: ResizeOpt = False,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = 2,
+) -> None:
+    """Tumour probability for each patch image, written to a CSV."""
+    from slidescan.predict import predict_patches
+    from slidescan.weights import load_weights
+
+    loaded = load_weights(weights)
+    n = predict_patches(
+        loaded, inputs, out, kaggle=kaggle, tta=tta, batch_size=batch_size, resize=resize,
+        device=device, workers=workers,
+    )  # fmt: skip
+    typer.echo(f"{n} patches → {out}")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from slidescan.augment import dihedral
-from slidescan.device import autocast
+from slidescan.device import autocast, pin_memory
 from slidescan.weights import ModelCard
 
 
@@ -49,3 +52,27 @@ def predict_probs(
 ) -> Tensor:
     """Tumour probabilities (CPU float32) for a uint8 batch."""
     return torch.sigmoid(predict_logits(model, normalizer(batch), tta=tta)).cpu()
+
+
+def predict_dataset(
+    model: nn.Module,
+    dataset: Dataset,
+    normalizer: Normalizer,
+    *,
+    batch_size: int = 256,
+    workers: int = 2,
+    tta: bool = False,
+    desc: str = "predict",
+) -> np.ndarray:
+    """Probabilities for every item of a (uint8 patch, label) dataset, in order."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=pin_memory(normalizer.device),
+        persistent_workers=False,
+    )
+    out = []
+    for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
+        out.append(predict_probs(model, images, normalizer, tta=tta).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

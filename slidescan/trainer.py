@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from slidescan.augment import augment_batch
 from slidescan.device import autocast, pin_memory, select_device
 from slidescan.errors import SlidescanError
-from slidescan.inference import Normalizer, predict_probs, prepare_model
+from slidescan.inference import Normalizer, predict_dataset, prepare_model
 from slidescan.metrics import best_threshold, binary_metrics
 from slidescan.models import DEFAULT_MODEL, count_parameters, create_model
 from slidescan.weights import ModelCard, save_weights
@@ -83,30 +83,6 @@ def _labels_of(dataset: Any, indices: np.ndarray | None) -> np.ndarray:
 def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
-
-
-def predict_dataset(
-    model: nn.Module,
-    dataset: Dataset,
-    normalizer: Normalizer,
-    *,
-    batch_size: int = 256,
-    workers: int = 2,
-    tta: bool = False,
-    desc: str = "predict",
-) -> np.ndarray:
-    """Probabilities for every item of a (uint8 patch, label) dataset, in order."""
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=workers,
-        pin_memory=pin_memory(normalizer.device),
-        persistent_workers=False,
-    )
-    out = []
-    for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
-        out.append(predict_probs(model, images, normalizer, tta=tta).numpy())
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
 def _lr_factor(schedule: str, step: int, total: int) -> float:

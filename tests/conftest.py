@@ -1,4 +1,4 @@
-"""Shared fixtures. Real-data tests skip with a reason when the data is absent; .ci/run forbids that."""
+"""Shared fixtures. Real-data tests skip with a reason when the data is absent; CI forbids that."""
 
 from __future__ import annotations
 

@@ -1,0 +1,70 @@
+"""Judge a trained model on labelled patches: probabilities, metrics with CIs, report pictures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from slidescan.device import select_device
+from slidescan.inference import Normalizer, predict_dataset, prepare_model
+from slidescan.metrics import BinaryMetrics, binary_metrics
+from slidescan.patch_data import PatchDataset
+from slidescan.weights import LoadedModel
+
+
+@dataclass
+class Evaluation:
+    """Per-patch probabilities and the metrics at the model's own threshold."""
+
+    labels: np.ndarray
+    probs: np.ndarray
+    metrics: BinaryMetrics
+
+
+class PatchImages:
+    """Lazy HWC view of a patch dataset, so a report reads only the examples it shows."""
+
+    def __init__(self, dataset: PatchDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.dataset[int(i)][0].permute(1, 2, 0).numpy()
+
+
+def evaluate(
+    loaded: LoadedModel,
+    dataset: PatchDataset,
+    *,
+    device: str = "auto",
+    tta: bool = False,
+    batch_size: int = 256,
+    workers: int = 2,
+    n_bootstrap: int = 1000,
+) -> Evaluation:
+    """Run ``loaded`` over a labelled dataset and compute metrics at its card's threshold."""
+    torch_device = select_device(device)
+    model = prepare_model(loaded.model, torch_device)
+    normalizer = Normalizer(loaded.card, torch_device)
+    probs = predict_dataset(
+        model, dataset, normalizer, batch_size=batch_size, workers=workers, tta=tta,
+        desc="evaluate",
+    )  # fmt: skip
+    labels = np.asarray(dataset.labels)
+    metrics = binary_metrics(labels, probs, loaded.card.threshold, n_bootstrap=n_bootstrap)
+    return Evaluation(labels=labels, probs=probs, metrics=metrics)
+
+
+def write_evaluation_report(
+    out_dir: Path, result: Evaluation, dataset: PatchDataset, title: str
+) -> list[Path]:
+    """ROC, calibration, confusion-matrix and example-patch figures plus metrics.json."""
+    from slidescan.report import write_report
+
+    return write_report(
+        out_dir, result.labels, result.probs, result.metrics, PatchImages(dataset), title=title
+    )
