@@ -1,12 +1,23 @@
-"""Shared fixtures. Real-data tests skip with a reason when the data is absent; CI forbids that."""
+"""Shared fixtures. Real-data tests skip with a reason when the data is absent; CI forbids that.
+
+With ``SLIDESCAN_REQUIRE_DATA=1`` (set by ``.ci/run``) a missing data folder fails the test instead
+of skipping it, and any skipped test at all fails the session.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from slidescan.data_paths import ENV_VAR, shared_data_dir
+
+REQUIRE_ENV = "SLIDESCAN_REQUIRE_DATA"
+
+
+def _required() -> bool:
+    return os.environ.get(REQUIRE_ENV, "") not in ("", "0")
 
 
 @pytest.fixture(scope="session")
@@ -14,5 +25,20 @@ def data_dir() -> Path:
     """The real data folder (../shared/data or $SLIDESCAN_DATA); skips the test when absent."""
     path = shared_data_dir()
     if not (path / "pcam-jpeg").is_dir():
-        pytest.skip(f"real data not found at {path} (set {ENV_VAR} to the shared data folder)")
+        reason = f"real data not found at {path} (set {ENV_VAR} to the shared data folder)"
+        if _required():
+            pytest.fail(f"{reason}; {REQUIRE_ENV}=1 forbids skipping")
+        pytest.skip(reason)
     return path
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under SLIDESCAN_REQUIRE_DATA, a run that skipped anything is a failed run."""
+    if not _required():
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if skipped and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if reporter:
+            reporter.write_line(f"{skipped} test(s) skipped but {REQUIRE_ENV}=1: failing the run")
