@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from slidescan import RESEARCH_USE_NOTICE, __version__
-from slidescan.errors import SlidescanError
+from slidescan.errors import SlidescanError, one_line
 
 app = typer.Typer(
     help=(
@@ -46,15 +46,6 @@ def user_errors(func: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def one_line(exc: BaseException) -> str:
-    """The user-facing line of an error, also when a DataLoader worker re-raised it with a trace."""
-    text = str(exc)
-    if "Original Traceback" in text:
-        last = [ln for ln in text.splitlines() if ln.strip()][-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def version_callback(value: bool) -> None:
@@ -253,3 +244,126 @@ def predict(
         device=device, workers=workers,
     )  # fmt: skip
     typer.echo(f"{n} patches → {out}")
+
+
+@app.command()
+@user_errors
+def run(
+    input: Annotated[
+        Path,
+        typer.Argument(
+            help="A slide (any OpenSlide format: SVS, NDPI, MRXS, tiled TIFF…; or a PNG/JPEG/TIFF "
+            "image) or a directory of slides.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Heatmap X.zarr for one slide (default: <slide>.zarr); for a directory, the "
+            "output folder (default: slidescan-results/) with <slide>.zarr, <slide>.json and "
+            "summary.csv.",
+            show_default=False,
+        ),
+    ] = None,
+    weights: WeightsOpt = None,
+    mpp: Annotated[
+        float | None,
+        typer.Option(
+            help="Level-0 microns per pixel, for slides without it in their metadata "
+            "(0.25 ≈ 40×, 0.5 ≈ 20×); overrides the metadata.",
+            show_default=False,
+        ),
+    ] = None,
+    stride: Annotated[
+        int | None,
+        typer.Option(
+            min=8,
+            help="Grid step in model pixels (default: the patch size, 96 — non-overlapping "
+            "tiles: each tissue pixel is seen once, the most heatmap per unit of compute).",
+            show_default=False,
+        ),
+    ] = None,
+    min_tissue: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Tissue fraction a cell needs to be scanned.")
+    ] = 0.25,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Decision threshold for tiles and the slide call (default: the model's, "
+            "chosen on validation data).",
+            show_default=False,
+        ),
+    ] = None,
+    overlay: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the heatmap over a thumbnail: a PNG path for one slide, a folder for a "
+            "directory of slides.",
+            show_default=False,
+        ),
+    ] = None,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Average over the 8 flips/rotations (8× compute).")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Redo slides whose output already exists.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Patches per model batch.")] = 256,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = 2,
+) -> None:
+    """Scan slides: tissue mask, tile at the model's resolution, heatmap (zarr) and slide call.
+
+    One slide: `slidescan run slide.svs --out heatmap.zarr`. A directory: `slidescan run slides/
+    --out results/` — resumable (complete outputs are skipped), a failing slide is recorded in
+    summary.csv and the rest go on; the exit code is 1 when any slide failed.
+    """
+    from slidescan.batch import find_slides, run_batch
+    from slidescan.pipeline import Scanner, ScanOptions, describe, is_complete
+    from slidescan.weights import load_weights
+
+    if not input.exists():
+        raise SlidescanError(f"{input}: no such file or directory")
+    options = ScanOptions(
+        mpp=mpp, stride=stride, min_tissue=min_tissue, batch_size=batch_size, workers=workers,
+        device=device, tta=tta, overwrite=overwrite, threshold=threshold,
+    )  # fmt: skip
+    if input.is_dir():
+        out_dir = out or Path("slidescan-results")
+        slides = find_slides(input)
+        if not slides:
+            raise SlidescanError(f"{input}: no slide files found")
+        scanner = Scanner(load_weights(weights), options)
+
+        def report(outcome: Any) -> None:
+            if outcome.status == "failed":
+                typer.echo(f"{outcome.slide}: FAILED  {outcome.error}", err=True)
+            elif outcome.status == "skipped":
+                typer.echo(f"{outcome.slide}: already done (use --overwrite to redo)")
+
+        outcomes = run_batch(
+            slides, out_dir,
+            lambda s, h, o: _echo_result(scanner.scan(s, h, o), describe),
+            overwrite=overwrite, overlay_dir=overlay, on_outcome=report,
+        )  # fmt: skip
+        failed = sum(o.status == "failed" for o in outcomes)
+        typer.echo(
+            f"{len(outcomes) - failed}/{len(outcomes)} slides done, {failed} failed; "
+            f"summary: {out_dir / 'summary.csv'}"
+        )
+        if failed:
+            raise typer.Exit(1)
+        return
+    heatmap = out or Path(f"{input.stem}.zarr")
+    if heatmap.suffix != ".zarr":
+        raise SlidescanError(f"--out must end in .zarr for a single slide, got {heatmap}")
+    if is_complete(heatmap) and not overwrite:
+        raise SlidescanError(f"{heatmap} already exists (use --overwrite to redo it)")
+    scanner = Scanner(load_weights(weights), options)
+    _echo_result(scanner.scan(input, heatmap, overlay), describe)
+
+
+def _echo_result(result: Any, describe: Callable[[Any], str]) -> Any:
+    typer.echo(describe(result))
+    return result

@@ -1,4 +1,4 @@
-"""Where the real example data lives: ``$SLIDESCAN_DATA`` or ``../shared/data`` beside the checkout."""
+"""Where the real example data lives: ``$SLIDESCAN_DATA`` or ``../shared/data`` by the checkout."""
 
 from __future__ import annotations
 

@@ -3,3 +3,13 @@
 
 class SlidescanError(Exception):
     """A user-facing error: bad input, unreadable file, missing option. Message is one line."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The user-facing line of an error, also when a DataLoader worker re-raised it with a trace."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        # PyTorch wraps worker errors as "Caught X in DataLoader worker...\nOriginal Traceback..."
+        last = [ln for ln in text.splitlines() if ln.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0].strip() if text.strip() else type(exc).__name__

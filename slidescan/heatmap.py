@@ -91,6 +91,11 @@ class HeatmapWriter:
             {ATTR_FORMAT: FORMAT_NAME, ATTR_FORMAT_VERSION: FORMAT_VERSION, **extra}
         )
 
+    @property
+    def probability(self) -> np.ndarray:
+        """A copy of the whole in-memory probability grid (NaN where nothing was written)."""
+        return self._grid.copy()
+
     def write_tissue(self, tissue: np.ndarray) -> None:
         """Store the tissue mask: bool, or integers where nonzero means tissue.
 

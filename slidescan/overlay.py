@@ -21,16 +21,20 @@ Extent = tuple[float, float, float, float]
 
 
 def grid_extent_in_thumbnail(
-    grid_shape: tuple[int, int], cell_px: float, thumbnail_downsample: float
+    grid_shape: tuple[int, int],
+    cell_px: float,
+    thumbnail_downsample: float,
+    origin: tuple[float, float] = (0.0, 0.0),
 ) -> Extent:
-    """Extent ``(0, x1, y1, 0)`` of a (rows, cols) grid of ``cell_px``-pixel cells.
+    """Extent ``(x0, x1, y1, y0)`` of a (rows, cols) grid of ``cell_px``-pixel cells.
 
-    ``cell_px`` is the cell size in level-0 slide pixels and ``thumbnail_downsample`` the level-0
-    pixels per thumbnail pixel; the grid starts at the slide origin.
+    ``cell_px`` is the cell size in level-0 slide pixels, ``origin`` the level-0 top-left of cell
+    (0, 0)'s area and ``thumbnail_downsample`` the level-0 pixels per thumbnail pixel.
     """
     rows, cols = grid_shape
     scale = cell_px / thumbnail_downsample
-    return (0.0, cols * scale, rows * scale, 0.0)
+    x0, y0 = origin[0] / thumbnail_downsample, origin[1] / thumbnail_downsample
+    return (x0, x0 + cols * scale, y0 + rows * scale, y0)
 
 
 def render_overlay(

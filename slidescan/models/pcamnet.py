@@ -58,10 +58,10 @@ class PCamNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (N,) for normalised 96×96 patches."""
-        out = self.forward_dense(x)
-        if out.shape[-2:] != (1, 1):
+        # Checked on the input: 97..127 px would also give a 1×1 map, silently cropping pixels.
+        if tuple(x.shape[-2:]) != (96, 96):
             raise ValueError(f"expected 96×96 patches, got {tuple(x.shape[-2:])}")
-        return out.flatten(1).squeeze(1)
+        return self.forward_dense(x).flatten(1).squeeze(1)
 
 
 @register_model(

@@ -1,0 +1,136 @@
+"""Directories of slides: resumable batch runs and summary.csv; a bad slide never stops the rest."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from slidescan.errors import SlidescanError, one_line
+from slidescan.pipeline import ScanResult, is_complete, read_report
+
+# What OpenSlide reads, plus plain images for the fallback reader.
+SLIDE_SUFFIXES = frozenset(
+    {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
+     ".dcm", ".png", ".jpg", ".jpeg"}
+)  # fmt: skip
+SUMMARY_FIELDS = ["slide", "status", "positive", "score", "tiles", "seconds", "heatmap", "error"]
+
+
+@dataclass
+class SlideOutcome:
+    """One row of summary.csv."""
+
+    slide: str
+    status: str  # done | skipped (already complete) | failed
+    positive: bool | None = None
+    score: float | None = None
+    tiles: int | None = None
+    seconds: float | None = None
+    heatmap: str = ""
+    error: str = ""
+
+    def row(self) -> dict[str, object]:
+        """The CSV row (empty cells for unknowns)."""
+        values = {
+            "slide": self.slide,
+            "status": self.status,
+            "positive": "" if self.positive is None else str(self.positive).lower(),
+            "score": "" if self.score is None else f"{self.score:.4f}",
+            "tiles": "" if self.tiles is None else self.tiles,
+            "seconds": "" if self.seconds is None else f"{self.seconds:.2f}",
+            "heatmap": self.heatmap,
+            "error": self.error,
+        }
+        return values
+
+
+def find_slides(folder: Path) -> list[Path]:
+    """Slide files directly inside ``folder`` (sorted; hidden files and partial outputs ignored)."""
+    if not folder.is_dir():
+        raise SlidescanError(f"{folder}: not a directory")
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def heatmap_for(slide: Path, out_dir: Path) -> Path:
+    """Output path of a slide in a batch: ``OUT/<slide name without suffix>.zarr``."""
+    return out_dir / f"{slide.stem}.zarr"
+
+
+def outcome_from_result(result: ScanResult) -> SlideOutcome:
+    """A finished scan as a summary row."""
+    return SlideOutcome(
+        slide=result.slide.name, status="done", positive=result.call.positive,
+        score=result.call.score, tiles=result.tiles, seconds=round(result.seconds, 2),
+        heatmap=result.heatmap.name,
+    )  # fmt: skip
+
+
+def outcome_from_previous(slide: Path, heatmap: Path) -> SlideOutcome:
+    """A slide finished by an earlier run, read back from its JSON report."""
+    report = read_report(heatmap)
+    call = report["call"]
+    return SlideOutcome(
+        slide=slide.name, status="skipped", positive=call["positive"], score=call["score"],
+        tiles=report["tiles_scanned"], seconds=report["wall_seconds"], heatmap=heatmap.name,
+    )  # fmt: skip
+
+
+def write_summary(path: Path, outcomes: Iterable[SlideOutcome]) -> None:
+    """Write summary.csv atomically."""
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS)
+        writer.writeheader()
+        writer.writerows(o.row() for o in outcomes)
+    os.replace(tmp, path)
+
+
+ScanOne = Callable[[Path, Path, Path | None], ScanResult]
+
+
+def run_batch(
+    slides: list[Path],
+    out_dir: Path,
+    scan_one: ScanOne,
+    *,
+    overwrite: bool = False,
+    overlay_dir: Path | None = None,
+    on_outcome: Callable[[SlideOutcome], None] | None = None,
+) -> list[SlideOutcome]:
+    """Scan each slide into ``out_dir``; skip complete outputs unless ``overwrite``.
+
+    Failures are recorded (status ``failed`` with the error) and the batch goes on; summary.csv
+    is rewritten after every slide so a killed batch still leaves an up-to-date summary.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcomes: list[SlideOutcome] = []
+    summary = out_dir / "summary.csv"
+    for slide in tqdm(slides, desc="slides", unit="slide", disable=len(slides) < 2):
+        heatmap = heatmap_for(slide, out_dir)
+        overlay = overlay_dir / f"{slide.stem}.png" if overlay_dir else None
+        start = time.perf_counter()
+        try:
+            if is_complete(heatmap) and not overwrite:
+                outcome = outcome_from_previous(slide, heatmap)
+            else:
+                outcome = outcome_from_result(scan_one(slide, heatmap, overlay))
+        except SlidescanError as exc:
+            outcome = SlideOutcome(
+                slide=slide.name, status="failed", seconds=round(time.perf_counter() - start, 2),
+                error=one_line(exc),
+            )  # fmt: skip
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+        write_summary(summary, outcomes)
+    return outcomes

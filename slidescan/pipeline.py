@@ -1,0 +1,280 @@
+"""Scan one slide: reader → tissue mask → tile grid → DataLoader → model → zarr heatmap → call.
+
+Outputs are written under temporary names and renamed only when complete, so an interrupted scan
+never leaves anything that looks finished. The JSON report is renamed last: its presence marks a
+complete result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from slidescan import RESEARCH_USE_NOTICE, __version__
+from slidescan.device import pin_memory, select_device
+from slidescan.errors import SlidescanError, one_line
+from slidescan.heatmap import HeatmapWriter
+from slidescan.inference import Normalizer, predict_probs, prepare_model
+from slidescan.slide import open_slide
+from slidescan.slide_call import SlideCall, call_slide
+from slidescan.slide_tiles import SlideTileDataset, collate_blocks
+from slidescan.tiling import make_grid, tissue_fraction
+from slidescan.tissue import mask_thumbnail
+from slidescan.weights import LoadedModel
+
+
+@dataclass
+class ScanOptions:
+    """How to scan; defaults are what a first-time user should get."""
+
+    mpp: float | None = None
+    stride: int | None = None
+    min_tissue: float = 0.25
+    batch_size: int = 256
+    workers: int = 2
+    device: str = "auto"
+    tta: bool = False
+    overwrite: bool = False
+    threshold: float | None = None
+    block: int = 8
+    progress: bool = True
+
+
+@dataclass
+class ScanResult:
+    """What a scan produced and how it went."""
+
+    slide: Path
+    heatmap: Path
+    report: Path
+    call: SlideCall
+    tiles: int
+    seconds: float
+    overlay: Path | None = None
+
+
+def report_path(heatmap: Path) -> Path:
+    """The JSON report written beside a heatmap: ``x.zarr`` → ``x.json``."""
+    return heatmap.with_suffix(".json")
+
+
+def is_complete(heatmap: Path) -> bool:
+    """True when a previous scan finished: both the heatmap and its report exist."""
+    return heatmap.is_dir() and report_path(heatmap).is_file()
+
+
+def read_report(heatmap: Path) -> dict[str, Any]:
+    """The JSON report of a completed scan."""
+    try:
+        return json.loads(report_path(heatmap).read_text())
+    except (OSError, ValueError) as exc:
+        raise SlidescanError(f"{report_path(heatmap)}: unreadable report ({exc})") from None
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+class Scanner:
+    """A model on a device, ready to scan any number of slides."""
+
+    def __init__(self, loaded: LoadedModel, options: ScanOptions) -> None:
+        self.loaded = loaded
+        self.options = options
+        self.device = select_device(options.device)
+        self.model = prepare_model(loaded.model, self.device)
+        self.normalizer = Normalizer(loaded.card, self.device)
+        self.threshold = (
+            options.threshold if options.threshold is not None else loaded.card.threshold
+        )
+
+    def scan(self, slide_path: Path, out: Path, overlay: Path | None = None) -> ScanResult:
+        """Scan ``slide_path`` into the zarr heatmap ``out`` (+ JSON report, optional overlay)."""
+        opts = self.options
+        if out.exists() and not opts.overwrite:
+            raise SlidescanError(f"{out} already exists (use --overwrite to redo it)")
+        start = time.perf_counter()
+        card = self.loaded.card
+        tmp = _partial(out)
+        _remove(tmp)
+        try:
+            with open_slide(slide_path, mpp=opts.mpp) as slide:
+                mask, mask_ds = mask_thumbnail(slide)
+                grid = make_grid(
+                    slide.dimensions, slide.mpp, card.mpp, card.input_size, opts.stride
+                )
+                if grid.shape[0] < 1 or grid.shape[1] < 1:
+                    raise SlidescanError(
+                        f"{slide_path.name}: slide is smaller than one {card.input_size}-px patch "
+                        f"at {card.mpp} µm/px"
+                    )
+                tissue = tissue_fraction(mask, mask_ds, grid) >= opts.min_tissue
+                cells = np.argwhere(tissue)
+                attrs = self._attrs(slide_path, slide, grid)
+                thumb = slide.thumbnail(1024) if overlay is not None else None
+            writer = HeatmapWriter(tmp, grid.shape, attrs=attrs, overwrite=True)
+            writer.write_tissue(tissue)
+            self._infer(slide_path, grid, cells, writer)
+            probability = writer.probability
+            cell_mm = grid.stride * card.mpp / 1000.0
+            call = call_slide(probability, threshold=self.threshold, cell_mm=cell_mm)
+            seconds = time.perf_counter() - start
+            summary = {
+                "call": call.to_dict(),
+                "tiles_scanned": len(cells),
+                "wall_seconds": round(seconds, 3),
+            }
+            writer.update_attrs(**summary)
+            writer.close()
+            report = self._report(slide_path, out, attrs, summary)
+            overlay_png = None
+            if overlay is not None and thumb is not None:
+                overlay_png = self._overlay(thumb, probability, grid, slide_path, call, overlay)
+        except BaseException:
+            _remove(tmp)
+            raise
+        if opts.overwrite:
+            _remove(report_path(out))
+            _remove(out)
+        os.replace(tmp, out)
+        os.replace(report, report_path(out))  # last: its presence marks completion
+        return ScanResult(slide_path, out, report_path(out), call, len(cells), seconds, overlay_png)
+
+    def _infer(self, slide_path: Path, grid: Any, cells: np.ndarray, writer: HeatmapWriter) -> None:
+        if len(cells) == 0:
+            return
+        opts = self.options
+        dataset = SlideTileDataset(slide_path, grid, cells, mpp=opts.mpp, block=opts.block)
+        loader = DataLoader(
+            dataset,
+            batch_size=None,  # an item is already a block of patches
+            num_workers=opts.workers,
+            pin_memory=pin_memory(self.device),
+            prefetch_factor=4 if opts.workers else None,
+        )
+        bar = tqdm(
+            total=len(cells), desc=slide_path.name, unit="tile", leave=False,
+            disable=not opts.progress, dynamic_ncols=True,
+        )  # fmt: skip
+        pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        n_pending = 0
+        try:
+            for patches, block_cells in loader:
+                pending.append((patches, block_cells))
+                n_pending += len(block_cells)
+                if n_pending >= opts.batch_size:
+                    self._run_batch(pending, writer)
+                    bar.update(n_pending)
+                    pending, n_pending = [], 0
+            if pending:
+                self._run_batch(pending, writer)
+                bar.update(n_pending)
+        except SlidescanError:
+            raise
+        except Exception as exc:  # a truncated tile surfaces here, from inside a worker
+            raise SlidescanError(
+                f"{slide_path.name}: failed reading tiles: {one_line(exc)}"
+            ) from exc
+        finally:
+            bar.close()
+        writer.flush()
+
+    def _run_batch(
+        self, pending: list[tuple[torch.Tensor, torch.Tensor]], writer: HeatmapWriter
+    ) -> None:
+        patches, cells = collate_blocks(pending)
+        probs = predict_probs(self.model, patches, self.normalizer, tta=self.options.tta)
+        writer.write_cells(cells.numpy(), probs.numpy())
+
+    def _attrs(self, slide_path: Path, slide: Any, grid: Any) -> dict[str, Any]:
+        card = self.loaded.card
+        level = slide.best_level_for_mpp(card.mpp)
+        return {
+            "slide_path": str(slide_path.resolve()),
+            "slide_dimensions": list(slide.dimensions),
+            "slide_mpp": slide.mpp,
+            "mpp": card.mpp,
+            "level": level,
+            "downsample": float(slide.level_downsamples[level]),
+            "grid": grid.to_attrs(),
+            "patch_size": grid.patch_size,
+            "stride": grid.stride,
+            "grid_origin_level0": list(grid.origin),
+            "cell_level0_px": grid.stride * grid.scale,
+            "min_tissue": self.options.min_tissue,
+            "tta": self.options.tta,
+            "model": card.model,
+            "weights_sha256": self.loaded.sha256,
+            "threshold": self.threshold,
+            "slidescan_version": __version__,
+            "notice": RESEARCH_USE_NOTICE,
+        }
+
+    def _report(
+        self, slide_path: Path, out: Path, attrs: dict[str, Any], summary: dict[str, Any]
+    ) -> Path:
+        report = {
+            "notice": RESEARCH_USE_NOTICE,
+            "slide": slide_path.name,
+            "heatmap": out.name,
+            **summary,
+            "attributes": attrs,
+        }
+        tmp = out.with_name(f".{report_path(out).name}.partial")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        return tmp
+
+    def _overlay(
+        self,
+        thumb: tuple[np.ndarray, float],
+        probability: np.ndarray,
+        grid: Any,
+        slide_path: Path,
+        call: SlideCall,
+        overlay: Path,
+    ) -> Path:
+        from slidescan.overlay import grid_extent_in_thumbnail, render_overlay
+
+        image, downsample = thumb
+        # A cell shows the central stride×stride square of its patch.
+        origin = grid.cell_region_level0(0, 0)[:2]
+        extent = grid_extent_in_thumbnail(
+            probability.shape, grid.stride * grid.scale, downsample, origin
+        )
+        verdict = "POSITIVE" if call.positive else "negative"
+        title = f"{slide_path.name}: {verdict} (score {call.score:.2f})"
+        overlay.parent.mkdir(parents=True, exist_ok=True)
+        tmp = overlay.with_name(f".{overlay.name}.partial.png")
+        render_overlay(
+            image, probability, tmp, title=title, threshold=self.threshold, thumbnail_extent=extent
+        )
+        os.replace(tmp, overlay)
+        return overlay
+
+
+def describe(result: ScanResult) -> str:
+    """One line per slide for the terminal."""
+    c = result.call
+    verdict = "POSITIVE" if c.positive else "negative"
+    return (
+        f"{result.slide.name}: {verdict}  score {c.score:.3f} (threshold {c.threshold:.3f})  "
+        f"positive tiles {c.positive_tiles}/{result.tiles}  largest region "
+        f"{c.largest_region_mm2:.3f} mm²  {result.seconds:.1f} s  [research use only]"
+    )

@@ -1,0 +1,122 @@
+"""Inference input: patches for the chosen grid cells, read a block of cells at a time.
+
+One ``read_at_mpp`` per block of ``block × block`` cells, sliced into patches, is far cheaper
+than one read per patch (OpenSlide decodes each tile once, and there is one resample).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from slidescan.slide import Slide, open_slide
+from slidescan.tiling import TileGrid
+
+
+class SlideTileDataset(Dataset):
+    """Item ``i`` = (uint8 patches K×3×P×P, int64 cells K×2 as (row, col)) of block ``i``.
+
+    Only the wanted cells of a block are returned, read from one region covering them. Each
+    process opens its own :class:`Slide` lazily (OpenSlide handles do not survive ``fork``),
+    and the open handle is never pickled, so the dataset works with any DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        grid: TileGrid,
+        cells: np.ndarray,
+        *,
+        mpp: float | None = None,
+        block: int = 8,
+    ) -> None:
+        cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
+        rows, cols = grid.shape
+        outside = (cells < 0).any(axis=1) | (cells[:, 0] >= rows) | (cells[:, 1] >= cols)
+        if outside.any():
+            raise ValueError(f"cell {cells[outside][0].tolist()} outside grid shape {grid.shape}")
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        self.path = Path(path)
+        self.grid = grid
+        self.mpp = mpp
+        self.block = block
+
+        block_cols = -(-cols // block)
+        keys = (cells[:, 0] // block) * block_cols + cells[:, 1] // block
+        order = np.argsort(keys, kind="stable")
+        _, starts = np.unique(keys[order], return_index=True)
+        # Cells sorted by block, and where each block's run starts and ends.
+        self._cells = cells[order]
+        self._bounds = np.append(starts, len(order)).astype(np.int64)
+
+        self._slide: Slide | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._bounds) - 1
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"block {i} out of range 0..{len(self) - 1}")
+        cells = self._cells[self._bounds[i] : self._bounds[i + 1]]
+        grid = self.grid
+        r0, c0 = cells.min(axis=0)
+        r1, c1 = cells.max(axis=0)
+        size = (
+            int(c1 - c0) * grid.stride + grid.patch_size,
+            int(r1 - r0) * grid.stride + grid.patch_size,
+        )
+        region = self._open().read_at_mpp(
+            grid.cell_to_level0(int(r0), int(c0)), size, grid.target_mpp
+        )
+        p = grid.patch_size
+        patches = np.empty((len(cells), p, p, 3), np.uint8)
+        for k, (r, c) in enumerate(cells):
+            y, x = int(r - r0) * grid.stride, int(c - c0) * grid.stride
+            patches[k] = region[y : y + p, x : x + p]
+        return torch.from_numpy(patches).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(
+            cells.copy()
+        )
+
+    def close(self) -> None:
+        """Close this process's slide handle (reopened on the next read)."""
+        if self._slide is not None and self._pid == os.getpid():
+            self._slide.close()
+        self._slide = None
+        self._pid = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_slide"] = None
+        state["_pid"] = None
+        return state
+
+    def _open(self) -> Slide:
+        pid = os.getpid()
+        if self._slide is None or self._pid != pid:
+            # A handle inherited through fork is the parent's and unsafe here; open our own.
+            slide = open_slide(self.path, mpp=self.mpp)
+            if not np.isclose(slide.mpp, self.grid.slide_mpp, rtol=1e-6):
+                slide.close()
+                raise ValueError(
+                    f"{self.path.name}: slide mpp {slide.mpp} != grid slide_mpp "
+                    f"{self.grid.slide_mpp}; open the slide with the same --mpp as the grid"
+                )
+            self._slide, self._pid = slide, pid
+        return self._slide
+
+
+def collate_blocks(
+    items: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate block items into one batch of patches and their cells."""
+    if not items:
+        raise ValueError("collate_blocks needs at least one item")
+    patches, cells = zip(*items, strict=True)
+    return torch.cat(patches), torch.cat(cells)

@@ -1,0 +1,121 @@
+"""Tissue detection on a low-resolution RGB thumbnail: which areas are worth scanning.
+
+A pixel is tissue when it is coloured (HSV saturation above an Otsu threshold, clamped to a
+range typical of H&E), not near-white glass (optical density floor), and not a pen mark
+(green/cyan/blue hues or very saturated blue that H&E pink/purple never reaches, or near-black).
+Small specks are removed and small holes (fat, lumens, cracks) filled.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from skimage import color, filters, measure, morphology
+
+if TYPE_CHECKING:
+    from slidescan.slide import Slide
+
+# Otsu on saturation splits tissue from glass; clamping keeps it sane on all-glass images
+# (threshold would land in noise) and all-tissue images (it would split pink from purple).
+SATURATION_RANGE = (0.05, 0.20)
+# Mean optical density below this is glass, however coloured (faint colour casts on glass).
+MIN_OPTICAL_DENSITY = 0.05
+# Dark *and* grey is black ink, slide edge or a shadow; dark nuclei stay saturated purple.
+MAX_DARK_VALUE = 0.25
+MAX_DARK_SATURATION = 0.35
+# H&E stains sit at hue ~0.7-1.0 (purple to pink) plus ~0-0.1 (red, brown pigment);
+# green and cyan are always ink. Blue overlaps haematoxylin, so only intense blue is ink.
+GREEN_HUES = (0.17, 0.50)
+GREEN_MIN_SATURATION = 0.25
+BLUE_HUES = (0.50, 0.68)
+BLUE_MIN_SATURATION = 0.60
+# Pen strokes have antialiased, less saturated rims; grow the ink mask to swallow them.
+# Ink specks smaller than the smallest kept object are stain noise, not pen strokes.
+INK_DILATION_PX = 2
+# Defaults relative to the image area when no physical size is known.
+_MIN_OBJECT_FRACTION = 5e-5
+_MAX_HOLE_FRACTION = 2e-4
+# Physical defaults used by mask_thumbnail.
+MIN_OBJECT_UM = 60.0  # side of the smallest kept fragment
+MAX_HOLE_UM = 120.0  # side of the largest filled hole
+
+
+def tissue_mask(
+    rgb: np.ndarray, *, min_object_px: int | None = None, max_hole_px: int | None = None
+) -> np.ndarray:
+    """Boolean tissue mask of an (H, W, 3) uint8 RGB image; white glass and pen ink excluded.
+
+    ``min_object_px``: connected regions smaller than this are dropped; ``max_hole_px``: holes
+    up to this area are filled. Both default to small fractions of the image area.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {rgb.shape}")
+    h, w = rgb.shape[:2]
+    if h == 0 or w == 0:
+        return np.zeros((h, w), bool)
+    if min_object_px is None:
+        min_object_px = max(4, round(_MIN_OBJECT_FRACTION * h * w))
+    if max_hole_px is None:
+        max_hole_px = max(4, round(_MAX_HOLE_FRACTION * h * w))
+
+    hsv = color.rgb2hsv(rgb)
+    hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    ink = _ink(hue, sat, val, min_object_px)
+    od = -np.log10(np.maximum(rgb, 1).astype(np.float32) / 255.0).mean(axis=2)
+    candidate = (od > MIN_OPTICAL_DENSITY) & ~ink
+
+    threshold = _saturation_threshold(sat[candidate])
+    mask = candidate & (sat > threshold)
+    mask = _drop_small_objects(mask, min_object_px)
+    # Filling must not put back ink that sat inside tissue.
+    return _fill_small_holes(mask, max_hole_px) & ~ink
+
+
+def mask_thumbnail(slide: Slide, max_size: int = 2048) -> tuple[np.ndarray, float]:
+    """Tissue mask of the slide's thumbnail and its downsample (level-0 px per mask px)."""
+    rgb, downsample = slide.thumbnail(max_size)
+    um_per_px = slide.mpp * downsample
+    min_object_px = max(1, round((MIN_OBJECT_UM / um_per_px) ** 2))
+    max_hole_px = max(1, round((MAX_HOLE_UM / um_per_px) ** 2))
+    mask = tissue_mask(rgb, min_object_px=min_object_px, max_hole_px=max_hole_px)
+    return mask, downsample
+
+
+def _ink(hue: np.ndarray, sat: np.ndarray, val: np.ndarray, min_px: int) -> np.ndarray:
+    green = (hue >= GREEN_HUES[0]) & (hue < GREEN_HUES[1]) & (sat > GREEN_MIN_SATURATION)
+    blue = (hue >= BLUE_HUES[0]) & (hue < BLUE_HUES[1]) & (sat > BLUE_MIN_SATURATION)
+    black = (val < MAX_DARK_VALUE) & (sat < MAX_DARK_SATURATION)
+    ink = _drop_small_objects(green | blue | black, min_px)
+    if INK_DILATION_PX > 0 and ink.any():
+        ink = morphology.dilation(ink, morphology.disk(INK_DILATION_PX))
+    return ink
+
+
+def _drop_small_objects(mask: np.ndarray, min_px: int) -> np.ndarray:
+    # Own implementation: skimage renamed remove_small_objects' size argument across versions.
+    labels = measure.label(mask, connectivity=2)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_px
+    keep[0] = False
+    return keep[labels]
+
+
+def _fill_small_holes(mask: np.ndarray, max_px: int) -> np.ndarray:
+    labels = measure.label(~mask, connectivity=1)
+    sizes = np.bincount(labels.ravel())
+    fill = sizes <= max_px
+    fill[0] = False
+    # Background touching the image border is open glass, never a hole.
+    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    fill[border] = False
+    return mask | fill[labels]
+
+
+def _saturation_threshold(sat: np.ndarray) -> float:
+    low, high = SATURATION_RANGE
+    # Otsu is undefined on a (near-)constant image such as blank glass.
+    if sat.size < 2 or float(sat.max() - sat.min()) < 1e-3:
+        return high
+    return float(np.clip(filters.threshold_otsu(sat), low, high))
