@@ -315,9 +315,13 @@ def run(
 ) -> None:
     """Scan slides: tissue mask, tile at the model's resolution, heatmap (zarr) and slide call.
 
-    One slide: `slidescan run slide.svs --out heatmap.zarr`. A directory: `slidescan run slides/
-    --out results/` — resumable (complete outputs are skipped), a failing slide is recorded in
-    summary.csv and the rest go on; the exit code is 1 when any slide failed.
+    One slide: slidescan run slide.svs --out heatmap.zarr
+
+    A directory: slidescan run slides/ --out results/
+
+    Directory runs are resumable: complete outputs are skipped.
+
+    A failing slide is recorded in summary.csv and the rest go on; exit code 1 if any failed.
     """
     from slidescan.batch import find_slides, run_batch
     from slidescan.pipeline import Scanner, ScanOptions, describe, is_complete

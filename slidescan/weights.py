@@ -21,7 +21,14 @@ from slidescan.models import create_model
 FORMAT = "slidescan-weights"
 FORMAT_VERSION = 1
 PCAM_MPP = 0.972  # PatchCamelyon: level 2 of Camelyon16 slides scanned at ~0.243 µm/px
-SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "pcamnet-s.pt"
+SHIPPED_NAME = "pcamnet-s.pt"
+
+
+def shipped_weights_path() -> Path:
+    """The default model's weights, installed with the package (from the repo's ``weights/``)."""
+    from importlib.resources import files
+
+    return Path(str(files("slidescan.shipped_weights") / SHIPPED_NAME))
 
 
 @dataclass
@@ -90,7 +97,7 @@ def load_weights(path: Path | None = None) -> LoadedModel:
     Raises SlidescanError for a missing file, a file that is not a slidescan model, or weights
     that do not fit the architecture named in the card.
     """
-    path = Path(path) if path is not None else SHIPPED_WEIGHTS
+    path = Path(path) if path is not None else shipped_weights_path()
     if not path.is_file():
         raise SlidescanError(f"{path}: weights file not found")
     try:
@@ -105,12 +112,15 @@ def load_weights(path: Path | None = None) -> LoadedModel:
             f"{path}: weights format {payload['format_version']} is newer than this slidescan "
             f"understands ({FORMAT_VERSION}); upgrade slidescan"
         )
-    card = _card_from_dict(payload["card"])
-    model = create_model(card.model, **card.config)
+    try:
+        card = _card_from_dict(payload["card"])
+        model = create_model(card.model, **card.config)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise SlidescanError(f"{path}: damaged model card ({type(exc).__name__}: {exc})") from None
     try:
         model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
+    except (KeyError, TypeError, RuntimeError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise SlidescanError(f"{path}: weights do not fit model {card.model!r}: {first}") from None
     model.eval()
     return LoadedModel(model=model, card=card, sha256=file_sha256(path), path=path)

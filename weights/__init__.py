@@ -1,0 +1,1 @@
+"""The shipped model weights (installed as ``slidescan.shipped_weights``); see README.md here."""
