@@ -115,11 +115,18 @@ def run_batch(
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: list[SlideOutcome] = []
     summary = out_dir / "summary.csv"
+    claimed: dict[Path, str] = {}  # output → slide: a.svs and a.tif must not share a.zarr
     for slide in tqdm(slides, desc="slides", unit="slide", disable=len(slides) < 2):
         heatmap = heatmap_for(slide, out_dir)
         overlay = overlay_dir / f"{slide.stem}.png" if overlay_dir else None
         start = time.perf_counter()
+        owner = claimed.setdefault(heatmap, slide.name)
         try:
+            if owner != slide.name:
+                raise SlidescanError(
+                    f"{slide.name}: output {heatmap.name} belongs to {owner} in this batch; "
+                    "rename one of the two slides"
+                )
             if is_complete(heatmap) and not overwrite:
                 outcome = outcome_from_previous(slide, heatmap)
             else:

@@ -306,6 +306,15 @@ def run(
     tta: Annotated[
         bool, typer.Option("--tta", help="Average over the 8 flips/rotations (8× compute).")
     ] = False,
+    dense: Annotated[
+        bool,
+        typer.Option(
+            "--dense",
+            help="Stride-32 heatmap (the PCam label's centre-region resolution) by running the "
+            "model fully convolutionally over blocks: about the compute of stride-96 tiles "
+            "instead of 9×.",
+        ),
+    ] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Redo slides whose output already exists.")
     ] = False,
@@ -331,7 +340,7 @@ def run(
         raise SlidescanError(f"{input}: no such file or directory")
     options = ScanOptions(
         mpp=mpp, stride=stride, min_tissue=min_tissue, batch_size=batch_size, workers=workers,
-        device=device, tta=tta, overwrite=overwrite, threshold=threshold,
+        device=device, tta=tta, overwrite=overwrite, threshold=threshold, dense=dense,
     )  # fmt: skip
     if input.is_dir():
         out_dir = out or Path("slidescan-results")

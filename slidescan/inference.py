@@ -47,6 +47,32 @@ def predict_logits(model: nn.Module, x: Tensor, *, tta: bool = False) -> Tensor:
         return torch.stack([model(dihedral(x, k)).float() for k in range(8)]).mean(0)
 
 
+def _undo_dihedral(y: Tensor, k: int) -> Tensor:
+    out = torch.flip(y, dims=(-1,)) if k >= 4 else y
+    return torch.rot90(out, -(k % 4), dims=(-2, -1))
+
+
+@torch.inference_mode()
+def predict_dense_probs(
+    model: nn.Module, region: Tensor, normalizer: Normalizer, *, tta: bool = False
+) -> Tensor:
+    """Probability map (h, w) (CPU) of a fully convolutional model over one uint8 1×3×H×W region.
+
+    With ``tta`` each of the 8 dihedral transforms is applied to the region and undone on the
+    output map; regions of 96 + 32·k pixels map patch positions onto patch positions exactly.
+    """
+    x = normalizer(region)
+    with autocast(x.device):
+        if not tta:
+            logits = model.forward_dense(x).float()
+        else:
+            maps = [
+                _undo_dihedral(model.forward_dense(dihedral(x, k)).float(), k) for k in range(8)
+            ]
+            logits = torch.stack(maps).mean(0)
+    return torch.sigmoid(logits[0]).cpu()
+
+
 def predict_probs(
     model: nn.Module, batch: Tensor, normalizer: Normalizer, *, tta: bool = False
 ) -> Tensor:

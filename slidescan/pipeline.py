@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from slidescan import RESEARCH_USE_NOTICE, __version__
 from slidescan.device import pin_memory, select_device
 from slidescan.errors import SlidescanError, one_line
-from slidescan.heatmap import HeatmapWriter
-from slidescan.inference import Normalizer, predict_probs, prepare_model
+from slidescan.heatmap import HeatmapWriter, read_heatmap
+from slidescan.inference import Normalizer, predict_dense_probs, predict_probs, prepare_model
 from slidescan.slide import open_slide
 from slidescan.slide_call import SlideCall, call_slide
 from slidescan.slide_tiles import SlideTileDataset, collate_blocks
@@ -46,7 +46,8 @@ class ScanOptions:
     tta: bool = False
     overwrite: bool = False
     threshold: float | None = None
-    block: int = 8
+    block: int | None = None
+    dense: bool = False
     progress: bool = True
 
 
@@ -85,6 +86,17 @@ def _partial(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
+def _interrupted(heatmap: Path) -> bool:
+    """A slidescan heatmap whose report was never written: a scan killed between the renames."""
+    if not heatmap.is_dir() or report_path(heatmap).exists():
+        return False
+    try:
+        read_heatmap(heatmap)
+    except SlidescanError:
+        return False  # not ours: never delete it without overwrite
+    return True
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
@@ -104,21 +116,35 @@ class Scanner:
         self.threshold = (
             options.threshold if options.threshold is not None else loaded.card.threshold
         )
+        self.stride = options.stride
+        if options.dense:
+            if not hasattr(self.model, "forward_dense"):
+                raise SlidescanError(
+                    f"--dense needs a fully convolutional model, not {loaded.card.model}"
+                )
+            dense_stride = self.model.dense_stride
+            if options.stride not in (None, dense_stride):
+                raise SlidescanError(f"--dense scans at stride {dense_stride}; drop --stride")
+            self.stride = dense_stride
+        # Dense regions amortise the receptive-field margin over more cells: bigger blocks.
+        self.block = options.block or (16 if options.dense else 8)
 
     def scan(self, slide_path: Path, out: Path, overlay: Path | None = None) -> ScanResult:
         """Scan ``slide_path`` into the zarr heatmap ``out`` (+ JSON report, optional overlay)."""
         opts = self.options
-        if out.exists() and not opts.overwrite:
+        if out.exists() and not opts.overwrite and not _interrupted(out):
             raise SlidescanError(f"{out} already exists (use --overwrite to redo it)")
         start = time.perf_counter()
         card = self.loaded.card
         tmp = _partial(out)
+        tmp_report = _partial(report_path(out))
         _remove(tmp)
+        _remove(tmp_report)
         try:
             with open_slide(slide_path, mpp=opts.mpp) as slide:
                 mask, mask_ds = mask_thumbnail(slide)
                 grid = make_grid(
-                    slide.dimensions, slide.mpp, card.mpp, card.input_size, opts.stride
+                    slide.dimensions, slide.mpp, card.mpp, card.input_size, self.stride
                 )
                 if grid.shape[0] < 1 or grid.shape[1] < 1:
                     raise SlidescanError(
@@ -149,10 +175,11 @@ class Scanner:
                 overlay_png = self._overlay(thumb, probability, grid, slide_path, call, overlay)
         except BaseException:
             _remove(tmp)
+            _remove(tmp_report)
             raise
-        if opts.overwrite:
-            _remove(report_path(out))
-            _remove(out)
+        # Replaced: an existing result (with overwrite) or an interrupted one's heatmap.
+        _remove(report_path(out))
+        _remove(out)
         os.replace(tmp, out)
         os.replace(report, report_path(out))  # last: its presence marks completion
         return ScanResult(slide_path, out, report_path(out), call, len(cells), seconds, overlay_png)
@@ -161,7 +188,9 @@ class Scanner:
         if len(cells) == 0:
             return
         opts = self.options
-        dataset = SlideTileDataset(slide_path, grid, cells, mpp=opts.mpp, block=opts.block)
+        dataset = SlideTileDataset(
+            slide_path, grid, cells, mpp=opts.mpp, block=self.block, dense=opts.dense
+        )
         loader = DataLoader(
             dataset,
             batch_size=None,  # an item is already a block of patches
@@ -177,6 +206,16 @@ class Scanner:
         n_pending = 0
         try:
             for patches, block_cells in loader:
+                if opts.dense:
+                    prob_map = predict_dense_probs(
+                        self.model, patches, self.normalizer, tta=opts.tta
+                    )
+                    rel = block_cells[:, 2:]
+                    writer.write_cells(
+                        block_cells[:, :2].numpy(), prob_map[rel[:, 0], rel[:, 1]].numpy()
+                    )
+                    bar.update(len(block_cells))
+                    continue
                 pending.append((patches, block_cells))
                 n_pending += len(block_cells)
                 if n_pending >= opts.batch_size:
@@ -220,6 +259,7 @@ class Scanner:
             "cell_level0_px": grid.stride * grid.scale,
             "min_tissue": self.options.min_tissue,
             "tta": self.options.tta,
+            "dense": self.options.dense,
             "model": card.model,
             "weights_sha256": self.loaded.sha256,
             "threshold": self.threshold,
@@ -237,7 +277,7 @@ class Scanner:
             **summary,
             "attributes": attrs,
         }
-        tmp = out.with_name(f".{report_path(out).name}.partial")
+        tmp = _partial(report_path(out))
         tmp.write_text(json.dumps(report, indent=2) + "\n")
         return tmp
 
@@ -262,9 +302,14 @@ class Scanner:
         title = f"{slide_path.name}: {verdict} (score {call.score:.2f})"
         overlay.parent.mkdir(parents=True, exist_ok=True)
         tmp = overlay.with_name(f".{overlay.name}.partial.png")
-        render_overlay(
-            image, probability, tmp, title=title, threshold=self.threshold, thumbnail_extent=extent
-        )
+        try:
+            render_overlay(
+                image, probability, tmp, title=title, threshold=self.threshold,
+                thumbnail_extent=extent,
+            )  # fmt: skip
+        except BaseException:
+            _remove(tmp)
+            raise
         os.replace(tmp, overlay)
         return overlay
 

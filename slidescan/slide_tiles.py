@@ -21,7 +21,9 @@ from slidescan.tiling import TileGrid
 class SlideTileDataset(Dataset):
     """Item ``i`` = (uint8 patches K×3×P×P, int64 cells K×2 as (row, col)) of block ``i``.
 
-    Only the wanted cells of a block are returned, read from one region covering them. Each
+    Only the wanted cells of a block are returned, read from one region covering them. With
+    ``dense`` an item is instead (uint8 region 1×3×H×W, int64 K×4 rows of (row, col, row in
+    region, col in region)) for a fully convolutional model (see ``pcamnet.forward_dense``). Each
     process opens its own :class:`Slide` lazily (OpenSlide handles do not survive ``fork``),
     and the open handle is never pickled, so the dataset works with any DataLoader workers.
     """
@@ -34,6 +36,7 @@ class SlideTileDataset(Dataset):
         *,
         mpp: float | None = None,
         block: int = 8,
+        dense: bool = False,
     ) -> None:
         cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
         rows, cols = grid.shape
@@ -46,6 +49,7 @@ class SlideTileDataset(Dataset):
         self.grid = grid
         self.mpp = mpp
         self.block = block
+        self.dense = dense
 
         block_cols = -(-cols // block)
         keys = (cells[:, 0] // block) * block_cols + cells[:, 1] // block
@@ -61,21 +65,30 @@ class SlideTileDataset(Dataset):
     def __len__(self) -> int:
         return len(self._bounds) - 1
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def read_block(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """Block ``i`` as (region H×W×3 covering its wanted cells, cells K×2, top-left cell)."""
         if not 0 <= i < len(self):
             raise IndexError(f"block {i} out of range 0..{len(self) - 1}")
         cells = self._cells[self._bounds[i] : self._bounds[i + 1]]
         grid = self.grid
-        r0, c0 = cells.min(axis=0)
-        r1, c1 = cells.max(axis=0)
+        r0, c0 = (int(v) for v in cells.min(axis=0))
+        r1, c1 = (int(v) for v in cells.max(axis=0))
         size = (
-            int(c1 - c0) * grid.stride + grid.patch_size,
-            int(r1 - r0) * grid.stride + grid.patch_size,
+            (c1 - c0) * grid.stride + grid.patch_size,
+            (r1 - r0) * grid.stride + grid.patch_size,
         )
-        region = self._open().read_at_mpp(
-            grid.cell_to_level0(int(r0), int(c0)), size, grid.target_mpp
-        )
-        p = grid.patch_size
+        region = self._open().read_at_mpp(grid.cell_to_level0(r0, c0), size, grid.target_mpp)
+        return region, cells, (r0, c0)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        region, cells, (r0, c0) = self.read_block(i)
+        if self.dense:
+            # The whole region, for a fully convolutional model; cells relative to its top-left.
+            rel = cells - np.array([r0, c0])
+            return torch.from_numpy(region).permute(2, 0, 1)[None].contiguous(), torch.from_numpy(
+                np.concatenate([cells, rel], axis=1)
+            )
+        grid, p = self.grid, self.grid.patch_size
         patches = np.empty((len(cells), p, p, 3), np.uint8)
         for k, (r, c) in enumerate(cells):
             y, x = int(r - r0) * grid.stride, int(c - c0) * grid.stride

@@ -159,6 +159,7 @@ def train(
         # Per-epoch generators make shuffling and augmentation reproducible, even after --resume.
         shuffle_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 500)
+        torch.manual_seed(cfg.seed * 1000 + epoch + 250)  # dropout draws from the global RNG
         loader = DataLoader(
             train_data,
             batch_size=cfg.batch_size,

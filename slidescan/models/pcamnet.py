@@ -35,6 +35,8 @@ def _conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
 class PCamNet(nn.Module):
     """Padding-free CNN: 96×96 RGB → one tumour logit; larger inputs → a stride-32 logit map."""
 
+    dense_stride = PATCH_STRIDE
+
     def __init__(self, width: int = 64, dropout: float = 0.2) -> None:
         super().__init__()
         w1, w2, w3 = width, 2 * width, 4 * width
