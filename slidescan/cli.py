@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -136,11 +137,15 @@ def train(
     description = train_data.description
     if val_data is not None:
         description += f"; validation: {val_data.description}"
-    typer.echo(f"training {model} on {description}", err=True)
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    if is_main:
+        typer.echo(f"training {model} on {description}", err=True)
     result = run_training(
         train_data, out, cfg, val_data=val_data, resume=resume, data_description=description,
         command="slidescan " + shlex.join(sys.argv[1:]),
     )  # fmt: skip
+    if not is_main:
+        return
     m = result.metrics
     typer.echo(
         f"best epoch {result.best_epoch}: val AUC {m['auc']:.4f}, accuracy {m['accuracy']:.4f} "

@@ -13,11 +13,22 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from slidescan.augment import augment_batch
-from slidescan.device import autocast, pin_memory, select_device
+from slidescan.device import autocast, pin_memory
+from slidescan.distributed import (
+    DistContext,
+    barrier,
+    gather_shards,
+    init_distributed,
+    shard_indices,
+    shutdown,
+    sum_across,
+)
 from slidescan.errors import SlidescanError
 from slidescan.inference import Normalizer, predict_dataset, prepare_model
 from slidescan.metrics import best_threshold, binary_metrics
@@ -112,7 +123,33 @@ def train(
     """Train ``cfg.model`` on ``train_data``; keep the best-AUC epoch's weights at ``out``."""
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    device = select_device(cfg.device)
+    ctx = init_distributed(cfg.device)
+    try:
+        return _train(
+            ctx, train_data, out, cfg, val_data=val_data, resume=resume,
+            data_description=data_description, command=command, start=start,
+        )  # fmt: skip
+    finally:
+        shutdown(ctx)
+
+
+def _train(
+    ctx: DistContext,
+    train_data: Dataset,
+    out: Path,
+    cfg: TrainConfig,
+    *,
+    val_data: Dataset | None,
+    resume: bool,
+    data_description: str,
+    command: str,
+    start: float,
+) -> TrainResult:
+    device = ctx.device
+    if cfg.batch_size % ctx.world_size:
+        raise SlidescanError(
+            f"--batch-size {cfg.batch_size} must divide evenly over {ctx.world_size} processes"
+        )
     if val_data is None:
         train_idx, val_idx = split_holdout(len(train_data), cfg.val_fraction, cfg.seed)  # type: ignore[arg-type]
         train_labels = _labels_of(train_data, train_idx)
@@ -155,30 +192,52 @@ def train(
 
     n_params = count_parameters(model)
     loss_fn = nn.BCEWithLogitsLoss()
+    train_model: nn.Module = model
+    if ctx.distributed:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    val_shard = shard_indices(len(val_data), ctx)  # type: ignore[arg-type]
     for epoch in range(first_epoch, cfg.epochs):
         # Per-epoch generators make shuffling and augmentation reproducible, even after --resume.
+        # Each rank augments and drops out differently, but reproducibly.
+        rank_seed = cfg.seed * 1000 + epoch + 7919 * ctx.rank
         shuffle_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 500)
-        torch.manual_seed(cfg.seed * 1000 + epoch + 250)  # dropout draws from the global RNG
+        aug_gen = torch.Generator().manual_seed(rank_seed + 500)
+        torch.manual_seed(rank_seed + 250)  # dropout draws from the global RNG
+        sampler = None
+        if ctx.distributed:
+            sampler = DistributedSampler(
+                train_data, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                seed=cfg.seed, drop_last=True,
+            )  # fmt: skip
+            sampler.set_epoch(epoch)
+        per_rank_batch = cfg.batch_size // ctx.world_size
         loader = DataLoader(
             train_data,
-            batch_size=cfg.batch_size,
-            shuffle=True,
+            batch_size=per_rank_batch,
+            shuffle=sampler is None,
+            sampler=sampler,
             drop_last=len(train_data) > cfg.batch_size,  # type: ignore[arg-type]
             num_workers=cfg.workers,
             pin_memory=pin_memory(device),
-            generator=shuffle_gen,
+            generator=shuffle_gen if sampler is None else None,
             worker_init_fn=_seed_worker,
         )
-        model.train()
+        train_model.train()
         seen, loss_sum, correct = 0, 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+        bar = tqdm(
+            loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+            disable=not ctx.is_main,
+        )  # fmt: skip
         augment = partial(augment_batch, generator=aug_gen) if cfg.augment else None
         for images, labels in bar:
             x = normalizer(images, augment=augment)
             y = labels.to(device, non_blocking=True).float()
             with autocast(device):
-                logits = model(x)
+                logits = train_model(x)
                 loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -191,8 +250,14 @@ def train(
             correct += int(((logits.detach() > 0).float() == y).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
 
+        seen_f, loss_sum, correct_f = sum_across([seen, loss_sum, correct], ctx)
+        seen, correct = int(seen_f), int(correct_f)
         model.eval()
-        probs = predict_dataset(model, val_data, normalizer, workers=cfg.workers, desc="validate")
+        local = predict_dataset(
+            model, Subset(val_data, val_shard.tolist()), normalizer, workers=cfg.workers,
+            desc="validate",
+        )  # fmt: skip
+        probs = gather_shards(local, len(val_data), ctx)  # type: ignore[arg-type]
         threshold = best_threshold(val_labels, probs)
         m = binary_metrics(val_labels, probs, threshold=threshold, n_bootstrap=200)
         row = {
@@ -205,11 +270,12 @@ def train(
             "threshold": threshold,
         }
         history.append(row)
-        tqdm.write(
-            f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
-            f"train acc {row['train_accuracy']:.3f} | val AUC {m.auc:.4f} "
-            f"acc {m.accuracy:.3f} (threshold {threshold:.2f})"
-        )
+        if ctx.is_main:
+            tqdm.write(
+                f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
+                f"train acc {row['train_accuracy']:.3f} | val AUC {m.auc:.4f} "
+                f"acc {m.accuracy:.3f} (threshold {threshold:.2f})"
+            )
         if m.auc > best_auc:
             best_auc, best_epoch = m.auc, epoch + 1
             best_metrics = m.to_dict()
@@ -223,14 +289,18 @@ def train(
                 "n_val": len(val_data),  # type: ignore[arg-type]
                 "parameters": n_params,
                 "device": str(device),
+                "processes": ctx.world_size,
             }
-            save_weights(out, model, card)
-        _save_checkpoint(
-            ckpt_path, model, optimizer, scheduler, cfg, epoch, best_auc, best_epoch,
-            history, best_metrics,
-        )  # fmt: skip
+            if ctx.is_main:
+                save_weights(out, model, card)
+        if ctx.is_main:
+            _save_checkpoint(
+                ckpt_path, model, optimizer, scheduler, cfg, epoch, best_auc, best_epoch,
+                history, best_metrics,
+            )  # fmt: skip
+        barrier(ctx)
 
-    if ckpt_path.exists():
+    if ctx.is_main and ckpt_path.exists():
         ckpt_path.unlink()
     return TrainResult(out, best_epoch, best_metrics, history, time.perf_counter() - start)
 
