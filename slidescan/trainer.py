@@ -187,6 +187,7 @@ def _train(
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
         first_epoch, best_auc, best_epoch = ckpt["epoch"] + 1, ckpt["best_auc"], ckpt["best_epoch"]
         history, best_metrics = ckpt["history"], ckpt["best_metrics"]
 
@@ -295,7 +296,7 @@ def _train(
                 save_weights(out, model, card)
         if ctx.is_main:
             _save_checkpoint(
-                ckpt_path, model, optimizer, scheduler, cfg, epoch, best_auc, best_epoch,
+                ckpt_path, model, optimizer, scheduler, scaler, cfg, epoch, best_auc, best_epoch,
                 history, best_metrics,
             )  # fmt: skip
         barrier(ctx)
@@ -317,6 +318,7 @@ def _save_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
+    scaler: torch.amp.GradScaler,
     cfg: TrainConfig,
     epoch: int,
     best_auc: float,
@@ -328,6 +330,7 @@ def _save_checkpoint(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
         "config": _json_config(cfg),
         "epoch": epoch,
         "best_auc": best_auc,

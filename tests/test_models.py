@@ -47,7 +47,7 @@ def _calibrate_batchnorm(model: nn.Module, seed: int = 0) -> None:
 
 def test_registry_lists_both_models() -> None:
     assert {"pcamnet-s", "seed-cnn"} <= set(MODEL_NAMES)
-    assert MODEL_NAMES == sorted(MODEL_NAMES)
+    assert sorted(MODEL_NAMES) == MODEL_NAMES
     assert DEFAULT_MODEL in MODEL_NAMES
 
 
@@ -134,7 +134,11 @@ def test_pcamnet_dense_map_equals_patchwise() -> None:
         dense = model.forward_dense(x)
         assert dense.shape == (1, rows, cols)
         patches = torch.cat(
-            [x[..., 32 * i : 32 * i + 96, 32 * j : 32 * j + 96] for i in range(rows) for j in range(cols)]
+            [
+                x[..., 32 * i : 32 * i + 96, 32 * j : 32 * j + 96]
+                for i in range(rows)
+                for j in range(cols)
+            ]
         )
         patchwise = model(patches).view(1, rows, cols)
     assert dense.std() > 1e-3, "degenerate map: the comparison would prove nothing"

@@ -1,0 +1,255 @@
+"""Trainer: learns a toy problem, writes a complete card, is reproducible, resumes exactly."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import slidescan.trainer as trainer_mod
+from slidescan.errors import SlidescanError
+from slidescan.patch_data import PatchDataset, open_patch_dataset
+from slidescan.trainer import TrainConfig, channel_stats, resume_path, split_holdout, train
+from slidescan.weights import load_weights
+
+SMALL = {"width": 16}  # pcamnet-s with fewer channels: keeps the reproducibility runs quick
+
+
+def _toy_patch(label: int, rng: np.random.Generator) -> np.ndarray:
+    """Pale pink noisy background; tumour (1) adds dark purple blobs, normal (0) faint pink ones."""
+    yy, xx = np.mgrid[0:96, 0:96]
+    img = np.empty((96, 96, 3), np.float32)
+    img[:] = (235, 190, 215)
+    img += rng.normal(0, 12, img.shape)
+    colour = (90, 40, 130) if label else (220, 140, 180)
+    for _ in range(rng.integers(5, 9) if label else rng.integers(0, 3)):
+        cy, cx, r = rng.uniform(10, 86), rng.uniform(10, 86), rng.uniform(6, 12)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = colour + rng.normal(0, 10, 3)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_toy_set(root: Path, n_per_class: int, seed: int = 0, classes: tuple = (0, 1)) -> Path:
+    """Class folders ``0/`` and ``1/`` of 96x96 PNGs."""
+    rng = np.random.default_rng(seed)
+    for label in classes:
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            Image.fromarray(_toy_patch(label, rng)).save(folder / f"c{label}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> PatchDataset:
+    return open_patch_dataset(write_toy_set(tmp_path_factory.mktemp("toy"), 30))
+
+
+@pytest.fixture(scope="module")
+def small_toy(tmp_path_factory: pytest.TempPathFactory) -> PatchDataset:
+    return open_patch_dataset(write_toy_set(tmp_path_factory.mktemp("small"), 20, seed=1))
+
+
+def _cfg(**changes: object) -> TrainConfig:
+    base: dict = {"epochs": 1, "batch_size": 8, "workers": 0, "device": "cpu", "seed": 3}
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return load_weights(path).model.state_dict()
+
+
+def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"tensors differ: {differ[:5]}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Learning and the card
+
+
+@pytest.fixture(scope="module")
+def trained(toy: PatchDataset, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("run") / "model.pt"
+    result = train(
+        toy, out, _cfg(epochs=3, batch_size=16), data_description="toy blobs", command="pytest"
+    )
+    return out, result
+
+
+def test_learns_the_toy_problem(trained) -> None:
+    out, result = trained
+    history = result.history
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[0]["train_loss"] > history[-1]["train_loss"], history
+    assert max(h["val_auc"] for h in history) > 0.9, history
+    assert result.metrics["auc"] > 0.9
+    assert 1 <= result.best_epoch <= 3
+    assert result.weights == out and out.is_file()
+    assert not resume_path(out).exists(), "the resume checkpoint is removed after a full run"
+
+
+def test_card_describes_the_run(trained, toy: PatchDataset) -> None:
+    out, result = trained
+    card = load_weights(out).card
+    assert card.model == "pcamnet-s"
+    assert 0 < card.threshold < 1
+    assert card.threshold == pytest.approx(result.metrics["threshold"])
+    assert len(card.mean) == 3 and len(card.std) == 3
+    assert all(0 < m < 1 for m in card.mean) and all(0 < s < 1 for s in card.std)
+    # Pale pink patches: red is the brightest channel, green the darkest.
+    assert card.mean[0] > card.mean[2] > card.mean[1]
+    assert card.metrics["epoch"] == result.best_epoch
+    assert card.metrics["validation"]["auc"] == pytest.approx(result.metrics["auc"])
+    training = card.training
+    assert training["data"] == "toy blobs"
+    assert training["command"] == "pytest"
+    assert training["n_train"] + training["n_val"] == len(toy)
+    assert training["n_val"] == round(0.2 * len(toy))
+    assert training["config"]["epochs"] == 3 and training["config"]["seed"] == 3
+    assert training["parameters"] > 0
+    assert training["device"] == "cpu"
+
+
+def test_mean_std_are_training_channel_stats(trained, toy: PatchDataset) -> None:
+    out, _ = trained
+    card = load_weights(out).card
+    train_idx, _ = split_holdout(len(toy), 0.2, seed=3)
+    mean, std = channel_stats(torch.utils.data.Subset(toy, train_idx.tolist()), seed=3)
+    assert card.mean == pytest.approx(tuple(mean))
+    assert card.std == pytest.approx(tuple(std))
+
+
+# ------------------------------------------------------------------------------------------------
+# Reproducibility and --resume
+
+
+def test_same_seed_same_weights(small_toy: PatchDataset, tmp_path: Path) -> None:
+    cfg = _cfg(model_config=SMALL)
+    a = train(small_toy, tmp_path / "a.pt", cfg)
+    b = train(small_toy, tmp_path / "b.pt", cfg)
+    _assert_same_state(_state(tmp_path / "a.pt"), _state(tmp_path / "b.pt"))
+    assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_resume_continues_and_matches_uninterrupted(
+    small_toy: PatchDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = _cfg(epochs=2, model_config=SMALL, lr=3e-3)  # with dropout: global RNG too
+    real_save = trainer_mod._save_checkpoint
+    finals: dict[str, dict[str, torch.Tensor]] = {}
+    epochs_run: list[int] = []
+
+    def recording_save(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        bound = inspect.signature(real_save).bind(*args, **kwargs).arguments
+        epoch, path, model = bound["epoch"], bound["path"], bound["model"]
+        epochs_run.append(epoch + 1)
+        finals[str(path)] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        real_save(*args, **kwargs)
+        if interrupt_after is not None and epoch + 1 == interrupt_after:
+            raise _Interrupted
+
+    monkeypatch.setattr(trainer_mod, "_save_checkpoint", recording_save)
+
+    interrupt_after: int | None = None
+    full = train(small_toy, tmp_path / "full.pt", cfg)
+    final_full = finals[str(resume_path(tmp_path / "full.pt"))]
+
+    out = tmp_path / "resumed.pt"
+    interrupt_after = 1
+    epochs_run.clear()
+    with pytest.raises(_Interrupted):
+        train(small_toy, out, cfg)
+    assert epochs_run == [1]
+    assert resume_path(out).is_file(), "the interrupted run must leave its checkpoint"
+
+    interrupt_after = None
+    epochs_run.clear()
+    resumed = train(small_toy, out, cfg, resume=True)
+    assert epochs_run == [2], "resume must continue with epoch 2, not start again"
+    assert not resume_path(out).exists()
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert resumed.history == full.history
+    assert resumed.best_epoch == full.best_epoch
+    _assert_same_state(finals[str(resume_path(out))], final_full)
+    _assert_same_state(_state(out), _state(tmp_path / "full.pt"))
+
+
+def test_resume_without_checkpoint(small_toy: PatchDataset, tmp_path: Path) -> None:
+    with pytest.raises(SlidescanError, match="no checkpoint"):
+        train(small_toy, tmp_path / "x.pt", _cfg(model_config=SMALL), resume=True)
+
+
+def test_resume_with_other_settings(
+    small_toy: PatchDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "x.pt"
+    real_save = trainer_mod._save_checkpoint
+
+    def save_then_stop(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        real_save(*args, **kwargs)
+        raise _Interrupted
+
+    monkeypatch.setattr(trainer_mod, "_save_checkpoint", save_then_stop)
+    with pytest.raises(_Interrupted):
+        train(small_toy, out, _cfg(epochs=2, model_config=SMALL))
+    monkeypatch.undo()
+    with pytest.raises(SlidescanError, match="different settings"):
+        train(small_toy, out, _cfg(epochs=2, model_config=SMALL, lr=0.5), resume=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Splits and bad data
+
+
+@pytest.mark.parametrize("n, fraction", [(10, 0.2), (101, 0.2), (7, 0.5), (3, 0.01)])
+def test_split_holdout(n: int, fraction: float) -> None:
+    train_idx, val_idx = split_holdout(n, fraction, seed=0)
+    assert len(val_idx) == max(1, round(n * fraction))
+    assert len(train_idx) + len(val_idx) == n
+    assert not set(train_idx) & set(val_idx)
+    assert sorted({*train_idx, *val_idx}) == list(range(n))
+    assert list(train_idx) == sorted(train_idx) and list(val_idx) == sorted(val_idx)
+    again = split_holdout(n, fraction, seed=0)
+    assert np.array_equal(again[0], train_idx) and np.array_equal(again[1], val_idx)
+
+
+def test_split_holdout_depends_on_seed() -> None:
+    assert not np.array_equal(split_holdout(100, 0.2, 0)[1], split_holdout(100, 0.2, 1)[1])
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_split_holdout_rejects_bad_fraction(fraction: float) -> None:
+    with pytest.raises(SlidescanError, match="between 0 and 1"):
+        split_holdout(10, fraction, seed=0)
+
+
+def test_one_class_is_an_error(tmp_path: Path) -> None:
+    data = open_patch_dataset(write_toy_set(tmp_path / "only0", 6, classes=(0,)))
+    with pytest.raises(SlidescanError, match="both classes"):
+        train(data, tmp_path / "x.pt", _cfg(model_config=SMALL))
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_one_class_validation_set_is_an_error(small_toy: PatchDataset, tmp_path: Path) -> None:
+    val = open_patch_dataset(write_toy_set(tmp_path / "val1", 4, classes=(1,)))
+    with pytest.raises(SlidescanError, match="validation data needs"):
+        train(small_toy, tmp_path / "x.pt", _cfg(model_config=SMALL), val_data=val)
+
+
+def test_separate_validation_set(small_toy: PatchDataset, tmp_path: Path) -> None:
+    val = open_patch_dataset(write_toy_set(tmp_path / "val", 4, seed=9))
+    result = train(small_toy, tmp_path / "x.pt", _cfg(model_config=SMALL), val_data=val)
+    card = load_weights(tmp_path / "x.pt").card
+    assert card.training["n_train"] == len(small_toy)
+    assert card.training["n_val"] == len(val)
+    assert result.metrics["n"] == len(val)
