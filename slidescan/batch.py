@@ -98,6 +98,50 @@ def write_summary(path: Path, outcomes: Iterable[SlideOutcome]) -> None:
 ScanOne = Callable[[Path, Path, Path | None], ScanResult]
 
 
+def duplicate_outputs(slides: list[Path], out_dir: Path) -> dict[Path, str]:
+    """Slides whose output another slide of the batch already claims (a.svs and a.tif → a.zarr),
+    with the error to record for them."""
+    claimed: dict[Path, str] = {}
+    errors = {}
+    for slide in slides:
+        heatmap = heatmap_for(slide, out_dir)
+        owner = claimed.setdefault(heatmap, slide.name)
+        if owner != slide.name:
+            errors[slide] = (
+                f"{slide.name}: output {heatmap.name} belongs to {owner} in this batch; "
+                "rename one of the two slides"
+            )
+    return errors
+
+
+def process_slide(
+    slide: Path,
+    out_dir: Path,
+    scan_one: ScanOne,
+    *,
+    overwrite: bool = False,
+    overlay_dir: Path | None = None,
+) -> SlideOutcome:
+    """Scan one slide of a batch (or take its earlier complete result); failures become rows."""
+    heatmap = heatmap_for(slide, out_dir)
+    overlay = overlay_dir / f"{slide.stem}.png" if overlay_dir else None
+    start = time.perf_counter()
+    try:
+        if is_complete(heatmap) and not overwrite:
+            return outcome_from_previous(slide, heatmap)
+        return outcome_from_result(scan_one(slide, heatmap, overlay))
+    except SlidescanError as exc:
+        return SlideOutcome(
+            slide=slide.name, status="failed", seconds=round(time.perf_counter() - start, 2),
+            error=one_line(exc),
+        )  # fmt: skip
+
+
+def failed(slide: Path, error: str) -> SlideOutcome:
+    """A summary row for a slide that could not be scanned."""
+    return SlideOutcome(slide=slide.name, status="failed", error=error)
+
+
 def run_batch(
     slides: list[Path],
     out_dir: Path,
@@ -115,27 +159,14 @@ def run_batch(
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: list[SlideOutcome] = []
     summary = out_dir / "summary.csv"
-    claimed: dict[Path, str] = {}  # output → slide: a.svs and a.tif must not share a.zarr
+    duplicates = duplicate_outputs(slides, out_dir)
     for slide in tqdm(slides, desc="slides", unit="slide", disable=len(slides) < 2):
-        heatmap = heatmap_for(slide, out_dir)
-        overlay = overlay_dir / f"{slide.stem}.png" if overlay_dir else None
-        start = time.perf_counter()
-        owner = claimed.setdefault(heatmap, slide.name)
-        try:
-            if owner != slide.name:
-                raise SlidescanError(
-                    f"{slide.name}: output {heatmap.name} belongs to {owner} in this batch; "
-                    "rename one of the two slides"
-                )
-            if is_complete(heatmap) and not overwrite:
-                outcome = outcome_from_previous(slide, heatmap)
-            else:
-                outcome = outcome_from_result(scan_one(slide, heatmap, overlay))
-        except SlidescanError as exc:
-            outcome = SlideOutcome(
-                slide=slide.name, status="failed", seconds=round(time.perf_counter() - start, 2),
-                error=one_line(exc),
-            )  # fmt: skip
+        if slide in duplicates:
+            outcome = failed(slide, duplicates[slide])
+        else:
+            outcome = process_slide(
+                slide, out_dir, scan_one, overwrite=overwrite, overlay_dir=overlay_dir
+            )
         outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shlex
 import sys
@@ -63,6 +64,8 @@ def main(
     ] = False,
 ) -> None:
     """slidescan command line."""
+    # tifffile logs its own warning for each corrupt file; our one-line error already says it.
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
 
 
 DataArg = Annotated[
@@ -326,6 +329,15 @@ def run(
     batch_size: Annotated[int, typer.Option(min=1, help="Patches per model batch.")] = 256,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Distribute a directory's slides over a Dask cluster, one task per slide: "
+            "tcp://host:8786, a scheduler file (.json, e.g. from dask-jobqueue on SLURM), or "
+            "local:N for N worker processes here. Workers need the same paths.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Scan slides: tissue mask, tile at the model's resolution, heatmap (zarr) and slide call.
 
@@ -352,7 +364,6 @@ def run(
         slides = find_slides(input)
         if not slides:
             raise SlidescanError(f"{input}: no slide files found")
-        scanner = Scanner(load_weights(weights), options)
 
         def report(outcome: Any) -> None:
             if outcome.status == "failed":
@@ -360,11 +371,27 @@ def run(
             elif outcome.status == "skipped":
                 typer.echo(f"{outcome.slide}: already done (use --overwrite to redo)")
 
-        outcomes = run_batch(
-            slides, out_dir,
-            lambda s, h, o: _echo_result(scanner.scan(s, h, o), describe),
-            overwrite=overwrite, overlay_dir=overlay, on_outcome=report,
-        )  # fmt: skip
+            elif outcome.status == "done" and scheduler:
+                typer.echo(
+                    f"{outcome.slide}: done, positive={outcome.positive}, score={outcome.score:.3f}"
+                )
+
+        if scheduler:
+            from slidescan.cluster import dask_client, run_batch_on_cluster
+
+            load_weights(weights)  # fail here, once, rather than in every task
+            with dask_client(scheduler) as client:
+                outcomes = run_batch_on_cluster(
+                    slides, out_dir, client, weights=weights, options=options,
+                    overlay_dir=overlay, on_outcome=report,
+                )  # fmt: skip
+        else:
+            scanner = Scanner(load_weights(weights), options)
+            outcomes = run_batch(
+                slides, out_dir,
+                lambda s, h, o: _echo_result(scanner.scan(s, h, o), describe),
+                overwrite=overwrite, overlay_dir=overlay, on_outcome=report,
+            )  # fmt: skip
         failed = sum(o.status == "failed" for o in outcomes)
         typer.echo(
             f"{len(outcomes) - failed}/{len(outcomes)} slides done, {failed} failed; "
@@ -373,6 +400,10 @@ def run(
         if failed:
             raise typer.Exit(1)
         return
+    if scheduler:
+        raise SlidescanError(
+            "--scheduler distributes the slides of a directory; INPUT is one slide"
+        )
     heatmap = out or Path(f"{input.stem}.zarr")
     if heatmap.suffix != ".zarr":
         raise SlidescanError(f"--out must end in .zarr for a single slide, got {heatmap}")

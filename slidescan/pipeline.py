@@ -33,7 +33,7 @@ from slidescan.tissue import mask_thumbnail
 from slidescan.weights import LoadedModel
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScanOptions:
     """How to scan; defaults are what a first-time user should get."""
 

@@ -417,4 +417,6 @@ def _positive_float(text: str | None) -> float | None:
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+    if len(text) < 4:  # e.g. tifffile's bare "0" for a truncated file says nothing to a user
+        return f"truncated or corrupt file ({type(exc).__name__}{': ' + text if text else ''})"
+    return text

@@ -1,0 +1,147 @@
+"""Batch scans on a Dask distributed cluster: one task per slide, each worker its own model.
+
+The scheduler can be anything Dask connects to: ``tcp://host:8786``, a scheduler file written by
+``dask-jobqueue``/``dask scheduler --scheduler-file`` on HPC (a path ending in ``.json``), or
+``local:N`` for a LocalCluster of N worker processes on this machine. Workers must see the
+slides and the output folder at the same paths (a shared filesystem, or object storage mounted
+alike). Outputs, summary.csv and resumability are exactly those of a local run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from slidescan.batch import (
+    SlideOutcome,
+    duplicate_outputs,
+    failed,
+    heatmap_for,
+    outcome_from_previous,
+    process_slide,
+    write_summary,
+)
+from slidescan.errors import SlidescanError, one_line
+from slidescan.pipeline import Scanner, ScanOptions, is_complete
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+_SCANNERS: dict[tuple[str | None, ScanOptions], Scanner] = {}
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str) -> Iterator[Client]:
+    """A Dask client for ``scheduler`` (address, scheduler-file path, or ``local:N``), closed
+    (with its LocalCluster, if it started one) on exit."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise SlidescanError(
+            "--scheduler needs Dask distributed: pip install 'slidescan[cluster]'"
+        ) from None
+    cluster = None
+    try:
+        if scheduler.startswith("local:"):
+            cluster = LocalCluster(
+                n_workers=int(scheduler.split(":", 1)[1]), threads_per_worker=1, processes=True,
+                dashboard_address=None,
+            )  # fmt: skip
+            client = Client(cluster)
+        elif scheduler.endswith(".json"):
+            client = Client(scheduler_file=scheduler)
+        else:
+            client = Client(scheduler)
+    except (OSError, ValueError, TimeoutError) as exc:
+        if cluster is not None:
+            cluster.close()
+        raise SlidescanError(f"cannot connect to Dask scheduler {scheduler!r}: {exc}") from None
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _worker_scanner(weights: str | None, options: ScanOptions) -> Scanner:
+    # One model per worker process, loaded by its first task and reused by the rest.
+    key = (weights, options)
+    if key not in _SCANNERS:
+        from slidescan.weights import load_weights
+
+        _SCANNERS[key] = Scanner(load_weights(Path(weights) if weights else None), options)
+    return _SCANNERS[key]
+
+
+def scan_task(
+    slide: str, out_dir: str, weights: str | None, options: ScanOptions, overlay_dir: str | None
+) -> SlideOutcome:
+    """What one Dask task does: scan one slide on the worker it landed on."""
+    if multiprocessing.current_process().daemon:
+        # Daemonic worker processes may not start DataLoader workers; the cluster is the
+        # parallelism here.
+        options = dataclasses.replace(options, workers=0)
+    options = dataclasses.replace(options, progress=False)
+    scanner = _worker_scanner(weights, options)
+    return process_slide(
+        Path(slide), Path(out_dir), scanner.scan, overwrite=options.overwrite,
+        overlay_dir=Path(overlay_dir) if overlay_dir else None,
+    )  # fmt: skip
+
+
+def run_batch_on_cluster(
+    slides: list[Path],
+    out_dir: Path,
+    client: Client,
+    *,
+    weights: Path | None,
+    options: ScanOptions,
+    overlay_dir: Path | None = None,
+    on_outcome: Callable[[SlideOutcome], None] | None = None,
+) -> list[SlideOutcome]:
+    """Like :func:`slidescan.batch.run_batch`, with one Dask task per slide still to scan."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcomes: dict[Path, SlideOutcome] = {}
+    todo = []
+    duplicates = duplicate_outputs(slides, out_dir)
+    for slide in slides:
+        heatmap = heatmap_for(slide, out_dir)
+        if slide in duplicates:
+            outcomes[slide] = failed(slide, duplicates[slide])
+        elif is_complete(heatmap) and not options.overwrite:
+            outcomes[slide] = outcome_from_previous(slide, heatmap)
+        else:
+            todo.append(slide)
+            continue
+        if on_outcome:
+            on_outcome(outcomes[slide])
+    futures = {
+        client.submit(
+            scan_task, str(s.resolve()), str(out_dir.resolve()),
+            str(weights.resolve()) if weights else None, options,
+            str(overlay_dir.resolve()) if overlay_dir else None,
+            key=f"slidescan-{s.name}-{id(outcomes)}", pure=False,
+        ): s
+        for s in todo
+    }  # fmt: skip
+    summary = out_dir / "summary.csv"
+    for future in tqdm(as_completed(futures), total=len(futures), desc="slides", unit="slide"):
+        slide = futures[future]
+        try:
+            outcome = future.result()
+        except Exception as exc:  # a worker died or the task could not run at all
+            outcome = failed(slide, f"task failed: {one_line(exc)}")
+        outcomes[slide] = outcome
+        if on_outcome:
+            on_outcome(outcome)
+        write_summary(summary, [outcomes[s] for s in slides if s in outcomes])
+    write_summary(summary, [outcomes[s] for s in slides])
+    return [outcomes[s] for s in slides]

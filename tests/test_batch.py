@@ -1,0 +1,254 @@
+"""Batch runs over a folder: per-slide outputs, summary.csv, failures recorded, resumable reruns."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from slide_fixtures import (
+    square_image,
+    tissue_image,
+    write_pyramid,
+    write_random_bytes,
+    write_truncated,
+)
+from typer.testing import CliRunner, Result
+
+from slidescan.batch import SUMMARY_FIELDS, find_slides, run_batch
+from slidescan.cli import app
+from slidescan.heatmap import read_heatmap
+from slidescan.models import create_model
+from slidescan.pipeline import Scanner, ScanOptions, ScanResult, is_complete, read_report
+from slidescan.weights import ModelCard, load_weights, save_weights
+
+MODEL_MPP = 0.972
+SLIDE_MPP = 0.486
+CELL_UM = 96 * MODEL_MPP
+GOOD = ["a_good.tif", "b_good.tif"]
+BAD = ["c_truncated.tif", "d_noise.svs"]
+ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+FAST = ["--device", "cpu", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "w.pt"
+    save_weights(path, create_model("pcamnet-s"), ModelCard(model="pcamnet-s", mpp=MODEL_MPP))
+    return path
+
+
+def _good_slide(path: Path, at_cells: tuple[int, int]) -> Path:
+    """A 4×4-cell slide with a 2×2-cell purple square of "tissue"."""
+    at_um = (at_cells[0] * CELL_UM, at_cells[1] * CELL_UM)
+    return write_pyramid(
+        path, square_image(SLIDE_MPP, 4 * CELL_UM, 2 * CELL_UM, at_um), mpp=SLIDE_MPP
+    )
+
+
+@pytest.fixture(scope="module")
+def slide_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("slides")
+    _good_slide(d / GOOD[0], (0, 0))
+    _good_slide(d / GOOD[1], (1, 2))
+    # Noisy pixels: the cut lands inside level 0's tiles, not between whole levels.
+    src = tmp_path_factory.mktemp("source") / "noisy.tif"
+    noisy = write_pyramid(src, tissue_image(768, 1024)[0], mpp=SLIDE_MPP)
+    write_truncated(d / BAD[0], noisy, keep=0.5)
+    write_random_bytes(d / BAD[1])
+    (d / "notes.txt").write_text("not a slide")
+    (d / ".hidden.tif").write_bytes(b"")
+    return d
+
+
+@pytest.fixture(scope="module")
+def good_dir(tmp_path_factory: pytest.TempPathFactory, slide_dir: Path) -> Path:
+    d = tmp_path_factory.mktemp("good")
+    for name in GOOD:
+        shutil.copy(slide_dir / name, d / name)
+    return d
+
+
+class CountingScanner:
+    """scan_one for run_batch that records which slides were actually scanned."""
+
+    def __init__(self, weights: Path, **options: Any) -> None:
+        opts = {"workers": 0, "device": "cpu", "progress": False, **options}
+        self.scanner = Scanner(load_weights(weights), ScanOptions(**opts))
+        self.scanned: list[str] = []
+
+    def __call__(self, slide: Path, heatmap: Path, overlay: Path | None) -> ScanResult:
+        self.scanned.append(slide.name)
+        return self.scanner.scan(slide, heatmap, overlay)
+
+
+def read_summary(out_dir: Path) -> dict[str, dict[str, str]]:
+    with open(out_dir / "summary.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == SUMMARY_FIELDS
+        return {row["slide"]: row for row in reader}
+
+
+def outputs(out_dir: Path) -> list[str]:
+    return sorted(p.name for p in out_dir.iterdir())
+
+
+def stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+def invoke(*args: str | Path) -> Result:
+    return CliRunner().invoke(app, ["run", *map(str, args)], env=ENV)
+
+
+EXPECTED_OUTPUTS = ["a_good.json", "a_good.zarr", "b_good.json", "b_good.zarr", "summary.csv"]
+
+
+def test_find_slides_ignores_other_files(slide_dir: Path) -> None:
+    assert [p.name for p in find_slides(slide_dir)] == GOOD + BAD
+
+
+def test_batch_outputs_and_summary(slide_dir: Path, weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    scan_one = CountingScanner(weights)
+    outcomes = run_batch(find_slides(slide_dir), out, scan_one)
+
+    assert [o.slide for o in outcomes] == GOOD + BAD
+    assert [o.status for o in outcomes] == ["done", "done", "failed", "failed"]
+    assert outputs(out) == EXPECTED_OUTPUTS  # nothing for failed slides, no partials
+    for name in GOOD:
+        heatmap = out / name.replace(".tif", ".zarr")
+        assert is_complete(heatmap)
+        probability, tissue, attrs = read_heatmap(heatmap)
+        assert attrs["slide_path"] == str((slide_dir / name).resolve())
+        assert int(tissue.sum()) == 4 and np.isfinite(probability[tissue]).all()
+        assert read_report(heatmap)["slide"] == name
+
+    rows = read_summary(out)
+    assert list(rows) == GOOD + BAD  # one row per slide file, notes.txt not among them
+    for name in GOOD:
+        row = rows[name]
+        assert row["status"] == "done" and row["error"] == ""
+        assert row["heatmap"] == name.replace(".tif", ".zarr")
+        assert row["tiles"] == "4" and row["positive"] in ("true", "false")
+        assert 0.0 <= float(row["score"]) <= 1.0
+    for name in BAD:
+        row = rows[name]
+        assert row["status"] == "failed" and name in row["error"]
+        assert row["heatmap"] == row["score"] == row["tiles"] == ""
+
+
+def test_rerun_skips_complete_and_overwrite_redoes(
+    good_dir: Path, weights: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "results"
+    first = CountingScanner(weights)
+    run_batch(find_slides(good_dir), out, first)
+    assert first.scanned == GOOD
+    before = {name: stamp(out / name) for name in EXPECTED_OUTPUTS[:-1]}
+    reports = {name: read_report(out / f"{name[:-4]}.zarr") for name in GOOD}
+
+    again = CountingScanner(weights)
+    outcomes = run_batch(find_slides(good_dir), out, again)
+    assert again.scanned == []
+    assert [o.status for o in outcomes] == ["skipped", "skipped"]
+    assert {name: stamp(out / name) for name in before} == before  # untouched
+    rows = read_summary(out)
+    for name in GOOD:  # the summary still carries the earlier results
+        call = reports[name]["call"]
+        assert rows[name]["status"] == "skipped"
+        assert rows[name]["score"] == f"{call['score']:.4f}"
+        assert rows[name]["tiles"] == str(reports[name]["tiles_scanned"])
+
+    redo = CountingScanner(weights, overwrite=True)
+    outcomes = run_batch(find_slides(good_dir), out, redo, overwrite=True)
+    assert redo.scanned == GOOD
+    assert [o.status for o in outcomes] == ["done", "done"]
+    after = {name: stamp(out / name) for name in before}
+    assert all(after[name] != before[name] for name in before)
+    assert outputs(out) == EXPECTED_OUTPUTS
+
+
+def test_interrupted_slides_are_redone(good_dir: Path, weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    run_batch(find_slides(good_dir), out, CountingScanner(weights))
+    # a_good: killed between the renames (heatmap without report).
+    (out / "a_good.json").unlink()
+    # b_good: killed mid-scan (only the hidden partials).
+    shutil.rmtree(out / "b_good.zarr")
+    (out / "b_good.json").unlink()
+    (out / ".b_good.zarr.partial").mkdir()
+    (out / ".b_good.zarr.partial" / "junk").write_text("x")
+    (out / ".b_good.json.partial").write_text("{")
+
+    scan_one = CountingScanner(weights)
+    outcomes = run_batch(find_slides(good_dir), out, scan_one)
+    assert scan_one.scanned == GOOD
+    assert [o.status for o in outcomes] == ["done", "done"]
+    assert outputs(out) == EXPECTED_OUTPUTS
+    assert all(is_complete(out / f"{name[:-4]}.zarr") for name in GOOD)
+
+
+def test_same_stem_slides_do_not_share_an_output(
+    good_dir: Path, weights: Path, tmp_path: Path
+) -> None:
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(good_dir / GOOD[0], slides / "same.svs")  # OpenSlide reads it by content
+    shutil.copy(good_dir / GOOD[1], slides / "same.tif")
+    out = tmp_path / "results"
+    for _ in range(2):  # first run and rerun
+        outcomes = run_batch(find_slides(slides), out, CountingScanner(weights))
+        assert [o.slide for o in outcomes] == ["same.svs", "same.tif"]
+        assert outcomes[0].status in ("done", "skipped")
+        assert outcomes[1].status == "failed" and "same.zarr" in outcomes[1].error
+    assert read_report(out / "same.zarr")["slide"] == "same.svs"
+
+
+# --- the same through the command line --------------------------------------------------------
+
+
+def test_cli_batch_with_failures_exits_1(slide_dir: Path, weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    result = invoke(slide_dir, "--out", out, "--weights", weights, *FAST)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert outputs(out) == EXPECTED_OUTPUTS
+    rows = read_summary(out)
+    assert [rows[n]["status"] for n in GOOD + BAD] == ["done", "done", "failed", "failed"]
+    for name in BAD:
+        assert f"{name}: FAILED" in result.stderr
+    for name in GOOD:
+        assert name in result.stdout and "research use only" in result.stdout
+    assert "2/4 slides done, 2 failed" in result.stdout
+
+
+def test_cli_batch_all_good_exit_0_and_resumes(
+    good_dir: Path, weights: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "results"
+    overlays = tmp_path / "overlays"
+    args = [good_dir, "--out", out, "--weights", weights, *FAST]
+    first = invoke(*args, "--overlay", overlays)
+    assert first.exit_code == 0, first.output
+    assert "2/2 slides done, 0 failed" in first.stdout
+    assert sorted(p.name for p in overlays.iterdir()) == ["a_good.png", "b_good.png"]
+    before = stamp(out / "a_good.zarr")
+
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert again.stdout.count("already done") == 2
+    assert stamp(out / "a_good.zarr") == before
+    assert [r["status"] for r in read_summary(out).values()] == ["skipped", "skipped"]
+
+    redo = invoke(*args, "--overwrite")
+    assert redo.exit_code == 0, redo.output
+    assert "already done" not in redo.stdout
+    assert stamp(out / "a_good.zarr") != before
+    assert [r["status"] for r in read_summary(out).values()] == ["done", "done"]

@@ -1,0 +1,194 @@
+"""`slidescan run` on one slide, in-process: one result line, overlays, one-line errors, help."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from slide_fixtures import (
+    square_image,
+    tissue_image,
+    write_pyramid,
+    write_random_bytes,
+    write_truncated,
+)
+from typer.testing import CliRunner, Result
+
+from slidescan.cli import app
+from slidescan.heatmap import read_heatmap
+from slidescan.models import create_model
+from slidescan.pipeline import is_complete, read_report
+from slidescan.weights import ModelCard, save_weights
+
+MODEL_MPP = 0.972
+SLIDE_MPP = 0.486
+CELL_UM = 96 * MODEL_MPP
+ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+FAST = ["--device", "cpu", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "w.pt"
+    save_weights(path, create_model("pcamnet-s"), ModelCard(model="pcamnet-s", mpp=MODEL_MPP))
+    return path
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("slides")
+    rgb = square_image(SLIDE_MPP, 4 * CELL_UM, 2 * CELL_UM, (CELL_UM, CELL_UM))
+    good = write_pyramid(d / "slide.tif", rgb, mpp=SLIDE_MPP)
+    noisy = write_pyramid(d / "noisy.tif", tissue_image(768, 1024)[0], mpp=SLIDE_MPP)
+    return {
+        "good": good,
+        "no_mpp": write_pyramid(d / "no_mpp.tif", rgb, mpp=None),
+        # Noisy pixels: the cut lands inside level 0's tiles, not between whole levels.
+        "truncated": write_truncated(d / "truncated.tif", noisy, keep=0.5),
+        "random": write_random_bytes(d / "random.svs"),
+    }
+
+
+def invoke(*args: str | Path) -> Result:
+    return CliRunner().invoke(app, ["run", *map(str, args)], env=ENV)
+
+
+def lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+def entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())  # hidden partials included
+
+
+def assert_one_error_line(result: Result) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    shown = lines(result.stderr)
+    assert len(shown) == 1 and shown[0].startswith("error: "), result.stderr
+    assert result.stdout == ""
+    return shown[0]
+
+
+def test_run_one_slide_prints_one_line(
+    slides: dict[str, Path], weights: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "x.zarr"
+    result = invoke(slides["good"], "--out", out, "--weights", weights, *FAST)
+    assert result.exit_code == 0, result.output
+    shown = lines(result.stdout)
+    assert len(shown) == 1, result.stdout
+    line = shown[0]
+    assert line.startswith("slide.tif: ") and "research use only" in line
+    call = read_report(out)["call"]
+    verdict = "POSITIVE" if call["positive"] else "negative"
+    assert f"{verdict}  score {call['score']:.3f}" in line
+    assert f"positive tiles {call['positive_tiles']}/4" in line
+    assert is_complete(out) and entries(tmp_path) == ["x.json", "x.zarr"]
+
+
+def test_run_options_reach_the_scan(slides: dict[str, Path], weights: Path, tmp_path: Path):
+    out = tmp_path / "x.zarr"
+    png = tmp_path / "figs" / "x.png"
+    args = ["--weights", weights, *FAST, "--threshold", "0", "--min-tissue", "0", "--stride", "48"]
+    result = invoke(slides["good"], "--out", out, "--overlay", png, *args)
+    assert result.exit_code == 0, result.output
+    assert "POSITIVE" in result.stdout  # threshold 0: every scored tile is positive
+    _, tissue, attrs = read_heatmap(out)
+    assert attrs["threshold"] == 0.0 and attrs["min_tissue"] == 0.0 and attrs["stride"] == 48
+    assert tissue.all() and tissue.shape == (7, 7)
+    with Image.open(png) as image:
+        image.verify()
+    with Image.open(png) as image:
+        assert image.format == "PNG"
+    assert entries(png.parent) == ["x.png"]
+
+
+def test_existing_output_needs_overwrite(
+    slides: dict[str, Path], weights: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "x.zarr"
+    args = [slides["good"], "--out", out, "--weights", weights, *FAST]
+    assert invoke(*args).exit_code == 0
+    before = out.stat().st_ino
+    message = assert_one_error_line(invoke(*args))
+    assert "already exists" in message and "--overwrite" in message
+    assert out.stat().st_ino == before
+    again = invoke(*args, "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert out.stat().st_ino != before and entries(tmp_path) == ["x.json", "x.zarr"]
+
+
+@pytest.mark.parametrize("key", ["truncated", "random"])
+def test_bad_slide_is_one_error_line_and_leaves_nothing(
+    slides: dict[str, Path], weights: Path, tmp_path: Path, key: str
+) -> None:
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = invoke(
+        slides[key], "--out", out_dir / "x.zarr", "--overlay", out_dir / "x.png",
+        "--weights", weights, "--mpp", "0.5", *FAST,
+    )  # fmt: skip
+    message = assert_one_error_line(result)
+    assert slides[key].name in message
+    assert entries(out_dir) == []
+
+
+def test_missing_mpp_names_the_option(
+    slides: dict[str, Path], weights: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "x.zarr"
+    args = [slides["no_mpp"], "--out", out, "--weights", weights, *FAST]
+    message = assert_one_error_line(invoke(*args))
+    assert "no_mpp.tif" in message and "--mpp" in message
+    assert entries(tmp_path) == []
+    result = invoke(*args, "--mpp", str(SLIDE_MPP))
+    assert result.exit_code == 0, result.output
+    assert read_heatmap(out)[2]["slide_mpp"] == SLIDE_MPP
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--out", "x.h5"], "--out must end in .zarr"),
+        (["--mpp", "-1"], "--mpp must be a positive number"),
+    ],
+)
+def test_bad_options(
+    slides: dict[str, Path], weights: Path, tmp_path: Path, extra: list[str], needle: str
+) -> None:
+    extra = [str(tmp_path / e) if e.startswith("x.") else e for e in extra]
+    if "--out" not in extra:
+        extra += ["--out", str(tmp_path / "x.zarr")]
+    message = assert_one_error_line(invoke(slides["good"], *extra, "--weights", weights, *FAST))
+    assert needle in message
+    assert entries(tmp_path) == []
+
+
+def test_missing_input_and_weights(slides: dict[str, Path], weights: Path, tmp_path: Path):
+    message = assert_one_error_line(invoke(tmp_path / "nope.svs", "--weights", weights, *FAST))
+    assert "nope.svs" in message
+    out = tmp_path / "x.zarr"
+    message = assert_one_error_line(
+        invoke(slides["good"], "--out", out, "--weights", tmp_path / "none.pt", *FAST)
+    )
+    assert "none.pt" in message and "not found" in message
+    assert entries(tmp_path) == []
+
+
+def test_run_help_explains_options() -> None:
+    result = CliRunner().invoke(app, ["run", "--help"], env=ENV)
+    assert result.exit_code == 0, result.output
+    text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())
+    for option in [
+        "--out", "--weights", "--mpp", "--stride", "--min-tissue", "--threshold", "--overlay",
+        "--tta", "--overwrite", "--batch-size", "--device", "--workers",
+    ]:  # fmt: skip
+        assert option in text
+    mpp_help = text[text.index("--mpp") : text.index("--stride")]
+    assert "microns per pixel" in mpp_help.lower()
+    assert "summary.csv" in text
