@@ -298,8 +298,9 @@ def run(
     threshold: Annotated[
         float | None,
         typer.Option(
-            help="Decision threshold for tiles and the slide call (default: the model's, "
-            "chosen on validation data).",
+            help="Decision threshold for tiles and the slide call (default: the model's own, "
+            "both chosen on validation patches: a tile threshold for accuracy and a stricter "
+            "slide threshold that a neighbourhood of normal tiles rarely reaches).",
             show_default=False,
         ),
     ] = None,

@@ -26,7 +26,7 @@ from slidescan.errors import SlidescanError, one_line
 from slidescan.heatmap import HeatmapWriter, read_heatmap
 from slidescan.inference import Normalizer, predict_dense_probs, predict_probs, prepare_model
 from slidescan.slide import open_slide
-from slidescan.slide_call import SlideCall, call_slide
+from slidescan.slide_call import SlideCall, call_slide, smoothing_cells
 from slidescan.slide_tiles import SlideTileDataset, collate_blocks
 from slidescan.tiling import make_grid, tissue_fraction
 from slidescan.tissue import mask_thumbnail
@@ -113,8 +113,16 @@ class Scanner:
         self.device = select_device(options.device)
         self.model = prepare_model(loaded.model, self.device)
         self.normalizer = Normalizer(loaded.card, self.device)
+        card = loaded.card
+        # --threshold overrides both; otherwise tiles use the card's patch threshold and the
+        # slide call its (stricter) slide threshold, calibrated on validation data.
+        self.tile_threshold = options.threshold if options.threshold is not None else card.threshold
         self.threshold = (
-            options.threshold if options.threshold is not None else loaded.card.threshold
+            options.threshold
+            if options.threshold is not None
+            else card.slide_threshold
+            if card.slide_threshold is not None
+            else card.threshold
         )
         self.stride = options.stride
         if options.dense:
@@ -160,7 +168,10 @@ class Scanner:
             self._infer(slide_path, grid, cells, writer)
             probability = writer.probability
             cell_mm = grid.stride * card.mpp / 1000.0
-            call = call_slide(probability, threshold=self.threshold, cell_mm=cell_mm)
+            call = call_slide(
+                probability, threshold=self.threshold, tile_threshold=self.tile_threshold,
+                cell_mm=cell_mm, smoothing=smoothing_cells(grid.patch_size, grid.stride),
+            )  # fmt: skip
             seconds = time.perf_counter() - start
             summary = {
                 "call": call.to_dict(),
@@ -263,6 +274,7 @@ class Scanner:
             "model": card.model,
             "weights_sha256": self.loaded.sha256,
             "threshold": self.threshold,
+            "tile_threshold": self.tile_threshold,
             "slidescan_version": __version__,
             "notice": RESEARCH_USE_NOTICE,
         }
@@ -304,7 +316,7 @@ class Scanner:
         tmp = overlay.with_name(f".{overlay.name}.partial.png")
         try:
             render_overlay(
-                image, probability, tmp, title=title, threshold=self.threshold,
+                image, probability, tmp, title=title, threshold=self.tile_threshold,
                 thumbnail_extent=extent,
             )  # fmt: skip
         except BaseException:

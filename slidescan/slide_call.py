@@ -18,6 +18,7 @@ class SlideCall:
     positive: bool
     score: float
     threshold: float
+    tile_threshold: float
     positive_tiles: int
     tissue_tiles: int
     largest_region_mm2: float
@@ -33,6 +34,7 @@ def call_slide(
     *,
     threshold: float,
     cell_mm: float,
+    tile_threshold: float | None = None,
     smoothing: int = 3,
     min_region_cells: int = 1,
 ) -> SlideCall:
@@ -43,18 +45,21 @@ def call_slide(
     the mean, not counted as zero). Why: a single noisy tile should not call a slide positive,
     while a metastasis spans neighbouring tiles and survives the averaging. ``smoothing=1`` makes
     the score the plain maximum. The slide is positive when ``score >= threshold`` and its
-    largest 8-connected region of cells >= ``threshold`` has at least ``min_region_cells``
-    cells (the default 1 adds no condition: a smoothed score >= threshold implies such a cell).
+    largest 8-connected region of positive tiles has at least ``min_region_cells`` cells.
 
-    ``positive_tiles`` counts cells >= ``threshold``; ``largest_region_mm2`` is that largest
-    region's cell count x ``cell_mm`` squared. A heatmap with no tissue gives a negative call
+    A tile is positive at ``tile_threshold`` (default: ``threshold``). The slide threshold is
+    usually higher (see :func:`calibrate_slide_threshold`): a tile threshold is tuned for
+    accuracy on single patches, and a slide has thousands of chances to cross it.
+    ``positive_tiles`` counts positive tiles; ``largest_region_mm2`` is their largest region's
+    cell count x ``cell_mm`` squared. A heatmap with no tissue gives a negative call
     with score 0.0 and zero counts.
     """
     grid = np.asarray(probability, dtype=np.float64)
     if grid.ndim != 2:
         raise ValueError(f"probability must be a 2-D (rows, cols) grid, got shape {grid.shape}")
-    if not math.isfinite(threshold):
-        raise ValueError(f"threshold must be finite, got {threshold}")
+    tile_threshold = threshold if tile_threshold is None else tile_threshold
+    if not (math.isfinite(threshold) and math.isfinite(tile_threshold)):
+        raise ValueError(f"thresholds must be finite, got {threshold}, {tile_threshold}")
     if not (cell_mm > 0 and math.isfinite(cell_mm)):
         raise ValueError(f"cell_mm must be a positive length, got {cell_mm}")
     if smoothing < 1 or smoothing % 2 == 0:
@@ -65,16 +70,19 @@ def call_slide(
     tissue = np.isfinite(grid)
     tissue_tiles = int(tissue.sum())
     if tissue_tiles == 0:
-        return SlideCall(False, 0.0, float(threshold), 0, tissue_tiles, 0.0, 0.0)
+        return SlideCall(
+            False, 0.0, float(threshold), float(tile_threshold), 0, tissue_tiles, 0.0, 0.0
+        )
 
     smoothed = _nan_mean_filter(grid, tissue, smoothing)
     score = float(smoothed[tissue].max())
-    above = tissue & (grid >= threshold)
+    above = tissue & (grid >= tile_threshold)
     largest_cells = _largest_region_cells(above)
     return SlideCall(
         positive=bool(score >= threshold and largest_cells >= min_region_cells),
         score=score,
         threshold=float(threshold),
+        tile_threshold=float(tile_threshold),
         positive_tiles=int(above.sum()),
         tissue_tiles=tissue_tiles,
         largest_region_mm2=float(largest_cells * cell_mm * cell_mm),
@@ -103,3 +111,33 @@ def _largest_region_cells(mask: np.ndarray) -> int:
         return 0
     labels = label(mask, connectivity=2)
     return int(np.bincount(labels.ravel())[1:].max())
+
+
+def smoothing_cells(patch_size: int, stride: int) -> int:
+    """Odd window (in cells) spanning about 3 patch widths, whatever the grid stride."""
+    n = max(1, round(3 * patch_size / stride))
+    return n if n % 2 else n + 1
+
+
+def calibrate_slide_threshold(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    *,
+    window: int = 3,
+    quantile: float = 0.999,
+    draws: int = 200_000,
+    seed: int = 0,
+) -> float:
+    """Threshold for the smoothed slide score, from validation patches.
+
+    The score averages a ``window``×``window`` neighbourhood, so the threshold is set at the
+    ``quantile`` of the mean of ``window``² probabilities drawn at random from the *negative*
+    validation patches: a neighbourhood of normal tissue crosses it with probability about
+    1 − ``quantile`` (less when normal tiles are spatially correlated — then more often).
+    """
+    negatives = np.asarray(probs, dtype=np.float64)[np.asarray(labels) == 0]
+    if negatives.size == 0:
+        raise ValueError("calibrating a slide threshold needs negative validation patches")
+    rng = np.random.default_rng(seed)
+    means = rng.choice(negatives, size=(draws, window * window)).mean(axis=1)
+    return float(np.quantile(means, quantile))

@@ -33,6 +33,7 @@ from slidescan.errors import SlidescanError
 from slidescan.inference import Normalizer, predict_dataset, prepare_model
 from slidescan.metrics import best_threshold, binary_metrics
 from slidescan.models import DEFAULT_MODEL, count_parameters, create_model
+from slidescan.slide_call import calibrate_slide_threshold
 from slidescan.weights import ModelCard, save_weights
 
 
@@ -281,6 +282,9 @@ def _train(
             best_auc, best_epoch = m.auc, epoch + 1
             best_metrics = m.to_dict()
             card.threshold = float(threshold)
+            card.slide_threshold = max(
+                float(threshold), calibrate_slide_threshold(val_labels, probs, seed=cfg.seed)
+            )
             card.metrics = {"validation": best_metrics, "epoch": best_epoch}
             card.training = {
                 "data": data_description,

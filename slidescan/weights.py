@@ -42,6 +42,7 @@ class ModelCard:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     threshold: float = 0.5
+    slide_threshold: float | None = None
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     slidescan_version: str = ""

@@ -44,7 +44,7 @@ def test_isolated_noisy_tile_is_smoothed_away() -> None:
 
 def test_no_tissue_is_a_valid_negative_call() -> None:
     call = call_slide(np.full((5, 7), np.nan), threshold=0.5, cell_mm=CELL_MM)
-    assert call == SlideCall(False, 0.0, 0.5, 0, 0, 0.0, 0.0)
+    assert call == SlideCall(False, 0.0, 0.5, 0.5, 0, 0, 0.0, 0.0)
 
 
 def test_nan_cells_are_left_out_of_the_mean() -> None:
@@ -82,3 +82,37 @@ def test_rejects_bad_parameters(kwargs: dict) -> None:
     args = {"threshold": 0.5, "cell_mm": CELL_MM, **kwargs}
     with pytest.raises(ValueError):
         call_slide(_background(), **args)
+
+
+def test_tile_threshold_counts_tiles_while_slide_threshold_decides() -> None:
+    from slidescan.slide_call import call_slide
+
+    grid = np.full((5, 5), 0.2)
+    grid[2, 2] = 0.7
+    call = call_slide(grid, threshold=0.8, tile_threshold=0.5, cell_mm=0.1, smoothing=1)
+    assert call.positive_tiles == 1 and not call.positive
+    assert call.tile_threshold == 0.5 and call.threshold == 0.8
+
+
+def test_smoothing_window_spans_three_patches_whatever_the_stride() -> None:
+    from slidescan.slide_call import smoothing_cells
+
+    assert smoothing_cells(96, 96) == 3
+    assert smoothing_cells(96, 32) == 9
+    assert smoothing_cells(96, 48) == 7  # 6 rounded up to odd
+
+
+def test_calibrated_slide_threshold_bounds_normal_neighbourhoods() -> None:
+    from slidescan.slide_call import calibrate_slide_threshold
+
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(2000, int), np.ones(2000, int)]
+    probs = np.r_[rng.beta(2, 6, 2000), rng.beta(6, 2, 2000)]
+    t = calibrate_slide_threshold(labels, probs, quantile=0.99, seed=0)
+    # Independent 3×3 windows of negatives exceed it about 1% of the time…
+    windows = rng.choice(probs[:2000], size=(20000, 9)).mean(axis=1)
+    assert 0.005 < (windows >= t).mean() < 0.02
+    # …and it sits well above the mean negative probability, below the positives' mean.
+    assert probs[:2000].mean() < t < probs[2000:].mean()
+    with pytest.raises(ValueError):
+        calibrate_slide_threshold(np.ones(3, int), np.ones(3) * 0.9)
