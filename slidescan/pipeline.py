@@ -135,7 +135,7 @@ class Scanner:
                 raise SlidescanError(f"--dense scans at stride {dense_stride}; drop --stride")
             self.stride = dense_stride
         # Dense regions amortise the receptive-field margin over more cells: bigger blocks.
-        self.block = options.block or (16 if options.dense else 8)
+        self.block = options.block or (32 if options.dense else 8)
 
     def scan(self, slide_path: Path, out: Path, overlay: Path | None = None) -> ScanResult:
         """Scan ``slide_path`` into the zarr heatmap ``out`` (+ JSON report, optional overlay)."""
