@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from slidescan.errors import SlidescanError, one_line
-from slidescan.pipeline import ScanResult, is_complete, read_report
+from slidescan.pipeline import ScanResult, is_complete, read_report, report_path
 
 # What OpenSlide reads, plus plain images for the fallback reader.
 SLIDE_SUFFIXES = frozenset(
@@ -75,14 +75,19 @@ def outcome_from_result(result: ScanResult) -> SlideOutcome:
     )  # fmt: skip
 
 
-def outcome_from_previous(slide: Path, heatmap: Path) -> SlideOutcome:
-    """A slide finished by an earlier run, read back from its JSON report."""
-    report = read_report(heatmap)
-    call = report["call"]
-    return SlideOutcome(
-        slide=slide.name, status="skipped", positive=call["positive"], score=call["score"],
-        tiles=report["tiles_scanned"], seconds=report["wall_seconds"], heatmap=heatmap.name,
-    )  # fmt: skip
+def outcome_from_previous(slide: Path, heatmap: Path) -> SlideOutcome | None:
+    """A slide finished by an earlier run, read back from its JSON report; None when the report
+    is unreadable or incomplete (then the slide is scanned again)."""
+    try:
+        report = read_report(heatmap)
+        call = report["call"]
+        return SlideOutcome(
+            slide=slide.name, status="skipped", positive=bool(call["positive"]),
+            score=float(call["score"]), tiles=int(report["tiles_scanned"]),
+            seconds=float(report["wall_seconds"]), heatmap=heatmap.name,
+        )  # fmt: skip
+    except (SlidescanError, KeyError, TypeError, ValueError):
+        return None
 
 
 def write_summary(path: Path, outcomes: Iterable[SlideOutcome]) -> None:
@@ -128,9 +133,13 @@ def process_slide(
     start = time.perf_counter()
     try:
         if is_complete(heatmap) and not overwrite:
-            return outcome_from_previous(slide, heatmap)
+            previous = outcome_from_previous(slide, heatmap)
+            if previous is not None:
+                return previous
+            # A damaged report: the result is not trustworthy, so the slide is scanned again.
+            report_path(heatmap).unlink()
         return outcome_from_result(scan_one(slide, heatmap, overlay))
-    except SlidescanError as exc:
+    except Exception as exc:  # any failure is this slide's, never the whole batch's
         return SlideOutcome(
             slide=slide.name, status="failed", seconds=round(time.perf_counter() - start, 2),
             error=one_line(exc),

@@ -5,6 +5,12 @@ The scheduler can be anything Dask connects to: ``tcp://host:8786``, a scheduler
 ``local:N`` for a LocalCluster of N worker processes on this machine. Workers must see the
 slides and the output folder at the same paths (a shared filesystem, or object storage mounted
 alike). Outputs, summary.csv and resumability are exactly those of a local run.
+
+GPUs: run one worker per GPU with each worker seeing only its own (``dask-cuda``'s
+LocalCUDACluster or ``dask-cuda-worker`` set CUDA_VISIBLE_DEVICES so), and the default
+``--device auto`` then uses that GPU. Dask worker processes are daemonic and may not start
+DataLoader workers, so tiles are read in the task's own process there: give workers one thread
+each and let the number of workers provide the parallelism.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import multiprocessing
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +39,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
 _SCANNERS: dict[tuple[str | None, ScanOptions], Scanner] = {}
+_SCANNERS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -69,13 +77,15 @@ def dask_client(scheduler: str) -> Iterator[Client]:
 
 
 def _worker_scanner(weights: str | None, options: ScanOptions) -> Scanner:
-    # One model per worker process, loaded by its first task and reused by the rest.
+    # One model per worker process, loaded by its first task and reused by the rest; the lock
+    # keeps tasks on a multi-threaded worker from building it twice.
     key = (weights, options)
-    if key not in _SCANNERS:
-        from slidescan.weights import load_weights
+    with _SCANNERS_LOCK:
+        if key not in _SCANNERS:
+            from slidescan.weights import load_weights
 
-        _SCANNERS[key] = Scanner(load_weights(Path(weights) if weights else None), options)
-    return _SCANNERS[key]
+            _SCANNERS[key] = Scanner(load_weights(Path(weights) if weights else None), options)
+        return _SCANNERS[key]
 
 
 def scan_task(
@@ -116,8 +126,12 @@ def run_batch_on_cluster(
         heatmap = heatmap_for(slide, out_dir)
         if slide in duplicates:
             outcomes[slide] = failed(slide, duplicates[slide])
-        elif is_complete(heatmap) and not options.overwrite:
-            outcomes[slide] = outcome_from_previous(slide, heatmap)
+        elif (
+            is_complete(heatmap)
+            and not options.overwrite
+            and (previous := outcome_from_previous(slide, heatmap)) is not None
+        ):
+            outcomes[slide] = previous
         else:
             todo.append(slide)
             continue
@@ -128,7 +142,7 @@ def run_batch_on_cluster(
             scan_task, str(s.resolve()), str(out_dir.resolve()),
             str(weights.resolve()) if weights else None, options,
             str(overlay_dir.resolve()) if overlay_dir else None,
-            key=f"slidescan-{s.name}-{id(outcomes)}", pure=False,
+            pure=False,
         ): s
         for s in todo
     }  # fmt: skip

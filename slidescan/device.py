@@ -26,6 +26,10 @@ def select_device(name: str = "auto") -> torch.device:
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SlidescanError("--device cuda was asked for but no CUDA GPU is available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise SlidescanError(
+            f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise SlidescanError("--device mps was asked for but MPS is not available")
     return device

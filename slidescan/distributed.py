@@ -76,6 +76,12 @@ def sum_across(values: list[float], ctx: DistContext) -> list[float]:
     return t.tolist()
 
 
+def broadcast_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank."""
+    for buf in model.buffers():
+        dist.broadcast(buf, src=0)
+
+
 def barrier(ctx: DistContext) -> None:
     """Wait for every rank (e.g. until rank 0 has written a checkpoint)."""
     if ctx.distributed:

@@ -89,6 +89,7 @@ def predict_dataset(
     workers: int = 2,
     tta: bool = False,
     desc: str = "predict",
+    progress: bool = True,
 ) -> np.ndarray:
     """Probabilities for every item of a (uint8 patch, label) dataset, in order."""
     loader = DataLoader(
@@ -99,6 +100,6 @@ def predict_dataset(
         persistent_workers=False,
     )
     out = []
-    for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
+    for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         out.append(predict_probs(model, images, normalizer, tta=tta).numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

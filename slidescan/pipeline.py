@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,10 @@ class Scanner:
         opts = self.options
         if out.exists() and not opts.overwrite and not _interrupted(out):
             raise SlidescanError(f"{out} already exists (use --overwrite to redo it)")
+        if report_path(out).exists() and not out.exists() and not opts.overwrite:
+            raise SlidescanError(
+                f"{report_path(out)} exists and would be replaced (use --overwrite)"
+            )
         start = time.perf_counter()
         card = self.loaded.card
         tmp = _partial(out)
@@ -216,7 +221,7 @@ class Scanner:
         pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         n_pending = 0
         try:
-            for patches, block_cells in loader:
+            for patches, block_cells in _reading(loader, slide_path):
                 if opts.dense:
                     prob_map = predict_dense_probs(
                         self.model, patches, self.normalizer, tta=opts.tta
@@ -238,18 +243,19 @@ class Scanner:
                 bar.update(n_pending)
         except SlidescanError:
             raise
-        except Exception as exc:  # a truncated tile surfaces here, from inside a worker
-            raise SlidescanError(
-                f"{slide_path.name}: failed reading tiles: {one_line(exc)}"
-            ) from exc
+        except Exception as exc:  # e.g. out of GPU memory: still one line, naming the slide
+            raise SlidescanError(f"{slide_path.name}: inference failed: {one_line(exc)}") from exc
         finally:
             bar.close()
+            dataset.close()
         writer.flush()
 
     def _run_batch(
         self, pending: list[tuple[torch.Tensor, torch.Tensor]], writer: HeatmapWriter
     ) -> None:
         patches, cells = collate_blocks(pending)
+        if pin_memory(self.device):
+            patches = patches.pin_memory()  # concatenating blocks made it pageable again
         probs = predict_probs(self.model, patches, self.normalizer, tta=self.options.tta)
         writer.write_cells(cells.numpy(), probs.numpy())
 
@@ -267,6 +273,9 @@ class Scanner:
             "patch_size": grid.patch_size,
             "stride": grid.stride,
             "grid_origin_level0": list(grid.origin),
+            # Level-0 top-left of the area cell (0, 0) stands for (the patch's central
+            # stride×stride square), so cell (r, c) covers this + (c, r)·cell_level0_px.
+            "cell_origin_level0": list(grid.cell_region_level0(0, 0)[:2]),
             "cell_level0_px": grid.stride * grid.scale,
             "min_tissue": self.options.min_tissue,
             "tta": self.options.tta,
@@ -324,6 +333,24 @@ class Scanner:
             raise
         os.replace(tmp, overlay)
         return overlay
+
+
+def _reading(loader: DataLoader, slide_path: Path) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Iterate ``loader``, turning read/decode failures (often raised inside a worker, e.g. a
+    truncated tile) into one-line SlidescanErrors that name the slide."""
+    it = iter(loader)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except SlidescanError:
+            raise
+        except Exception as exc:
+            raise SlidescanError(
+                f"{slide_path.name}: failed reading tiles: {one_line(exc)}"
+            ) from exc
+        yield item
 
 
 def describe(result: ScanResult) -> str:

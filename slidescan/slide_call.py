@@ -42,8 +42,9 @@ def call_slide(
 
     The score is the maximum, over tissue cells, of the heatmap after a NaN-aware mean filter
     over the ``smoothing`` x ``smoothing`` neighbourhood (centred; NaN neighbours are left out of
-    the mean, not counted as zero). Why: a single noisy tile should not call a slide positive,
-    while a metastasis spans neighbouring tiles and survives the averaging. ``smoothing=1`` makes
+    the mean, not counted as zero), taken over windows that are at least half tissue. Why: a
+    single noisy tile should not call a slide positive, while a metastasis spans neighbouring
+    tiles and survives the averaging. ``smoothing=1`` makes
     the score the plain maximum. The slide is positive when ``score >= threshold`` and its
     largest 8-connected region of positive tiles has at least ``min_region_cells`` cells.
 
@@ -74,8 +75,11 @@ def call_slide(
             False, 0.0, float(threshold), float(tile_threshold), 0, tissue_tiles, 0.0, 0.0
         )
 
-    smoothed = _nan_mean_filter(grid, tissue, smoothing)
-    score = float(smoothed[tissue].max())
+    smoothed, counts = _nan_mean_filter(grid, tissue, smoothing)
+    # Windows that are mostly glass would score a lone tile unsmoothed; they count only when
+    # no window on the slide has enough tissue (a tiny biopsy).
+    full = tissue & (counts >= (smoothing * smoothing + 1) // 2)
+    score = float(smoothed[full if full.any() else tissue].max())
     above = tissue & (grid >= tile_threshold)
     largest_cells = _largest_region_cells(above)
     return SlideCall(
@@ -90,10 +94,13 @@ def call_slide(
     )
 
 
-def _nan_mean_filter(grid: np.ndarray, tissue: np.ndarray, size: int) -> np.ndarray:
-    """Mean of the finite values in each centred size x size window (NaN if it has none)."""
+def _nan_mean_filter(
+    grid: np.ndarray, tissue: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the finite values in each centred size x size window (NaN if it has none), and
+    how many finite values each window holds."""
     if size == 1:
-        return grid
+        return grid, tissue.astype(np.float64)
     pad = size // 2
     values = np.pad(np.where(tissue, grid, 0.0), pad)
     counts = np.pad(tissue.astype(np.float64), pad)
@@ -102,7 +109,7 @@ def _nan_mean_filter(grid: np.ndarray, tissue: np.ndarray, size: int) -> np.ndar
     sums = sliding_window_view(values, (size, size)).sum(axis=(-2, -1))
     n = sliding_window_view(counts, (size, size)).sum(axis=(-2, -1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return sums / n
+        return sums / n, n
 
 
 def _largest_region_cells(mask: np.ndarray) -> int:

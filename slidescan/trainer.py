@@ -23,6 +23,7 @@ from slidescan.device import autocast, pin_memory
 from slidescan.distributed import (
     DistContext,
     barrier,
+    broadcast_buffers,
     gather_shards,
     init_distributed,
     shard_indices,
@@ -254,10 +255,14 @@ def _train(
 
         seen_f, loss_sum, correct_f = sum_across([seen, loss_sum, correct], ctx)
         seen, correct = int(seen_f), int(correct_f)
+        if ctx.distributed:
+            # Without SyncBatchNorm (CPU) each rank's running statistics drifted apart: validate
+            # and save exactly rank 0's model on every rank.
+            broadcast_buffers(model, ctx)
         model.eval()
         local = predict_dataset(
             model, Subset(val_data, val_shard.tolist()), normalizer, workers=cfg.workers,
-            desc="validate",
+            desc="validate", progress=ctx.is_main,
         )  # fmt: skip
         probs = gather_shards(local, len(val_data), ctx)  # type: ignore[arg-type]
         threshold = best_threshold(val_labels, probs)

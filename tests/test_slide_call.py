@@ -116,3 +116,12 @@ def test_calibrated_slide_threshold_bounds_normal_neighbourhoods() -> None:
     assert probs[:2000].mean() < t < probs[2000:].mean()
     with pytest.raises(ValueError):
         calibrate_slide_threshold(np.ones(3, int), np.ones(3) * 0.9)
+
+
+def test_lone_tile_among_glass_does_not_score_when_real_tissue_exists() -> None:
+    grid = np.full((9, 9), np.nan)
+    grid[0:4, 0:4] = 0.1  # a tissue fragment, all normal
+    grid[8, 8] = 0.99  # one isolated tile at the edge of the glass
+    call = call_slide(grid, threshold=0.5, cell_mm=CELL_MM)
+    assert not call.positive and call.score == pytest.approx(0.1)
+    assert call.positive_tiles == 1  # still counted as a positive tile
