@@ -288,7 +288,8 @@ def run(
         typer.Option(
             min=8,
             help="Grid step in model pixels (default: the patch size, 96 — non-overlapping "
-            "tiles: each tissue pixel is seen once, the most heatmap per unit of compute).",
+            "tiles, each tissue pixel seen once; smaller strides cost (96/stride)² more: use "
+            "--dense for the stride-32 map at about the stride-96 cost).",
             show_default=False,
         ),
     ] = None,
