@@ -12,4 +12,7 @@ def one_line(exc: BaseException) -> str:
         # PyTorch wraps worker errors as "Caught X in DataLoader worker...\nOriginal Traceback..."
         last = [ln for ln in text.splitlines() if ln.strip()][-1]
         text = last.split(": ", 1)[1] if ": " in last else last
-    return text.splitlines()[0].strip() if text.strip() else type(exc).__name__
+    first = " ".join(text.splitlines()[0].split()) if text.strip() else ""
+    if len(first) < 4:  # e.g. tifffile's bare "0" for a truncated file: say what kind of error
+        return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return first

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from slidescan.errors import SlidescanError
+from slidescan.errors import SlidescanError, one_line
 
 PATCH_SIZE = 96
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -180,7 +180,7 @@ def read_patch_image(path: Path, *, resize: bool = False) -> np.ndarray:
         raise SlidescanError(f"{path}: image file not found") from exc
     # PIL reports corrupt files with many exception types (OSError, SyntaxError, struct.error, ...).
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = one_line(exc)
         raise SlidescanError(f"{path}: cannot read image ({reason})") from exc
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import openslide
 from PIL import Image, ImageOps
 
-from slidescan.errors import SlidescanError
+from slidescan.errors import SlidescanError, one_line
 
 # Plain images are loaded whole; beyond this a pyramid is the only sane way to read them.
 MAX_FALLBACK_PIXELS = 20_000 * 20_000
@@ -186,7 +186,7 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
     try:
         vendor = openslide.OpenSlide.detect_format(path)
     except (openslide.OpenSlideError, OSError) as exc:
-        raise SlidescanError(f"{name}: cannot read the file: {_one_line(exc)}") from exc
+        raise SlidescanError(f"{name}: cannot read the file: {one_line(exc)}") from exc
     backend: _Backend
     if vendor is not None:
         backend = _OpenSlideBackend(path)
@@ -217,7 +217,7 @@ class _OpenSlideBackend:
             properties = dict(self._osr.properties)
         except (openslide.OpenSlideError, OSError) as exc:
             raise SlidescanError(
-                f"{self._name}: not a readable slide (truncated or unsupported): {_one_line(exc)}"
+                f"{self._name}: not a readable slide (truncated or unsupported): {one_line(exc)}"
             ) from exc
         self.mpp = _openslide_mpp(properties)
 
@@ -228,7 +228,7 @@ class _OpenSlideBackend:
             rgba = np.asarray(self._osr.read_region(location, level, size))
         except (openslide.OpenSlideError, OSError) as exc:
             raise SlidescanError(
-                f"{self._name}: failed to read region at {location} level {level}: {_one_line(exc)}"
+                f"{self._name}: failed to read region at {location} level {level}: {one_line(exc)}"
             ) from exc
         return _composite_on_white(rgba)
 
@@ -245,7 +245,7 @@ class _ImageBackend:
             with open(path, "rb") as f:
                 magic = f.read(4)
         except OSError as exc:
-            raise SlidescanError(f"{self._name}: cannot read the file: {_one_line(exc)}") from exc
+            raise SlidescanError(f"{self._name}: cannot read the file: {one_line(exc)}") from exc
         if magic in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
             self._pixels, self.mpp = _load_tiff(path)
         else:
@@ -285,7 +285,9 @@ def _load_tiff(path: Path) -> tuple[np.ndarray, float | None]:
     except SlidescanError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt input
-        raise SlidescanError(f"{name}: not a readable slide or image: {_one_line(exc)}") from exc
+        raise SlidescanError(
+            f"{name}: not a readable slide or image (truncated or corrupt?): {one_line(exc)}"
+        ) from exc
     if axes.startswith("S") and len(shape) == 3:  # planar (separate) samples
         pixels = np.moveaxis(pixels, 0, -1)
     return _to_rgb8(name, pixels), mpp
@@ -310,7 +312,9 @@ def _load_pil(path: Path) -> tuple[np.ndarray, float | None]:
     except SlidescanError:
         raise
     except Exception as exc:  # PIL raises many types for corrupt input
-        raise SlidescanError(f"{name}: not a readable slide or image: {_one_line(exc)}") from exc
+        raise SlidescanError(
+            f"{name}: not a readable slide or image (truncated or corrupt?): {one_line(exc)}"
+        ) from exc
     return pixels, mpp
 
 
@@ -413,10 +417,3 @@ def _positive_float(text: str | None) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) and value > 0 else None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if len(text) < 4:  # e.g. tifffile's bare "0" for a truncated file says nothing to a user
-        return f"truncated or corrupt file ({type(exc).__name__}{': ' + text if text else ''})"
-    return text

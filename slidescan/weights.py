@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slidescan.errors import SlidescanError
+from slidescan.errors import SlidescanError, one_line
 from slidescan.models import create_model
 
 FORMAT = "slidescan-weights"
@@ -104,7 +104,7 @@ def load_weights(path: Path | None = None) -> LoadedModel:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means: not ours
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        reason = one_line(exc)[:120]
         raise SlidescanError(f"{path}: not a slidescan weights file ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SlidescanError(f"{path}: not a slidescan weights file (no slidescan model card)")
@@ -121,7 +121,7 @@ def load_weights(path: Path | None = None) -> LoadedModel:
     try:
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, RuntimeError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        first = one_line(exc)
         raise SlidescanError(f"{path}: weights do not fit model {card.model!r}: {first}") from None
     model.eval()
     return LoadedModel(model=model, card=card, sha256=file_sha256(path), path=path)
