@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 from slidescan import __version__
 from slidescan.device import select_device
 from slidescan.heatmap import read_heatmap
-from slidescan.inference import Normalizer, predict_probs, prepare_model
+from slidescan.inference import Normalizer, make_predictor, predict_probs
 from slidescan.pipeline import Scanner, ScanOptions
 from slidescan.slide import open_slide
 from slidescan.slide_tiles import SlideTileDataset
@@ -94,8 +94,8 @@ def tissue_cells(
 
 def _model(job: Job) -> tuple[LoadedModel, torch.nn.Module, Normalizer]:
     loaded = load_weights(Path(job.weights) if job.weights else None)
-    device = select_device(job.device)
-    return loaded, prepare_model(loaded.model, device), Normalizer(loaded.card, device)
+    predictor = make_predictor(loaded, job.device)
+    return loaded, predictor.model, predictor.normalizer
 
 
 def _scan(job: Job, slide: str, out: str, **options: Any) -> tuple[int, float]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from slidescan.atomic import atomic_write
 from slidescan.errors import SlidescanError, one_line
 from slidescan.pipeline import ScanResult, is_complete, read_report, report_path
 
@@ -92,12 +92,10 @@ def outcome_from_previous(slide: Path, heatmap: Path) -> SlideOutcome | None:
 
 def write_summary(path: Path, outcomes: Iterable[SlideOutcome]) -> None:
     """Write summary.csv atomically."""
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS)
         writer.writeheader()
         writer.writerows(o.row() for o in outcomes)
-    os.replace(tmp, path)
 
 
 ScanOne = Callable[[Path, Path, Path | None], ScanResult]

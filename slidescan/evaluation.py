@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slidescan.device import select_device
-from slidescan.inference import Normalizer, predict_dataset, prepare_model
+from slidescan.inference import make_predictor, predict_dataset
 from slidescan.metrics import BinaryMetrics, binary_metrics
 from slidescan.patch_data import PatchDataset
 from slidescan.weights import LoadedModel
@@ -47,12 +46,10 @@ def evaluate(
     n_bootstrap: int = 1000,
 ) -> Evaluation:
     """Run ``loaded`` over a labelled dataset and compute metrics at its card's threshold."""
-    torch_device = select_device(device)
-    model = prepare_model(loaded.model, torch_device)
-    normalizer = Normalizer(loaded.card, torch_device)
+    predictor = make_predictor(loaded, device)
     probs = predict_dataset(
-        model, dataset, normalizer, batch_size=batch_size, workers=workers, tta=tta,
-        desc="evaluate",
+        predictor.model, dataset, predictor.normalizer, batch_size=batch_size, workers=workers,
+        tta=tta, desc="evaluate",
     )  # fmt: skip
     labels = np.asarray(dataset.labels)
     metrics = binary_metrics(labels, probs, loaded.card.threshold, n_bootstrap=n_bootstrap)

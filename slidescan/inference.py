@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,8 +12,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from slidescan.augment import dihedral
-from slidescan.device import autocast, pin_memory
-from slidescan.weights import ModelCard
+from slidescan.device import autocast, pin_memory, select_device
+from slidescan.weights import LoadedModel, ModelCard
 
 
 class Normalizer:
@@ -31,6 +32,25 @@ class Normalizer:
             x = augment(x)
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last)
+
+
+@dataclass
+class Predictor:
+    """A trained model placed on a device, with the input normaliser its card asks for."""
+
+    model: nn.Module
+    normalizer: Normalizer
+    device: torch.device
+
+
+def make_predictor(loaded: LoadedModel, device: str = "auto") -> Predictor:
+    """Put ``loaded`` on ``device`` (auto: cuda > mps > cpu), ready for inference."""
+    torch_device = select_device(device)
+    return Predictor(
+        prepare_model(loaded.model, torch_device),
+        Normalizer(loaded.card, torch_device),
+        torch_device,
+    )
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:

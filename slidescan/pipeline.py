@@ -22,10 +22,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from slidescan import RESEARCH_USE_NOTICE, __version__
-from slidescan.device import pin_memory, select_device
+from slidescan.atomic import partial_path
+from slidescan.device import pin_memory
 from slidescan.errors import SlidescanError, one_line
 from slidescan.heatmap import HeatmapWriter, read_heatmap
-from slidescan.inference import Normalizer, predict_dense_probs, predict_probs, prepare_model
+from slidescan.inference import (
+    make_predictor,
+    predict_dense_probs,
+    predict_probs,
+)
 from slidescan.slide import open_slide
 from slidescan.slide_call import SlideCall, call_slide, smoothing_cells
 from slidescan.slide_tiles import SlideTileDataset, collate_blocks
@@ -83,10 +88,6 @@ def read_report(heatmap: Path) -> dict[str, Any]:
         raise SlidescanError(f"{report_path(heatmap)}: unreadable report ({exc})") from None
 
 
-def _partial(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial")
-
-
 def _interrupted(heatmap: Path) -> bool:
     """A slidescan heatmap whose report was never written: a scan killed between the renames."""
     if not heatmap.is_dir() or report_path(heatmap).exists():
@@ -111,9 +112,12 @@ class Scanner:
     def __init__(self, loaded: LoadedModel, options: ScanOptions) -> None:
         self.loaded = loaded
         self.options = options
-        self.device = select_device(options.device)
-        self.model = prepare_model(loaded.model, self.device)
-        self.normalizer = Normalizer(loaded.card, self.device)
+        predictor = make_predictor(loaded, options.device)
+        self.device, self.model, self.normalizer = (
+            predictor.device,
+            predictor.model,
+            predictor.normalizer,
+        )
         card = loaded.card
         # --threshold overrides both; otherwise tiles use the card's patch threshold and the
         # slide call its (stricter) slide threshold, calibrated on validation data.
@@ -149,8 +153,8 @@ class Scanner:
             )
         start = time.perf_counter()
         card = self.loaded.card
-        tmp = _partial(out)
-        tmp_report = _partial(report_path(out))
+        tmp = partial_path(out)
+        tmp_report = partial_path(report_path(out))
         _remove(tmp)
         _remove(tmp_report)
         try:
@@ -298,7 +302,7 @@ class Scanner:
             **summary,
             "attributes": attrs,
         }
-        tmp = _partial(report_path(out))
+        tmp = partial_path(report_path(out))
         tmp.write_text(json.dumps(report, indent=2) + "\n")
         return tmp
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from slidescan.device import select_device
-from slidescan.inference import Normalizer, predict_dataset, prepare_model
+from slidescan.atomic import atomic_write
+from slidescan.inference import make_predictor, predict_dataset
 from slidescan.patch_data import open_unlabelled_patches
 from slidescan.weights import LoadedModel
 
@@ -31,14 +30,13 @@ def predict_patches(
     ``kaggle`` the submission format ``id,label`` where label is the probability.
     """
     dataset = open_unlabelled_patches(inputs, resize=resize)
-    torch_device = select_device(device)
+    predictor = make_predictor(loaded, device)
     probs = predict_dataset(
-        prepare_model(loaded.model, torch_device), dataset, Normalizer(loaded.card, torch_device),
+        predictor.model, dataset, predictor.normalizer,
         batch_size=batch_size, workers=workers, tta=tta,
     )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_write(out) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         if kaggle:
             writer.writerow(["id", "label"])
@@ -49,5 +47,4 @@ def predict_patches(
             writer.writerows(
                 (i, f"{p:.6f}", int(p >= t)) for i, p in zip(dataset.ids, probs, strict=True)
             )
-    os.replace(tmp, out)  # a half-written CSV never carries the final name
     return len(dataset)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -18,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
+from slidescan.atomic import atomic_write
 from slidescan.augment import augment_batch
 from slidescan.device import autocast, pin_memory
 from slidescan.distributed import (
@@ -347,6 +347,5 @@ def _save_checkpoint(
         "history": history,
         "best_metrics": best_metrics,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)

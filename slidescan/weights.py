@@ -7,7 +7,6 @@ A weights file is a ``torch.save``d dict with plain types only, so it loads with
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slidescan.atomic import atomic_write
 from slidescan.errors import SlidescanError, one_line
 from slidescan.models import create_model
 
@@ -70,9 +70,8 @@ def save_weights(path: Path, model: nn.Module, card: ModelCard) -> None:
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def file_sha256(path: Path) -> str:
