@@ -330,6 +330,13 @@ def run(
     ] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Patches per model batch.")] = 256,
     device: DeviceOpt = "auto",
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="Inference engine: torch, onnx (ONNX Runtime, CPU only) or auto (onnx on the CPU "
+            "when onnxruntime is installed, else torch). Same results either way.",
+        ),
+    ] = "auto",
     workers: WorkersOpt = 2,
     scheduler: Annotated[
         str | None,
@@ -359,7 +366,8 @@ def run(
         raise SlidescanError(f"{input}: no such file or directory")
     options = ScanOptions(
         mpp=mpp, stride=stride, min_tissue=min_tissue, batch_size=batch_size, workers=workers,
-        device=device, tta=tta, overwrite=overwrite, threshold=threshold, dense=dense,
+        device=device, backend=backend, tta=tta, overwrite=overwrite, threshold=threshold,
+        dense=dense,
     )  # fmt: skip
     if input.is_dir():
         out_dir = out or Path("slidescan-results")

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from slidescan.augment import dihedral
 from slidescan.device import autocast, pin_memory, select_device
+from slidescan.errors import SlidescanError
 from slidescan.weights import LoadedModel, ModelCard
 
 
@@ -43,14 +44,29 @@ class Predictor:
     device: torch.device
 
 
-def make_predictor(loaded: LoadedModel, device: str = "auto") -> Predictor:
-    """Put ``loaded`` on ``device`` (auto: cuda > mps > cpu), ready for inference."""
+BACKENDS = ("auto", "torch", "onnx")
+
+
+def make_predictor(loaded: LoadedModel, device: str = "auto", backend: str = "auto") -> Predictor:
+    """Put ``loaded`` on ``device`` (auto: cuda > mps > cpu), ready for inference.
+
+    ``backend``: ``torch``; ``onnx`` (ONNX Runtime, CPU only: measurably faster there, see
+    benchmarks/RESULTS.md); ``auto`` = onnx on the CPU when onnxruntime is installed, else torch.
+    """
+    from slidescan.onnx_backend import OnnxModel, onnx_available
+
+    if backend not in BACKENDS:
+        raise SlidescanError(f"unknown backend {backend!r} (use {', '.join(BACKENDS)})")
     torch_device = select_device(device)
-    return Predictor(
-        prepare_model(loaded.model, torch_device),
-        Normalizer(loaded.card, torch_device),
-        torch_device,
-    )
+    normalizer = Normalizer(loaded.card, torch_device)
+    if backend == "onnx" and (torch_device.type != "cpu" or not onnx_available()):
+        raise SlidescanError(
+            "--backend onnx runs on the CPU and needs onnxruntime and onnx installed "
+            "(pip install 'slidescan[onnx]')"
+        )
+    if backend == "onnx" or (backend == "auto" and torch_device.type == "cpu" and onnx_available()):
+        return Predictor(OnnxModel(loaded.model), normalizer, torch_device)  # type: ignore[arg-type]
+    return Predictor(prepare_model(loaded.model, torch_device), normalizer, torch_device)
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:

@@ -49,6 +49,7 @@ class ScanOptions:
     batch_size: int = 256
     workers: int = 2
     device: str = "auto"
+    backend: str = "auto"
     tta: bool = False
     overwrite: bool = False
     threshold: float | None = None
@@ -112,7 +113,7 @@ class Scanner:
     def __init__(self, loaded: LoadedModel, options: ScanOptions) -> None:
         self.loaded = loaded
         self.options = options
-        predictor = make_predictor(loaded, options.device)
+        predictor = make_predictor(loaded, options.device, options.backend)
         self.device, self.model, self.normalizer = (
             predictor.device,
             predictor.model,
