@@ -50,8 +50,9 @@ BACKENDS = ("auto", "torch", "onnx")
 def make_predictor(loaded: LoadedModel, device: str = "auto", backend: str = "auto") -> Predictor:
     """Put ``loaded`` on ``device`` (auto: cuda > mps > cpu), ready for inference.
 
-    ``backend``: ``torch``; ``onnx`` (ONNX Runtime, CPU only: measurably faster there, see
-    benchmarks/RESULTS.md); ``auto`` = onnx on the CPU when onnxruntime is installed, else torch.
+    ``backend``: ``torch``; ``onnx`` (ONNX Runtime, CPU only: 1.8× eager PyTorch there, see
+    benchmarks/RESULTS.md); ``auto`` = onnx on the CPU when onnxruntime is installed (it is a
+    dependency), else torch.
     """
     from slidescan.onnx_backend import OnnxModel, onnx_available
 
@@ -62,7 +63,7 @@ def make_predictor(loaded: LoadedModel, device: str = "auto", backend: str = "au
     if backend == "onnx" and (torch_device.type != "cpu" or not onnx_available()):
         raise SlidescanError(
             "--backend onnx runs on the CPU and needs onnxruntime and onnx installed "
-            "(pip install 'slidescan[onnx]')"
+            "(pip install onnxruntime onnx)"
         )
     if backend == "onnx" or (backend == "auto" and torch_device.type == "cpu" and onnx_available()):
         return Predictor(OnnxModel(loaded.model), normalizer, torch_device)  # type: ignore[arg-type]

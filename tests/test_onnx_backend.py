@@ -17,7 +17,7 @@ from slidescan.inference import (
 from slidescan.models import create_model
 from slidescan.weights import ModelCard, load_weights, save_weights
 
-pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install '.[onnx]')")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (a slidescan dependency)")
 
 
 @pytest.fixture(scope="module", params=["pcamnet-s", "seed-cnn"])
