@@ -66,8 +66,8 @@ class OnnxModel:
         return torch.from_numpy(out)
 
     def forward_dense(self, x: Tensor) -> Tensor:
-        """Logit map (N, h, w), as the torch model's ``forward_dense``."""
-        return self._run(x).squeeze(1)
+        """Logit map (N, h, w), as the torch model's ``forward_dense`` (exported from it)."""
+        return self._run(x)
 
     def __call__(self, x: Tensor) -> Tensor:
         """Logits (N,) for 96×96 patches."""

@@ -58,12 +58,15 @@ def test_dense_maps_match_torch(loaded) -> None:
         return  # seed-cnn is not fully convolutional (and CI forbids skips)
     ref = make_predictor(loaded, "cpu", "torch")
     ort = make_predictor(loaded, "cpu", "onnx")
-    region = torch.randint(0, 256, (1, 3, 96 + 32 * 4, 96 + 32 * 2), dtype=torch.uint8)
-    for tta in (False, True):
-        a = predict_dense_probs(ref.model, region, ref.normalizer, tta=tta)
-        b = predict_dense_probs(ort.model, region, ort.normalizer, tta=tta)
-        assert a.shape == b.shape == (5, 3)
-        assert torch.allclose(a, b, atol=1e-5)
+    # Including one-row and one-column regions (a block at a slide's edge).
+    for rows, cols in ((5, 3), (1, 4), (3, 1)):
+        size = (96 + 32 * (rows - 1), 96 + 32 * (cols - 1))
+        region = torch.randint(0, 256, (1, 3, *size), dtype=torch.uint8)
+        for tta in (False, True):
+            a = predict_dense_probs(ref.model, region, ref.normalizer, tta=tta)
+            b = predict_dense_probs(ort.model, region, ort.normalizer, tta=tta)
+            assert a.shape == b.shape == (rows, cols)
+            assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_export_leaves_the_torch_model_untouched(loaded) -> None:
