@@ -132,11 +132,12 @@ class Scanner:
         )
         self.stride = options.stride
         if options.dense:
-            if not hasattr(self.model, "forward_dense"):
+            # Fully convolutional models (torch or exported) say so with their output stride.
+            dense_stride = getattr(self.model, "dense_stride", None)
+            if dense_stride is None:
                 raise SlidescanError(
                     f"--dense needs a fully convolutional model, not {loaded.card.model}"
                 )
-            dense_stride = self.model.dense_stride
             if options.stride not in (None, dense_stride):
                 raise SlidescanError(f"--dense scans at stride {dense_stride}; drop --stride")
             self.stride = dense_stride

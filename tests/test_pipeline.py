@@ -476,3 +476,37 @@ def test_workers_give_the_same_heatmap(
     b, tb, _ = read_heatmap(result.heatmap)
     np.testing.assert_array_equal(ta, tb)
     np.testing.assert_allclose(a, b, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_dense_scan_equals_patch_by_patch_stride_32(
+    tmp_path: Path, weights: Path, backend: str
+) -> None:
+    # At the model's own resolution no resampling happens, so the fully convolutional dense map
+    # must reproduce overlapping stride-32 patches exactly (up to float rounding), TTA included.
+    slide = write_pyramid(tmp_path / "m.tif", tissue_image(700, 600, seed=3)[0], mpp=MODEL_MPP)
+    for tta in (False, True):
+        dense = scan(
+            weights, slide, tmp_path / f"d{tta}.zarr", dense=True, block=4, tta=tta,
+            backend=backend, min_tissue=0.0,
+        )  # fmt: skip
+        patches = scan(
+            weights, slide, tmp_path / f"p{tta}.zarr", stride=32, tta=tta, backend=backend,
+            min_tissue=0.0,
+        )  # fmt: skip
+        p_dense, t_dense, attrs = read_heatmap(dense.heatmap)
+        p_patch, t_patch, _ = read_heatmap(patches.heatmap)
+        assert attrs["dense"] and attrs["stride"] == 32
+        np.testing.assert_array_equal(t_dense, t_patch)
+        assert np.isfinite(p_dense).sum() == dense.tiles > 50
+        np.testing.assert_allclose(p_dense, p_patch, atol=1e-5, equal_nan=True)
+        assert dense.call.positive == patches.call.positive
+        assert dense.call.score == pytest.approx(patches.call.score, abs=1e-5)
+
+
+def test_dense_needs_a_fully_convolutional_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "seed.pt"
+    save_weights(path, create_model("seed-cnn"), ModelCard(model="seed-cnn", mpp=MODEL_MPP))
+    with pytest.raises(SlidescanError, match="fully convolutional"):
+        scanner(path, dense=True)
