@@ -124,10 +124,15 @@ def run_dense(job: Job) -> dict[str, Any]:
 
 
 def run_naive(job: Job) -> dict[str, Any]:
-    """One OpenSlide read per tile, batched model calls, no workers; saves the probabilities."""
+    """The way most scripts scan: one OpenSlide read per tile, per-tile float conversion and
+    normalisation, the PyTorch model called eagerly (NCHW, ``no_grad``) per batch, no workers.
+    Saves the probabilities (checked against the pipeline's)."""
     import openslide
 
-    _, model, normalizer = _model(job)
+    loaded = load_weights(Path(job.weights) if job.weights else None)
+    model = loaded.model.eval()
+    mean = torch.tensor(loaded.card.mean).view(3, 1, 1)
+    std = torch.tensor(loaded.card.std).view(3, 1, 1)
     grid = TileGrid.from_attrs(job.grid or {})
     cells = np.load(job.cells)
     p = grid.patch_size
@@ -138,9 +143,10 @@ def run_naive(job: Job) -> dict[str, Any]:
         tiles = []
         for r, c in cells[i : i + job.batch_size]:
             region = osr.read_region(grid.cell_to_level0(int(r), int(c)), 0, (p, p))
-            tiles.append(np.asarray(region.convert("RGB")))
-        batch = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
-        probs[i : i + len(tiles)] = predict_probs(model, batch, normalizer).numpy()
+            x = torch.from_numpy(np.asarray(region.convert("RGB"))).permute(2, 0, 1).float()
+            tiles.append((x / 255.0 - mean) / std)
+        with torch.no_grad():
+            probs[i : i + len(tiles)] = torch.sigmoid(model(torch.stack(tiles))).numpy()
     osr.close()
     seconds = time.perf_counter() - start
     np.save(job.out, probs)

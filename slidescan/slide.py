@@ -154,6 +154,10 @@ class Slide:
         """
         w, h = int(size[0]), int(size[1])
         ds = self.level_downsamples[level]
+        if abs(factor - 1.0) < 1e-9 and abs(x0 - round(x0)) < 1e-6 and abs(y0 - round(y0)) < 1e-6:
+            # Already at the target scale on whole pixels: read exactly the box, no margin, so
+            # a block touches no more of the slide's compressed tiles than it needs.
+            return self.read_region((round(x0 * ds), round(y0 * ds)), level, (w, h))
         margin = math.ceil(max(factor, 1.0)) + 1
         # OpenSlide maps a level-0 location to level coordinates as location / downsample.
         loc_x = round((math.floor(x0) - margin) * ds)
@@ -163,9 +167,6 @@ class Slide:
         read_w = math.ceil(off_x + src_w) + margin
         read_h = math.ceil(off_y + src_h) + margin
         region = self.read_region((loc_x, loc_y), level, (read_w, read_h))
-        ix, iy = round(off_x), round(off_y)
-        if abs(factor - 1.0) < 1e-9 and abs(off_x - ix) < 1e-6 and abs(off_y - iy) < 1e-6:
-            return np.ascontiguousarray(region[iy : iy + h, ix : ix + w])
         box = (off_x, off_y, off_x + src_w, off_y + src_h)
         resized = Image.fromarray(region).resize((w, h), Image.Resampling.BILINEAR, box=box)
         return np.asarray(resized)

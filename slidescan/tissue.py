@@ -73,8 +73,14 @@ def tissue_mask(
 
 
 def mask_thumbnail(slide: Slide, max_size: int = 2048) -> tuple[np.ndarray, float]:
-    """Tissue mask of the slide's thumbnail and its downsample (level-0 px per mask px)."""
-    rgb, downsample = slide.thumbnail(max_size)
+    """Tissue mask of the slide's thumbnail and its downsample (level-0 px per mask px).
+
+    The thumbnail is at most ``max_size`` px, but no larger than the first pyramid level that is
+    at least half that size: reading that level whole is far cheaper than shrinking a level
+    several times bigger, and half the resolution is plenty for a mask.
+    """
+    enough = [max(d) for d in slide.level_dimensions if max(d) >= max_size // 2]
+    rgb, downsample = slide.thumbnail(min([max_size, *enough]))
     um_per_px = slide.mpp * downsample
     min_object_px = max(1, round((MIN_OBJECT_UM / um_per_px) ** 2))
     max_hole_px = max(1, round((MAX_HOLE_UM / um_per_px) ** 2))
