@@ -82,6 +82,8 @@ WeightsOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")]
 WorkersOpt = Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")]
+TtaOpt = Annotated[bool, typer.Option("--tta", help="Average over the 8 flips/rotations.")]
+PatchBatchOpt = Annotated[int, typer.Option(min=1, help="Patches per batch.")]
 ResizeOpt = Annotated[
     bool, typer.Option("--resize", help="Centre-crop and resize images that are not 96×96 RGB.")
 ]
@@ -183,13 +185,13 @@ def evaluate(
     split: Annotated[
         str, typer.Option(help="Split to read from folders that have several.")
     ] = "valid",
-    tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 flips/rotations.")] = False,
+    tta: TtaOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object only.")] = False,
     report: Annotated[
         Path | None,
         typer.Option(help="Folder for ROC, calibration, confusion and example-patch figures."),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Patches per batch.")] = 256,
+    batch_size: PatchBatchOpt = 256,
     resize: ResizeOpt = False,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
@@ -236,8 +238,8 @@ def predict(
         bool,
         typer.Option("--kaggle", help="Kaggle submission format: id,label (label = probability)."),
     ] = False,
-    tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 flips/rotations.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Patches per batch.")] = 256,
+    tta: TtaOpt = False,
+    batch_size: PatchBatchOpt = 256,
     resize: ResizeOpt = False,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
