@@ -173,10 +173,12 @@ class Scanner:
                 tissue = tissue_fraction(mask, mask_ds, grid) >= opts.min_tissue
                 cells = np.argwhere(tissue)
                 attrs = self._attrs(slide_path, slide, grid)
+                # Each worker would hold its own copy of a plain image: read it here instead.
+                workers = 0 if slide.in_memory else opts.workers
                 thumb = slide.thumbnail(1024) if overlay is not None else None
             writer = HeatmapWriter(tmp, grid.shape, attrs=attrs, overwrite=True)
             writer.write_tissue(tissue)
-            self._infer(slide_path, grid, cells, writer)
+            self._infer(slide_path, grid, cells, writer, workers)
             probability = writer.probability
             cell_mm = grid.stride * card.mpp / 1000.0
             call = call_slide(
@@ -206,7 +208,9 @@ class Scanner:
         os.replace(report, report_path(out))  # last: its presence marks completion
         return ScanResult(slide_path, out, report_path(out), call, len(cells), seconds, overlay_png)
 
-    def _infer(self, slide_path: Path, grid: Any, cells: np.ndarray, writer: HeatmapWriter) -> None:
+    def _infer(
+        self, slide_path: Path, grid: Any, cells: np.ndarray, writer: HeatmapWriter, workers: int
+    ) -> None:
         if len(cells) == 0:
             return
         opts = self.options
@@ -216,9 +220,9 @@ class Scanner:
         loader = DataLoader(
             dataset,
             batch_size=None,  # an item is already a block of patches
-            num_workers=opts.workers,
+            num_workers=workers,
             pin_memory=pin_memory(self.device),
-            prefetch_factor=4 if opts.workers else None,
+            prefetch_factor=4 if workers else None,
         )
         bar = tqdm(
             total=len(cells), desc=slide_path.name, unit="tile", leave=False,

@@ -61,6 +61,11 @@ class Slide:
         self.dimensions: tuple[int, int] = self.level_dimensions[0]
         self.mpp = mpp
 
+    @property
+    def in_memory(self) -> bool:
+        """True for plain images, which the fallback reader holds whole (no pyramid to read)."""
+        return isinstance(self._backend, _ImageBackend)
+
     def __repr__(self) -> str:
         return f"Slide({self.path.name!r}, dimensions={self.dimensions}, mpp={self.mpp:g})"
 
