@@ -18,6 +18,7 @@ from PIL import Image
 from slide_fixtures import (
     square_image,
     tissue_image,
+    write_png,
     write_pyramid,
     write_random_bytes,
     write_truncated,
@@ -510,3 +511,18 @@ def test_dense_needs_a_fully_convolutional_model(tmp_path: Path) -> None:
     save_weights(path, create_model("seed-cnn"), ModelCard(model="seed-cnn", mpp=MODEL_MPP))
     with pytest.raises(SlidescanError, match="fully convolutional"):
         scanner(path, dense=True)
+
+
+def test_plain_png_scans_in_process_like_a_pyramid(tmp_path: Path, weights: Path) -> None:
+    # The fallback reader holds a plain image whole; it is read without DataLoader workers, and
+    # gives the same heatmap as the same pixels in a pyramidal TIFF.
+    rgb = tissue_image(600, 500, seed=4)[0]
+    png = write_png(tmp_path / "photo.png", rgb)
+    tif = write_pyramid(tmp_path / "photo.tif", rgb, mpp=SLIDE_MPP)
+    a = scan(weights, png, tmp_path / "png.zarr", workers=2, mpp=SLIDE_MPP)
+    b = scan(weights, tif, tmp_path / "tif.zarr", workers=2)
+    p_png, t_png, _ = read_heatmap(a.heatmap)
+    p_tif, t_tif, _ = read_heatmap(b.heatmap)
+    assert a.tiles == b.tiles > 0
+    np.testing.assert_array_equal(t_png, t_tif)
+    np.testing.assert_allclose(p_png, p_tif, atol=1e-4, equal_nan=True)
