@@ -49,11 +49,10 @@ from slidescan import __version__
 from slidescan.device import select_device
 from slidescan.heatmap import read_heatmap
 from slidescan.inference import Normalizer, make_predictor, predict_probs
-from slidescan.pipeline import Scanner, ScanOptions
+from slidescan.pipeline import Scanner, ScanOptions, plan_grid
 from slidescan.slide import open_slide
 from slidescan.slide_tiles import SlideTileDataset
-from slidescan.tiling import TileGrid, make_grid, tissue_fraction
-from slidescan.tissue import mask_thumbnail
+from slidescan.tiling import TileGrid
 from slidescan.weights import LoadedModel, load_weights
 
 BLOCK = 8  # cells per block side: Scanner's default for stride-96 scans
@@ -85,11 +84,9 @@ def tissue_cells(
     slide_path: Path, loaded: LoadedModel, min_tissue: float
 ) -> tuple[TileGrid, np.ndarray]:
     """The stride-96 grid and its tissue cells, exactly as ``Scanner.scan`` chooses them."""
-    card = loaded.card
     with open_slide(slide_path) as slide:
-        mask, mask_ds = mask_thumbnail(slide)
-        grid = make_grid(slide.dimensions, slide.mpp, card.mpp, card.input_size)
-    return grid, np.argwhere(tissue_fraction(mask, mask_ds, grid) >= min_tissue)
+        grid, tissue = plan_grid(slide, loaded.card, None, min_tissue)
+    return grid, np.argwhere(tissue)
 
 
 def _model(job: Job) -> tuple[LoadedModel, torch.nn.Module, Normalizer]:

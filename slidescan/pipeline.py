@@ -31,12 +31,12 @@ from slidescan.inference import (
     predict_dense_probs,
     predict_probs,
 )
-from slidescan.slide import open_slide
+from slidescan.slide import Slide, open_slide
 from slidescan.slide_call import SlideCall, call_slide, smoothing_cells
 from slidescan.slide_tiles import SlideTileDataset, collate_blocks
-from slidescan.tiling import make_grid, tissue_fraction
+from slidescan.tiling import TileGrid, make_grid, tissue_fraction
 from slidescan.tissue import mask_thumbnail
-from slidescan.weights import LoadedModel
+from slidescan.weights import LoadedModel, ModelCard
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,20 @@ class ScanResult:
     tiles: int
     seconds: float
     overlay: Path | None = None
+
+
+def plan_grid(
+    slide: Slide, card: ModelCard, stride: int | None, min_tissue: float
+) -> tuple[TileGrid, np.ndarray]:
+    """The tile grid at the model's resolution and which of its cells hold enough tissue."""
+    mask, mask_ds = mask_thumbnail(slide)
+    grid = make_grid(slide.dimensions, slide.mpp, card.mpp, card.input_size, stride)
+    if grid.shape[0] < 1 or grid.shape[1] < 1:
+        raise SlidescanError(
+            f"{slide.path.name}: slide is smaller than one {card.input_size}-px patch "
+            f"at {card.mpp} µm/px"
+        )
+    return grid, tissue_fraction(mask, mask_ds, grid) >= min_tissue
 
 
 def report_path(heatmap: Path) -> Path:
@@ -161,16 +175,7 @@ class Scanner:
         _remove(tmp_report)
         try:
             with open_slide(slide_path, mpp=opts.mpp) as slide:
-                mask, mask_ds = mask_thumbnail(slide)
-                grid = make_grid(
-                    slide.dimensions, slide.mpp, card.mpp, card.input_size, self.stride
-                )
-                if grid.shape[0] < 1 or grid.shape[1] < 1:
-                    raise SlidescanError(
-                        f"{slide_path.name}: slide is smaller than one {card.input_size}-px patch "
-                        f"at {card.mpp} µm/px"
-                    )
-                tissue = tissue_fraction(mask, mask_ds, grid) >= opts.min_tissue
+                grid, tissue = plan_grid(slide, card, self.stride, opts.min_tissue)
                 cells = np.argwhere(tissue)
                 attrs = self._attrs(slide_path, slide, grid)
                 # Each worker would hold its own copy of a plain image: read it here instead.
