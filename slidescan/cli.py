@@ -339,6 +339,14 @@ def run(
             "when onnxruntime is installed, else torch). Same results either way.",
         ),
     ] = "auto",
+    reader: Annotated[
+        str,
+        typer.Option(
+            help="Slide decoder: auto (tiled TIFF slides such as Aperio .svs decoded directly "
+            "with tifffile + imagecodecs, several times faster, after a check that it gives "
+            "OpenSlide's pixels; every other format through OpenSlide) or openslide (always).",
+        ),
+    ] = "auto",
     workers: WorkersOpt = 2,
     scheduler: Annotated[
         str | None,
@@ -362,14 +370,17 @@ def run(
     """
     from slidescan.batch import find_slides, run_batch
     from slidescan.pipeline import Scanner, ScanOptions, describe, is_complete
+    from slidescan.slide import READERS
     from slidescan.weights import load_weights
 
     if not input.exists():
         raise SlidescanError(f"{input}: no such file or directory")
+    if reader not in READERS:
+        raise SlidescanError(f"--reader must be one of {', '.join(READERS)}, got {reader!r}")
     options = ScanOptions(
         mpp=mpp, stride=stride, min_tissue=min_tissue, batch_size=batch_size, workers=workers,
         device=device, backend=backend, tta=tta, overwrite=overwrite, threshold=threshold,
-        dense=dense,
+        dense=dense, reader=reader,
     )  # fmt: skip
     if input.is_dir():
         out_dir = out or Path("slidescan-results")

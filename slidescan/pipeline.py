@@ -55,6 +55,7 @@ class ScanOptions:
     threshold: float | None = None
     block: int | None = None
     dense: bool = False
+    reader: str = "auto"
     progress: bool = True
 
 
@@ -174,7 +175,7 @@ class Scanner:
         _remove(tmp)
         _remove(tmp_report)
         try:
-            with open_slide(slide_path, mpp=opts.mpp) as slide:
+            with open_slide(slide_path, mpp=opts.mpp, reader=opts.reader) as slide:
                 grid, tissue = plan_grid(slide, card, self.stride, opts.min_tissue)
                 cells = np.argwhere(tissue)
                 attrs = self._attrs(slide_path, slide, grid)
@@ -220,8 +221,9 @@ class Scanner:
             return
         opts = self.options
         dataset = SlideTileDataset(
-            slide_path, grid, cells, mpp=opts.mpp, block=self.block, dense=opts.dense
-        )
+            slide_path, grid, cells, mpp=opts.mpp, block=self.block, dense=opts.dense,
+            reader=opts.reader,
+        )  # fmt: skip
         loader = DataLoader(
             dataset,
             batch_size=None,  # an item is already a block of patches
@@ -281,6 +283,7 @@ class Scanner:
             "slide_path": str(slide_path.resolve()),
             "slide_dimensions": list(slide.dimensions),
             "slide_mpp": slide.mpp,
+            "slide_reader": slide.reader,
             "mpp": card.mpp,
             "level": level,
             "downsample": float(slide.level_downsamples[level]),

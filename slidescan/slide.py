@@ -7,7 +7,8 @@ Output pixel ``(i, j)`` of a resampled read covers the source interval ``[x0 + j
 
 Two backends sit behind :class:`Slide`: OpenSlide for every format it reads, and a whole-image
 fallback (tifffile for TIFF, PIL for everything else) for plain images such as stripped TIFFs,
-PNGs and JPEGs.
+PNGs and JPEGs. For tiled TIFF slides (Aperio SVS, generic TIFF) the OpenSlide backend hands pixel
+decoding to :mod:`slidescan.tiff_reader`, which is several times faster for the same pixels.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import openslide
 from PIL import Image, ImageOps
 
 from slidescan.errors import SlidescanError, one_line
+from slidescan.tiff_reader import TiffTileReader, open_tiff_reader
 
 # Plain images are loaded whole; beyond this a pyramid is the only sane way to read them.
 MAX_FALLBACK_PIXELS = 20_000 * 20_000
@@ -35,6 +37,8 @@ PLAUSIBLE_MPP = (0.02, 20.0)
 # Thumbnails are assembled from reads of at most this many level pixels a side.
 _THUMBNAIL_READ_PX = 4096
 _WHITE = 255
+# --reader choices: "auto" decodes tiled TIFF slides directly where that is proven identical.
+READERS = ("auto", "openslide")
 _CM_UM = 1e4
 _INCH_UM = 25_400.0
 
@@ -43,9 +47,14 @@ class _Backend(Protocol):
     level_dimensions: tuple[tuple[int, int], ...]
     level_downsamples: tuple[float, ...]
 
+    @property
+    def name(self) -> str: ...
+
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> np.ndarray: ...
+
+    def level_origin(self, location: tuple[int, int], level: int) -> tuple[float, float]: ...
 
     def close(self) -> None: ...
 
@@ -60,6 +69,11 @@ class Slide:
         self.level_downsamples: tuple[float, ...] = backend.level_downsamples
         self.dimensions: tuple[int, int] = self.level_dimensions[0]
         self.mpp = mpp
+
+    @property
+    def reader(self) -> str:
+        """Which decoder reads the pixels (recorded in reports for provenance)."""
+        return self._backend.name
 
     @property
     def in_memory(self) -> bool:
@@ -164,10 +178,12 @@ class Slide:
             # a block touches no more of the slide's compressed tiles than it needs.
             return self.read_region((round(x0 * ds), round(y0 * ds)), level, (w, h))
         margin = math.ceil(max(factor, 1.0)) + 1
-        # OpenSlide maps a level-0 location to level coordinates as location / downsample.
         loc_x = round((math.floor(x0) - margin) * ds)
         loc_y = round((math.floor(y0) - margin) * ds)
-        off_x, off_y = x0 - loc_x / ds, y0 - loc_y / ds
+        # Where the backend's read really starts in level pixels: OpenSlide uses location / ds
+        # (fractional at vendor downsamples like 4.0003), the direct TIFF reader whole pixels.
+        start_x, start_y = self._backend.level_origin((loc_x, loc_y), level)
+        off_x, off_y = x0 - start_x, y0 - start_y
         src_w, src_h = w * factor, h * factor
         read_w = math.ceil(off_x + src_w) + margin
         read_h = math.ceil(off_y + src_h) + margin
@@ -177,9 +193,15 @@ class Slide:
         return np.asarray(resized)
 
 
-def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
+def open_slide(path: str | Path, *, mpp: float | None = None, reader: str = "auto") -> Slide:
     """OpenSlide for every format it reads; plain TIFF/PNG/JPEG images via a fallback backend
-    (PIL or tifffile) behind the same class; ``mpp`` overrides metadata."""
+    (PIL or tifffile) behind the same class; ``mpp`` overrides metadata.
+
+    ``reader="auto"`` lets tiled TIFF slides be decoded directly (:mod:`slidescan.tiff_reader`);
+    ``"openslide"`` keeps every pixel on OpenSlide's decoder.
+    """
+    if reader not in READERS:
+        raise SlidescanError(f"--reader must be one of {', '.join(READERS)}, got {reader!r}")
     path = Path(path)
     name = path.name
     if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
@@ -195,7 +217,7 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
         raise SlidescanError(f"{name}: cannot read the file: {one_line(exc)}") from exc
     backend: _Backend
     if vendor is not None:
-        backend = _OpenSlideBackend(path)
+        backend = _OpenSlideBackend(path, vendor, direct_tiff=reader == "auto")
         found = backend.mpp
     else:
         backend = _ImageBackend(path)
@@ -214,7 +236,7 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
 class _OpenSlideBackend:
     """Every format OpenSlide reads; regions are composited onto white."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, vendor: str, *, direct_tiff: bool = True) -> None:
         self._name = path.name
         try:
             self._osr = openslide.OpenSlide(path)
@@ -226,8 +248,38 @@ class _OpenSlideBackend:
                 f"{self._name}: not a readable slide (truncated or unsupported): {one_line(exc)}"
             ) from exc
         self.mpp = _openslide_mpp(properties)
+        self._tiff: TiffTileReader | None = None
+        if direct_tiff:
+            self._tiff = open_tiff_reader(path, vendor, self.level_dimensions, self._read_openslide)
+
+    @property
+    def name(self) -> str:
+        if self._tiff is None:
+            return "openslide"
+        levels = ",".join(str(level) for level in sorted(self._tiff.levels))
+        return f"tifffile+imagecodecs (levels {levels}); openslide"
+
+    def level_origin(self, location: tuple[int, int], level: int) -> tuple[float, float]:
+        ds = self.level_downsamples[level]
+        if self._tiff is not None and level in self._tiff.levels:
+            return float(round(location[0] / ds)), float(round(location[1] / ds))
+        return location[0] / ds, location[1] / ds
 
     def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        if self._tiff is not None and level in self._tiff.levels:
+            x, y = self.level_origin(location, level)
+            try:
+                return self._tiff.read(level, int(x), int(y), size[0], size[1])
+            except Exception as exc:  # tifffile/imagecodecs raise many types on corrupt tiles
+                raise SlidescanError(
+                    f"{self._name}: failed to decode region at {location} level {level}: "
+                    f"{one_line(exc)}"
+                ) from exc
+        return self._read_openslide(location, level, size)
+
+    def _read_openslide(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> np.ndarray:
         try:
@@ -239,6 +291,8 @@ class _OpenSlideBackend:
         return _composite_on_white(rgba)
 
     def close(self) -> None:
+        if self._tiff is not None:
+            self._tiff.close()
         self._osr.close()
 
 
@@ -254,11 +308,16 @@ class _ImageBackend:
             raise SlidescanError(f"{self._name}: cannot read the file: {one_line(exc)}") from exc
         if magic in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
             self._pixels, self.mpp = _load_tiff(path)
+            self.name = "tifffile (whole image)"
         else:
             self._pixels, self.mpp = _load_pil(path)
+            self.name = "pillow (whole image)"
         h, w = self._pixels.shape[:2]
         self.level_dimensions = ((w, h),)
         self.level_downsamples = (1.0,)
+
+    def level_origin(self, location: tuple[int, int], level: int) -> tuple[float, float]:
+        return float(location[0]), float(location[1])
 
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]

@@ -37,6 +37,7 @@ class SlideTileDataset(Dataset):
         mpp: float | None = None,
         block: int = 8,
         dense: bool = False,
+        reader: str = "auto",
     ) -> None:
         cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
         rows, cols = grid.shape
@@ -50,6 +51,7 @@ class SlideTileDataset(Dataset):
         self.mpp = mpp
         self.block = block
         self.dense = dense
+        self.reader = reader
 
         block_cols = -(-cols // block)
         keys = (cells[:, 0] // block) * block_cols + cells[:, 1] // block
@@ -114,7 +116,7 @@ class SlideTileDataset(Dataset):
         pid = os.getpid()
         if self._slide is None or self._pid != pid:
             # A handle inherited through fork is the parent's and unsafe here; open our own.
-            slide = open_slide(self.path, mpp=self.mpp)
+            slide = open_slide(self.path, mpp=self.mpp, reader=self.reader)
             if not np.isclose(slide.mpp, self.grid.slide_mpp, rtol=1e-6):
                 slide.close()
                 raise ValueError(

@@ -81,6 +81,7 @@ def write_pyramid(
     levels: int = 3,
     tile: int = 256,
     unit: str = "CENTIMETER",
+    compression: str = "zlib",
 ) -> Path:
     """Tiled pyramidal TIFF, each level half the previous; ``mpp=None`` writes no resolution."""
     per_unit_um = {"CENTIMETER": 1e4, "INCH": 25_400.0}[unit]
@@ -95,8 +96,8 @@ def write_pyramid(
                 level,
                 tile=(tile, tile),
                 photometric="rgb",
-                compression="zlib",
-                compressionargs={"level": 1},
+                compression=compression,
+                compressionargs={"level": 1} if compression == "zlib" else {"level": 90},
                 subfiletype=1 if i else 0,
                 metadata=None,
                 **extra,

@@ -1,0 +1,185 @@
+"""Direct region reads for tiled TIFF slides (Aperio SVS, generic tiled TIFF).
+
+OpenSlide decodes these files at about 40 megapixels/s on one core; locating the compressed
+tiles with ``tifffile`` and decoding them with ``imagecodecs`` (libjpeg-turbo, OpenJPEG) gives the
+same pixels several times faster (``benchmarks/RESULTS.md`` §3). OpenSlide stays in charge of
+what it does best — recognising the format, levels, metadata — and this reader only takes over
+decoding for levels it can prove it decodes identically (:func:`open_tiff_reader`).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+# OpenSlide vendors whose levels are plain tiled TIFF pages; others (Philips sparse tiles,
+# NDPI, MIRAX, ...) keep OpenSlide's decoder.
+TIFF_VENDORS = frozenset({"aperio", "generic-tiff"})
+# A decoded check tile may differ from OpenSlide's by IDCT rounding, never by more.
+MAX_CHECK_DIFF = 4
+_WHITE = 255
+_CONTIG = 1  # TIFF PlanarConfiguration: samples interleaved
+
+
+class RegionReader(Protocol):
+    """What the check compares against: OpenSlide-style level-0 location reads as RGB."""
+
+    def __call__(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class _TiledPage:
+    page: Any  # tifffile.TiffPage
+    width: int
+    height: int
+    tile_w: int
+    tile_h: int
+    tiles_across: int
+
+
+class TiffTileReader:
+    """Reads RGB regions of some pyramid levels of one tiled TIFF straight from its tiles."""
+
+    def __init__(self, tif: Any, pages: dict[int, Any]) -> None:
+        self._tif = tif
+        self._lock = threading.Lock()  # one file handle: seeks must not interleave
+        self._levels = {
+            level: _TiledPage(
+                page=page,
+                width=int(page.imagewidth),
+                height=int(page.imagelength),
+                tile_w=int(page.tilewidth),
+                tile_h=int(page.tilelength),
+                tiles_across=-(-int(page.imagewidth) // int(page.tilewidth)),
+            )
+            for level, page in pages.items()
+        }
+
+    @property
+    def levels(self) -> frozenset[int]:
+        """Pyramid levels this reader decodes."""
+        return frozenset(self._levels)
+
+    def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """Level pixels [y, y+height) × [x, x+width) as uint8 RGB; outside the image is white."""
+        lv = self._levels[level]
+        out = np.full((height, width, 3), _WHITE, np.uint8)
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + width, lv.width), min(y + height, lv.height)
+        if x1 <= x0 or y1 <= y0:
+            return out
+        indices = [
+            ty * lv.tiles_across + tx
+            for ty in range(y0 // lv.tile_h, (y1 - 1) // lv.tile_h + 1)
+            for tx in range(x0 // lv.tile_w, (x1 - 1) // lv.tile_w + 1)
+        ]
+        page = lv.page
+        offsets = [page.dataoffsets[i] for i in indices]
+        counts = [page.databytecounts[i] for i in indices]
+        with self._lock:
+            segments = list(self._tif.filehandle.read_segments(offsets, counts, indices))
+        for data, index in segments:
+            if not data:
+                continue  # sparse tile: nothing scanned there, stays white
+            tile = page.decode(data, index, jpegtables=page.jpegtables)[0]
+            ty, tx = divmod(index, lv.tiles_across)
+            top, left = ty * lv.tile_h, tx * lv.tile_w
+            # Intersection of this tile with the wanted box, in level coordinates.
+            ya, yb = max(top, y0), min(top + lv.tile_h, y1)
+            xa, xb = max(left, x0), min(left + lv.tile_w, x1)
+            pixels = tile[0, ya - top : yb - top, xa - left : xb - left]
+            out[ya - y : yb - y, xa - x : xb - x] = pixels
+        return out
+
+    def close(self) -> None:
+        """Close the TIFF file."""
+        self._tif.close()
+
+
+def open_tiff_reader(
+    path: Path,
+    vendor: str | None,
+    level_dimensions: tuple[tuple[int, int], ...],
+    reference: RegionReader,
+) -> TiffTileReader | None:
+    """A direct reader for the levels of ``path`` that are plain tiled RGB pages, or None.
+
+    Levels are matched to TIFF pages by size and must share level 0's compression and colour
+    layout. Level 0's densest tile is then decoded both ways and must match ``reference``
+    (OpenSlide) to :data:`MAX_CHECK_DIFF`; any doubt — an unknown vendor, an unusual page, a
+    codec ``imagecodecs`` lacks — means None, and the caller keeps OpenSlide.
+    """
+    if vendor not in TIFF_VENDORS:
+        return None
+    try:
+        import tifffile
+
+        tif = tifffile.TiffFile(path)
+    except Exception:  # tifffile raises many types; OpenSlide remains the reader
+        return None
+    try:
+        pages = _match_levels(tif, level_dimensions)
+        if 0 not in pages:
+            tif.close()
+            return None
+        reader = TiffTileReader(tif, pages)
+        if not _matches_reference(reader, reference):
+            reader.close()
+            return None
+        return reader
+    except Exception:
+        tif.close()
+        return None
+
+
+def _layout(page: Any) -> tuple[Any, ...]:
+    return (
+        page.compression,
+        page.photometric,
+        getattr(page, "subsampling", None),
+        page.jpegtables is not None,
+    )
+
+
+def _usable(page: Any) -> bool:
+    return bool(
+        page.is_tiled
+        and page.samplesperpixel == 3
+        and page.bitspersample == 8
+        and page.planarconfig == _CONTIG
+        and page.imagedepth == 1
+        and np.dtype(page.dtype) == np.uint8
+    )
+
+
+def _match_levels(tif: Any, level_dimensions: tuple[tuple[int, int], ...]) -> dict[int, Any]:
+    by_size: dict[tuple[int, int], Any] = {}
+    for page in tif.pages:
+        size = (int(page.imagewidth), int(page.imagelength))
+        if size not in by_size and _usable(page):
+            by_size[size] = page
+    base = by_size.get(tuple(level_dimensions[0]))
+    if base is None:
+        return {}
+    return {
+        level: by_size[tuple(dims)]
+        for level, dims in enumerate(level_dimensions)
+        if tuple(dims) in by_size and _layout(by_size[tuple(dims)]) == _layout(base)
+    }
+
+
+def _matches_reference(reader: TiffTileReader, reference: RegionReader) -> bool:
+    lv = reader._levels[0]
+    index = int(np.argmax(lv.page.databytecounts))
+    ty, tx = divmod(index, lv.tiles_across)
+    x, y = tx * lv.tile_w, ty * lv.tile_h
+    w, h = min(lv.tile_w, lv.width - x), min(lv.tile_h, lv.height - y)
+    ours = reader.read(0, x, y, w, h).astype(np.int16)
+    theirs = reference((x, y), 0, (w, h)).astype(np.int16)
+    return ours.shape == theirs.shape and int(np.abs(ours - theirs).max()) <= MAX_CHECK_DIFF
