@@ -1,24 +1,27 @@
-"""CPU inference options for the patch model, measured side by side in one run.
+"""CPU inference engines for the patch model, measured side by side in one run.
 
-    python benchmarks/cpu_inference.py [--model pcamnet-s] [--batch 256] [--seconds 8]
+    python benchmarks/cpu_inference.py [--weights weights/pcamnet-s.pt] [--batch 256] [--seconds 8]
 
-Variants: eager NCHW under ``no_grad``; eager channels-last under ``inference_mode`` (what
-slidescan uses); the same with 1 thread; ``torch.compile``; ONNX Runtime (CPU provider, if the
-``onnxruntime`` and ``onnx`` packages are installed). Prints patches/s and the ratio to
-slidescan's default. Random weights: speed does not depend on their values.
+Every variant turns the same uint8 batch into probabilities (normalisation included, as in a
+scan): eager PyTorch NCHW under ``no_grad`` (how most scripts run a model); slidescan's torch
+engine (channels-last, ``inference_mode``), also with 1 thread and under ``torch.compile``; and
+slidescan's ONNX Runtime engines, float32 and int8 (``--backend onnx`` / ``onnx-int8``; the int8
+graph is the one stored in the weights file). Prints patches/s, the ratio to the torch engine and
+the largest probability difference from it. Accuracy of each engine: ``slidescan evaluate
+--backend ...`` (benchmarks/RESULTS.md §2).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-import numpy as np
 import torch
 
-from slidescan.models import create_model
+from slidescan.inference import make_predictor, predict_probs
+from slidescan.weights import load_weights
 
 
 def rate(fn: Callable[[], object], batch: int, seconds: float) -> float:
@@ -33,71 +36,65 @@ def rate(fn: Callable[[], object], batch: int, seconds: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="pcamnet-s")
+    parser.add_argument("--weights", type=Path, default=None, help="default: shipped model")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
     threads = torch.get_num_threads()
+    loaded = load_weights(args.weights)
     torch.manual_seed(0)
-    model = create_model(args.model).eval()
-    x = torch.randn(args.batch, 3, 96, 96)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    model_cl = create_model(args.model).eval().to(memory_format=torch.channels_last)
-    model_cl.load_state_dict(model.state_dict())
+    # Pixel-like input: random uint8 around tissue colours (the values do not change speed).
+    x = torch.randint(90, 256, (args.batch, 3, 96, 96), dtype=torch.uint8)
 
-    def eager_nchw() -> object:
+    torch_engine = make_predictor(loaded, "cpu", "torch")
+    mean = torch.tensor(loaded.card.mean).view(1, 3, 1, 1)
+    std = torch.tensor(loaded.card.std).view(1, 3, 1, 1)
+    plain = load_weights(args.weights).model.eval()
+
+    def eager_nchw() -> torch.Tensor:
         with torch.no_grad():
-            return model(x)
+            return torch.sigmoid(plain((x.float() / 255 - mean) / std))
 
-    def eager_cl() -> object:
-        with torch.inference_mode():
-            return model_cl(x_cl)
+    def engine(predictor: object) -> Callable[[], torch.Tensor]:
+        return lambda: predict_probs(predictor.model, x, predictor.normalizer)  # type: ignore[attr-defined]
 
-    results: dict[str, float] = {}
-    results["eager NCHW, no_grad"] = rate(eager_nchw, args.batch, args.seconds)
-    results["eager channels-last, inference_mode (default)"] = rate(
-        eager_cl, args.batch, args.seconds
-    )
-    torch.set_num_threads(1)
-    results["default, 1 thread"] = rate(eager_cl, args.batch, args.seconds)
-    torch.set_num_threads(threads)
+    reference = engine(torch_engine)()
+    variants: dict[str, Callable[[], torch.Tensor]] = {
+        "eager NCHW, no_grad (plain script)": eager_nchw,
+        "torch engine: channels-last, inference_mode": engine(torch_engine),
+    }
     try:
-        compiled = torch.compile(model_cl)
-
-        def run_compiled() -> object:
-            with torch.inference_mode():
-                return compiled(x_cl)
-
-        results["torch.compile (channels-last)"] = rate(run_compiled, args.batch, args.seconds)
+        compiled = make_predictor(loaded, "cpu", "torch")
+        compiled.model = torch.compile(compiled.model)
+        compiled_run = engine(compiled)
+        compiled_run()
+        variants["torch engine + torch.compile"] = compiled_run
     except Exception as exc:  # no compiler toolchain: report, don't fail
-        print(f"torch.compile unavailable: {exc}")
-    try:
-        import onnxruntime as ort
+        print(f"torch.compile unavailable: {str(exc).splitlines()[0]}")
+    variants["ONNX Runtime float32 (--backend onnx)"] = engine(
+        make_predictor(loaded, "cpu", "onnx")
+    )
+    if loaded.int8_onnx is not None:
+        int8 = make_predictor(loaded, "cpu", "onnx-int8")
+        variants["ONNX Runtime int8 (--backend onnx-int8, default)"] = engine(int8)
+    else:
+        print("weights carry no int8 engine (slidescan quantize): int8 row skipped")
 
-        buf = io.BytesIO()
-        torch.onnx.export(
-            model, (x[:1],), buf, dynamo=False, input_names=["x"], output_names=["y"],
-            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
-        )  # fmt: skip
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
-        x_np = x.numpy()
-        ref = eager_nchw()
-        out = session.run(None, {"x": x_np})[0]
-        diff = float(np.abs(out - ref.numpy()).max())  # type: ignore[attr-defined]
-        results[f"ONNX Runtime {ort.__version__} (max |Δlogit| {diff:.1e})"] = rate(
-            lambda: session.run(None, {"x": x_np}), args.batch, args.seconds
-        )
-    except ImportError:
-        print("ONNX Runtime not installed (pip install onnxruntime onnx): skipped")
+    results = {name: rate(fn, args.batch, args.seconds) for name, fn in variants.items()}
+    torch.set_num_threads(1)
+    results["torch engine, 1 thread"] = rate(engine(torch_engine), args.batch, args.seconds)
+    variants["torch engine, 1 thread"] = engine(torch_engine)
+    torch.set_num_threads(threads)
 
-    base = results["eager channels-last, inference_mode (default)"]
-    print(f"\n{args.model}, batch {args.batch}, torch {torch.__version__}, {threads} threads\n")
-    print("| variant | patches/s | vs default |")
-    print("|---|---:|---:|")
+    base = results["torch engine: channels-last, inference_mode"]
+    print(
+        f"\n{loaded.card.model}, batch {args.batch}, torch {torch.__version__}, {threads} threads\n"
+    )
+    print("| variant | patches/s | vs torch engine | max \\|Δp\\| vs torch engine |")
+    print("|---|---:|---:|---:|")
     for name, value in results.items():
-        print(f"| {name} | {value:,.0f} | {value / base:.2f}× |")
+        diff = float((variants[name]() - reference).abs().max())
+        print(f"| {name} | {value:,.0f} | {value / base:.2f}× | {diff:.1e} |")
 
 
 if __name__ == "__main__":

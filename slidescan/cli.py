@@ -121,6 +121,10 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run of the same settings.")
     ] = False,
+    int8: Annotated[
+        bool,
+        typer.Option(help="Also store an int8 copy for 2–3× faster CPU scans (`quantize`)."),
+    ] = True,
     resize: ResizeOpt = False,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
@@ -137,7 +141,7 @@ def train(
     cfg = TrainConfig(
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         schedule=schedule, val_fraction=val_fraction, augment=augment, seed=seed,
-        workers=workers, device=device,
+        workers=workers, device=device, int8=int8,
     )  # fmt: skip
     description = train_data.description
     if val_data is not None:
@@ -179,6 +183,41 @@ def _print_json(obj: Any) -> None:
 
 @app.command()
 @user_errors
+def quantize(
+    data: DataArg,
+    weights: Annotated[Path, typer.Option(help="Weights file to add the int8 engine to.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write here instead of replacing --weights.", show_default=False),
+    ] = None,
+    patches: Annotated[int, typer.Option(min=16, help="Calibration patches.")] = 512,
+    split: Annotated[
+        str, typer.Option(help="Split to read from folders that have several.")
+    ] = "train",
+    resize: ResizeOpt = False,
+    seed: Annotated[int, typer.Option(help="Which patches are drawn.")] = 0,
+) -> None:
+    """Store an int8 copy of a model in its weights file: 2–3× faster scans on CPU.
+
+    Calibrates on random patches of DATA (use the training data) and prints how closely the
+    int8 model follows float32 on as many other patches. `slidescan run` then uses it on the
+    CPU (--backend auto); --backend onnx keeps float32. `slidescan train` does this itself.
+    """
+    from slidescan.patch_data import open_patch_datasets
+    from slidescan.quantize import quantize_weights
+    from slidescan.weights import load_weights, save_weights
+
+    loaded = load_weights(weights)
+    dataset = open_patch_datasets(data, split=split, resize=resize)
+    int8, agreement = quantize_weights(loaded, dataset, patches=patches, seed=seed)
+    target = out or weights
+    save_weights(target, loaded.model, loaded.card, int8_onnx=int8)
+    typer.echo(agreement.describe())
+    typer.echo(f"int8 engine ({len(int8) / 1e6:.1f} MB) stored in {target}")
+
+
+@app.command()
+@user_errors
 def evaluate(
     data: DataArg,
     weights: WeightsOpt = None,
@@ -194,6 +233,10 @@ def evaluate(
     batch_size: PatchBatchOpt = 256,
     resize: ResizeOpt = False,
     device: DeviceOpt = "auto",
+    backend: Annotated[
+        str,
+        typer.Option(help="Inference engine as for `slidescan run`: auto, torch, onnx, onnx-int8."),
+    ] = "auto",
     workers: WorkersOpt = 2,
 ) -> None:
     """Measure a model on labelled patches: AUC (95% CI), accuracy, sensitivity, specificity…"""
@@ -206,18 +249,23 @@ def evaluate(
     loaded = load_weights(weights)
     dataset = open_patch_datasets(data, split=split, resize=resize)
     result = run_evaluation(
-        loaded, dataset, device=device, tta=tta, batch_size=batch_size, workers=workers
-    )
+        loaded, dataset, device=device, backend=backend, tta=tta, batch_size=batch_size,
+        workers=workers,
+    )  # fmt: skip
     if report is not None:
         title = f"{loaded.card.model} on {dataset.description}" + (" (TTA)" if tta else "")
         write_evaluation_report(report, result, dataset, title)
     if as_json:
         _print_json(
             {**result.metrics.to_dict(), "model": loaded.card.model, "tta": tta,
-             "data": dataset.description, "weights_sha256": loaded.sha256}
+             "engine": result.engine, "data": dataset.description,
+             "weights_sha256": loaded.sha256}
         )  # fmt: skip
         return
-    typer.echo(f"{loaded.card.model} on {dataset.description}" + (" with TTA" if tta else ""))
+    typer.echo(
+        f"{loaded.card.model} ({result.engine}) on {dataset.description}"
+        + (" with TTA" if tta else "")
+    )
     typer.echo(format_metrics(result.metrics))
     if report is not None:
         typer.echo(f"report written to {report}/")

@@ -20,6 +20,7 @@ class Evaluation:
     labels: np.ndarray
     probs: np.ndarray
     metrics: BinaryMetrics
+    engine: str = "torch"
 
 
 class PatchImages:
@@ -40,20 +41,21 @@ def evaluate(
     dataset: PatchDataset,
     *,
     device: str = "auto",
+    backend: str = "auto",
     tta: bool = False,
     batch_size: int = 256,
     workers: int = 2,
     n_bootstrap: int = 1000,
 ) -> Evaluation:
     """Run ``loaded`` over a labelled dataset and compute metrics at its card's threshold."""
-    predictor = make_predictor(loaded, device)
+    predictor = make_predictor(loaded, device, backend)
     probs = predict_dataset(
         predictor.model, dataset, predictor.normalizer, batch_size=batch_size, workers=workers,
         tta=tta, desc="evaluate",
     )  # fmt: skip
     labels = np.asarray(dataset.labels)
     metrics = binary_metrics(labels, probs, loaded.card.threshold, n_bootstrap=n_bootstrap)
-    return Evaluation(labels=labels, probs=probs, metrics=metrics)
+    return Evaluation(labels=labels, probs=probs, metrics=metrics, engine=predictor.engine)
 
 
 def write_evaluation_report(

@@ -18,15 +18,24 @@ from slidescan.weights import LoadedModel, ModelCard
 
 
 class Normalizer:
-    """uint8 N×3×H×W on the host → normalised float on ``device`` (channels-last: fastest)."""
+    """uint8 N×3×H×W on the host → normalised float on ``device`` (channels-last: fastest).
 
-    def __init__(self, card: ModelCard, device: torch.device) -> None:
+    ``in_model``: the model normalises uint8 pixels itself (the ONNX graphs), so batches pass
+    through untouched.
+    """
+
+    def __init__(self, card: ModelCard, device: torch.device, *, in_model: bool = False) -> None:
         self.device = device
+        self.in_model = in_model
         self.mean = torch.tensor(card.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(card.std, device=device).view(1, 3, 1, 1)
 
     def __call__(self, batch: Tensor, augment: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """Normalise ``batch``; ``augment`` (training only) acts on float RGB in [0, 1] first."""
+        if self.in_model:
+            if augment is not None:
+                raise ValueError("augmentation needs a normalising Normalizer, not in_model")
+            return batch
         # Copy uint8 (4× fewer bytes than float) and convert on the device.
         x = batch.to(self.device, non_blocking=True).float().div_(255.0)
         if augment is not None:
@@ -42,32 +51,54 @@ class Predictor:
     model: nn.Module
     normalizer: Normalizer
     device: torch.device
+    engine: str = "torch"  # torch, onnx or onnx-int8: recorded in reports
 
 
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+
+
+def resolve_backend(loaded: LoadedModel, device: torch.device, backend: str) -> str:
+    """The engine ``backend`` means for this model on this device (``auto`` resolved)."""
+    from slidescan.onnx_backend import onnx_available
+
+    if backend not in BACKENDS:
+        raise SlidescanError(f"unknown backend {backend!r} (use {', '.join(BACKENDS)})")
+    if backend == "auto":
+        if device.type != "cpu" or not onnx_available():
+            return "torch"
+        return "onnx-int8" if loaded.int8_onnx is not None else "onnx"
+    if backend.startswith("onnx") and (device.type != "cpu" or not onnx_available()):
+        raise SlidescanError(
+            f"--backend {backend} runs on the CPU and needs onnxruntime and onnx installed "
+            "(pip install onnxruntime onnx)"
+        )
+    if backend == "onnx-int8" and loaded.int8_onnx is None:
+        raise SlidescanError(
+            "--backend onnx-int8: these weights carry no int8 model; add one with "
+            "`slidescan quantize WEIGHTS PATCHES`"
+        )
+    return backend
 
 
 def make_predictor(loaded: LoadedModel, device: str = "auto", backend: str = "auto") -> Predictor:
     """Put ``loaded`` on ``device`` (auto: cuda > mps > cpu), ready for inference.
 
-    ``backend``: ``torch``; ``onnx`` (ONNX Runtime, CPU only: 1.8× eager PyTorch there, see
-    benchmarks/RESULTS.md); ``auto`` = onnx on the CPU when onnxruntime is installed (it is a
-    dependency), else torch.
+    ``backend``: ``torch``; ``onnx`` (ONNX Runtime float32, CPU only, torch's numbers to float
+    rounding); ``onnx-int8`` (the int8 graph stored in the weights file, CPU only); ``auto`` =
+    onnx-int8 on the CPU when the weights carry it, else onnx, and torch on GPUs. Speeds and
+    accuracy of each: benchmarks/RESULTS.md.
     """
-    from slidescan.onnx_backend import OnnxModel, onnx_available
+    from slidescan.onnx_backend import OnnxModel
 
-    if backend not in BACKENDS:
-        raise SlidescanError(f"unknown backend {backend!r} (use {', '.join(BACKENDS)})")
     torch_device = select_device(device)
-    normalizer = Normalizer(loaded.card, torch_device)
-    if backend == "onnx" and (torch_device.type != "cpu" or not onnx_available()):
-        raise SlidescanError(
-            "--backend onnx runs on the CPU and needs onnxruntime and onnx installed "
-            "(pip install onnxruntime onnx)"
-        )
-    if backend == "onnx" or (backend == "auto" and torch_device.type == "cpu" and onnx_available()):
-        return Predictor(OnnxModel(loaded.model), normalizer, torch_device)  # type: ignore[arg-type]
-    return Predictor(prepare_model(loaded.model, torch_device), normalizer, torch_device)
+    engine = resolve_backend(loaded, torch_device, backend)
+    if engine.startswith("onnx"):
+        int8 = loaded.int8_onnx if engine == "onnx-int8" else None
+        onnx_model = OnnxModel(loaded.model, loaded.card, int8=int8)
+        normalizer = Normalizer(loaded.card, torch_device, in_model=True)
+        return Predictor(onnx_model, normalizer, torch_device, engine)  # type: ignore[arg-type]
+    model = prepare_model(loaded.model, torch_device)
+    return Predictor(model, Normalizer(loaded.card, torch_device), torch_device, engine)
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:

@@ -129,10 +129,11 @@ class Scanner:
         self.loaded = loaded
         self.options = options
         predictor = make_predictor(loaded, options.device, options.backend)
-        self.device, self.model, self.normalizer = (
+        self.device, self.model, self.normalizer, self.engine = (
             predictor.device,
             predictor.model,
             predictor.normalizer,
+            predictor.engine,
         )
         card = loaded.card
         # --threshold overrides both; otherwise tiles use the card's patch threshold and the
@@ -300,6 +301,8 @@ class Scanner:
             "dense": self.options.dense,
             "model": card.model,
             "weights_sha256": self.loaded.sha256,
+            "engine": self.engine,
+            "device": str(self.device),
             "threshold": self.threshold,
             "tile_threshold": self.tile_threshold,
             "slidescan_version": __version__,

@@ -35,7 +35,7 @@ from slidescan.inference import Normalizer, predict_dataset, prepare_model
 from slidescan.metrics import best_threshold, binary_metrics
 from slidescan.models import DEFAULT_MODEL, count_parameters, create_model
 from slidescan.slide_call import calibrate_slide_threshold
-from slidescan.weights import ModelCard, save_weights
+from slidescan.weights import ModelCard, load_weights, save_weights
 
 
 @dataclass
@@ -54,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     device: str = "auto"
+    int8: bool = True  # also store an int8 CPU engine (see slidescan.quantize)
 
 
 @dataclass
@@ -310,9 +311,25 @@ def _train(
             )  # fmt: skip
         barrier(ctx)
 
+    if ctx.is_main and cfg.int8 and best_epoch > 0:
+        _store_int8(out, train_data, cfg.seed)
     if ctx.is_main and ckpt_path.exists():
         ckpt_path.unlink()
     return TrainResult(out, best_epoch, best_metrics, history, time.perf_counter() - start)
+
+
+def _store_int8(out: Path, train_data: Dataset, seed: int) -> None:
+    """Add the int8 CPU engine to the best weights, calibrated on training patches."""
+    from slidescan.onnx_backend import onnx_available
+    from slidescan.quantize import quantize_weights
+
+    if not onnx_available():
+        tqdm.write("int8 engine skipped: onnxruntime/onnx not installed")
+        return
+    loaded = load_weights(out)
+    int8, agreement = quantize_weights(loaded, train_data, seed=seed)  # type: ignore[arg-type]
+    save_weights(out, loaded.model, loaded.card, int8_onnx=int8)
+    tqdm.write(agreement.describe())
 
 
 def _json_config(cfg: TrainConfig) -> dict[str, Any]:

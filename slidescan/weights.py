@@ -56,10 +56,17 @@ class LoadedModel:
     card: ModelCard
     sha256: str
     path: Path | None
+    int8_onnx: bytes | None = None  # the CPU engine's int8 graph, when the file carries one
 
 
-def save_weights(path: Path, model: nn.Module, card: ModelCard) -> None:
-    """Write ``model``'s weights with ``card`` atomically (temp file, then rename)."""
+def save_weights(
+    path: Path, model: nn.Module, card: ModelCard, *, int8_onnx: bytes | None = None
+) -> None:
+    """Write ``model``'s weights with ``card`` atomically (temp file, then rename).
+
+    ``int8_onnx``: an int8 ONNX graph of the same model (``slidescan quantize``), kept in the
+    file as a uint8 tensor so the one file stays the one source of truth.
+    """
     from slidescan import __version__
 
     card.slidescan_version = card.slidescan_version or __version__
@@ -69,6 +76,8 @@ def save_weights(path: Path, model: nn.Module, card: ModelCard) -> None:
         "card": asdict(card),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if int8_onnx is not None:
+        payload["onnx_int8"] = torch.frombuffer(bytearray(int8_onnx), dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)
@@ -123,4 +132,11 @@ def load_weights(path: Path | None = None) -> LoadedModel:
         first = one_line(exc)
         raise SlidescanError(f"{path}: weights do not fit model {card.model!r}: {first}") from None
     model.eval()
-    return LoadedModel(model=model, card=card, sha256=file_sha256(path), path=path)
+    int8 = payload.get("onnx_int8")
+    return LoadedModel(
+        model=model,
+        card=card,
+        sha256=file_sha256(path),
+        path=path,
+        int8_onnx=int8.numpy().tobytes() if isinstance(int8, torch.Tensor) else None,
+    )

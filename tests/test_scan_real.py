@@ -23,7 +23,7 @@ from slide_fixtures import write_pyramid
 
 from slidescan.errors import SlidescanError
 from slidescan.heatmap import read_heatmap
-from slidescan.inference import Normalizer, predict_probs, prepare_model
+from slidescan.inference import make_predictor, predict_probs
 from slidescan.metrics import roc_auc
 from slidescan.pipeline import Scanner, ScanOptions, ScanResult, is_complete
 from slidescan.tiling import TileGrid
@@ -140,11 +140,11 @@ def make_mosaic(
 
 
 def direct_probs(loaded: LoadedModel, patches: np.ndarray) -> np.ndarray:
-    """The model's probability for each mosaic patch, without any slide machinery."""
-    device = torch.device("cpu")
-    model = prepare_model(loaded.model, device)
+    """The model's probability for each mosaic patch, without any slide machinery (same
+    engine as the scan's default, so equal numbers mean the cells line up)."""
+    predictor = make_predictor(loaded, "cpu")
     batch = torch.from_numpy(patches.reshape(-1, PATCH, PATCH, 3)).permute(0, 3, 1, 2)
-    probs = predict_probs(model, batch.contiguous(), Normalizer(loaded.card, device))
+    probs = predict_probs(predictor.model, batch.contiguous(), predictor.normalizer)
     return probs.numpy().reshape(MOSAIC, MOSAIC)
 
 

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 import slidescan.trainer as trainer_mod
 from slidescan.errors import SlidescanError
+from slidescan.inference import make_predictor, predict_probs
 from slidescan.patch_data import PatchDataset, open_patch_dataset
 from slidescan.trainer import TrainConfig, channel_stats, resume_path, split_holdout, train
 from slidescan.weights import load_weights
@@ -54,7 +56,9 @@ def small_toy(tmp_path_factory: pytest.TempPathFactory) -> PatchDataset:
 
 
 def _cfg(**changes: object) -> TrainConfig:
-    base: dict = {"epochs": 1, "batch_size": 8, "workers": 0, "device": "cpu", "seed": 3}
+    base: dict = {
+        "epochs": 1, "batch_size": 8, "workers": 0, "device": "cpu", "seed": 3, "int8": False
+    }  # fmt: skip
     base.update(changes)
     return TrainConfig(**base)
 
@@ -77,9 +81,24 @@ def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
 def trained(toy: PatchDataset, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("run") / "model.pt"
     result = train(
-        toy, out, _cfg(epochs=3, batch_size=16), data_description="toy blobs", command="pytest"
-    )
+        toy, out, _cfg(epochs=3, batch_size=16, int8=True), data_description="toy blobs",
+        command="pytest",
+    )  # fmt: skip
     return out, result
+
+
+def test_training_stores_an_int8_engine_that_follows_float32(trained, toy: PatchDataset) -> None:
+    out, _ = trained
+    loaded = load_weights(out)
+    assert loaded.int8_onnx is not None
+    int8 = make_predictor(loaded, "cpu")
+    fp32 = make_predictor(loaded, "cpu", "onnx")
+    assert (int8.engine, fp32.engine) == ("onnx-int8", "onnx")
+    x = torch.stack([toy[i][0] for i in range(len(toy))])
+    p8 = predict_probs(int8.model, x, int8.normalizer).numpy()
+    p32 = predict_probs(fp32.model, x, fp32.normalizer).numpy()
+    assert np.abs(p8 - p32).mean() < 0.05
+    assert roc_auc_score(np.asarray(toy.labels), p8) > 0.9
 
 
 def test_learns_the_toy_problem(trained) -> None:
