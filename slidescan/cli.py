@@ -339,7 +339,7 @@ def run(
             min=8,
             help="Grid step in model pixels (default: the patch size, 96 — non-overlapping "
             "tiles, each tissue pixel seen once; smaller strides cost (96/stride)² more: use "
-            "--dense for the stride-32 map at about the stride-96 cost).",
+            "--dense for the stride-32 map at about 2× the stride-96 cost).",
             show_default=False,
         ),
     ] = None,
@@ -371,8 +371,8 @@ def run(
         typer.Option(
             "--dense",
             help="Stride-32 heatmap (the PCam label's centre-region resolution) by running the "
-            "model fully convolutionally over blocks: about the compute of stride-96 tiles "
-            "instead of 9×.",
+            "model fully convolutionally over blocks: 9× the cells of stride-96 tiles for about "
+            "2× their time, instead of 9×.",
         ),
     ] = False,
     overwrite: Annotated[

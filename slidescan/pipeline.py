@@ -158,7 +158,10 @@ class Scanner:
                 raise SlidescanError(f"--dense scans at stride {dense_stride}; drop --stride")
             self.stride = dense_stride
         # Dense regions amortise the receptive-field margin over more cells: bigger blocks.
-        self.block = options.block or (32 if options.dense else 8)
+        # 32 cells a side (1,088 px) keeps CPU memory small; a GPU wants more work per forward
+        # pass, so it gets 64 (2,112 px, a few hundred MB of fp16 activations).
+        dense_block = 64 if self.device.type == "cuda" else 32
+        self.block = options.block or (dense_block if options.dense else 8)
 
     def scan(self, slide_path: Path, out: Path, overlay: Path | None = None) -> ScanResult:
         """Scan ``slide_path`` into the zarr heatmap ``out`` (+ JSON report, optional overlay)."""
