@@ -6,13 +6,15 @@ than one read per patch (OpenSlide decodes each tile once, and there is one resa
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from slidescan.slide import Slide, open_slide
 from slidescan.tiling import TileGrid
@@ -130,8 +132,56 @@ class SlideTileDataset(Dataset):
 def collate_blocks(
     items: list[tuple[torch.Tensor, torch.Tensor]],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate block items into one batch of patches and their cells."""
+    """Concatenate block items into one batch of patches and their cells.
+
+    In a DataLoader worker the batch is built straight into shared memory (as torch's default
+    collate does), so it crosses to the main process without another copy.
+    """
     if not items:
         raise ValueError("collate_blocks needs at least one item")
     patches, cells = zip(*items, strict=True)
-    return torch.cat(patches), torch.cat(cells)
+    return _cat(patches), _cat(cells)
+
+
+def _cat(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    if len(parts) == 1 and get_worker_info() is None:
+        return parts[0]
+    out = None
+    if get_worker_info() is not None:
+        shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+        numel = math.prod(shape)
+        storage = parts[0].untyped_storage()._new_shared(numel * parts[0].element_size())
+        out = parts[0].new(storage).view(-1)[:numel].view(shape)
+    return torch.cat(parts, out=out)
+
+
+class BlockBatches(Sampler[list[int]]):
+    """Consecutive blocks grouped into batches of at least ``batch_size`` patches (the last may
+    be smaller), so DataLoader workers hand over whole model batches."""
+
+    def __init__(self, dataset: SlideTileDataset, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.sizes = np.diff(dataset._bounds)
+        self.batch_size = batch_size
+        self._batches = self._group()
+
+    def _group(self) -> list[list[int]]:
+        batches: list[list[int]] = []
+        current: list[int] = []
+        count = 0
+        for i, size in enumerate(self.sizes):
+            current.append(i)
+            count += int(size)
+            if count >= self.batch_size:
+                batches.append(current)
+                current, count = [], 0
+        if current:
+            batches.append(current)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)

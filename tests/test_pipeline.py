@@ -24,6 +24,7 @@ from slide_fixtures import (
     write_truncated,
 )
 
+import slidescan.pipeline as pipeline_mod
 from slidescan import RESEARCH_USE_NOTICE, __version__
 from slidescan.errors import SlidescanError
 from slidescan.heatmap import read_heatmap
@@ -425,15 +426,15 @@ def test_failure_mid_scan_leaves_nothing(
     error: type[BaseException],
 ) -> None:
     calls = []
-    original = Scanner._run_batch
+    original = pipeline_mod.predict_probs
 
-    def flaky(self: Scanner, pending: Any, writer: Any) -> None:
-        calls.append(len(pending))
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
         if len(calls) > 1:
             raise error("boom")
-        original(self, pending, writer)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(Scanner, "_run_batch", flaky)
+    monkeypatch.setattr(pipeline_mod, "predict_probs", flaky)
     with pytest.raises(error if error is KeyboardInterrupt else SlidescanError, match="boom"):
         scan(
             weights, slides["square"], tmp_path / "x.zarr", overlay=tmp_path / "x.png",

@@ -12,7 +12,7 @@ from slide_fixtures import tissue_image, write_pyramid
 from torch.utils.data import DataLoader
 
 from slidescan.slide import open_slide
-from slidescan.slide_tiles import SlideTileDataset, collate_blocks
+from slidescan.slide_tiles import BlockBatches, SlideTileDataset, collate_blocks
 from slidescan.tiling import TileGrid, make_grid
 
 TARGET = 0.972
@@ -80,6 +80,32 @@ def test_dataloader_with_workers(slide_path: Path) -> None:
     cells = torch.cat([c for _, c in batches]).numpy()
     np.testing.assert_array_equal(cells, expected_cells)
     np.testing.assert_array_equal(patches, expected_patches)
+    dataset.close()
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 7, 1000])
+def test_block_batches_cover_every_block_once(slide_path: Path, batch_size: int) -> None:
+    grid = make_grid((1536, 1152), 0.25, 1.0)
+    wanted = _all_cells(grid.shape)[::3]  # uneven blocks
+    dataset = SlideTileDataset(slide_path, grid, wanted, block=2)
+    batches = list(BlockBatches(dataset, batch_size))
+    assert [i for b in batches for i in b] == list(range(len(dataset)))
+    sizes = [sum(len(dataset._cells[dataset._bounds[i] : dataset._bounds[i + 1]]) for i in b)
+             for b in batches]  # fmt: skip
+    assert all(n >= batch_size for n in sizes[:-1]) and sum(sizes) == len(wanted)
+    # Minimal: dropping a batch's last block would leave it short.
+    for b in batches[:-1]:
+        assert sum(int(dataset._bounds[i + 1] - dataset._bounds[i]) for i in b[:-1]) < batch_size
+    # Collated in two workers (straight into shared memory): the same tiles as in-process.
+    expected_patches, expected_cells = _gather(dataset)
+    loader = DataLoader(
+        dataset, batch_sampler=BlockBatches(dataset, batch_size), num_workers=2,
+        collate_fn=collate_blocks,
+    )  # fmt: skip
+    got = list(loader)
+    assert [len(c) for _, c in got] == sizes
+    np.testing.assert_array_equal(torch.cat([c for _, c in got]).numpy(), expected_cells)
+    np.testing.assert_array_equal(torch.cat([p for p, _ in got]).numpy(), expected_patches)
     dataset.close()
 
 
