@@ -45,7 +45,8 @@ def quantize_weights(
     if n < 2 * patches:
         patches = n // 2
         if patches < 16:
-            raise SlidescanError(f"{dataset.description}: too few patches to calibrate ({n})")
+            what = getattr(dataset, "description", "training data")
+            raise SlidescanError(f"{what}: too few patches to calibrate ({n})")
     order = np.random.default_rng(seed).permutation(n)
 
     def stack(indices: np.ndarray) -> torch.Tensor:

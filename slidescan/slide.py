@@ -250,7 +250,9 @@ class _OpenSlideBackend:
         self.mpp = _openslide_mpp(properties)
         self._tiff: TiffTileReader | None = None
         if direct_tiff:
-            self._tiff = open_tiff_reader(path, vendor, self.level_dimensions, self._read_openslide)
+            self._tiff = open_tiff_reader(
+                path, vendor, self.level_dimensions, self.level_downsamples, self._read_openslide
+            )
 
     @property
     def name(self) -> str:

@@ -30,7 +30,7 @@ from slidescan.distributed import (
     shutdown,
     sum_across,
 )
-from slidescan.errors import SlidescanError
+from slidescan.errors import SlidescanError, one_line
 from slidescan.inference import Normalizer, predict_dataset, prepare_model
 from slidescan.metrics import best_threshold, binary_metrics
 from slidescan.models import DEFAULT_MODEL, count_parameters, create_model
@@ -327,7 +327,11 @@ def _store_int8(out: Path, train_data: Dataset, seed: int) -> None:
         tqdm.write("int8 engine skipped: onnxruntime/onnx not installed")
         return
     loaded = load_weights(out)
-    int8, agreement = quantize_weights(loaded, train_data, seed=seed)  # type: ignore[arg-type]
+    try:
+        int8, agreement = quantize_weights(loaded, train_data, seed=seed)  # type: ignore[arg-type]
+    except Exception as exc:  # the float32 weights are written and good; int8 is a bonus
+        tqdm.write(f"int8 engine skipped ({one_line(exc)}); add it with `slidescan quantize`")
+        return
     save_weights(out, loaded.model, loaded.card, int8_onnx=int8)
     tqdm.write(agreement.describe())
 
@@ -336,6 +340,7 @@ def _json_config(cfg: TrainConfig) -> dict[str, Any]:
     raw = asdict(cfg)
     raw.pop("workers")  # how many loader processes ran changes nothing about the result
     raw.pop("device")
+    raw.pop("int8")  # added after training, never changes the float32 weights
     return raw
 
 

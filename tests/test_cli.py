@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from patch_fixtures import write_toy_set
 from PIL import Image
 from torch._utils import ExceptionWrapper
 from typer.testing import CliRunner, Result
@@ -42,29 +43,9 @@ def _visible_lines(text: str) -> list[str]:
     return shown
 
 
-def _toy_patch(label: int, rng: np.random.Generator) -> np.ndarray:
-    """Pale pink noise; tumour (1) adds dark purple blobs."""
-    yy, xx = np.mgrid[0:96, 0:96]
-    img = np.full((96, 96, 3), (235, 190, 215), np.float32) + rng.normal(0, 12, (96, 96, 3))
-    for _ in range(rng.integers(5, 9) if label else 0):
-        cy, cx, r = rng.uniform(10, 86), rng.uniform(10, 86), rng.uniform(6, 12)
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (90, 40, 130)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def _write_toy_set(root: Path, n_per_class: int = N_PER_CLASS, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for label in (0, 1):
-        (root / str(label)).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            path = root / str(label) / f"p{label}_{i:03d}.png"
-            Image.fromarray(_toy_patch(label, rng)).save(path)
-    return root
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _write_toy_set(tmp_path_factory.mktemp("toy") / "data")
+    return write_toy_set(tmp_path_factory.mktemp("toy") / "data", N_PER_CLASS)
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +276,7 @@ def _assert_one_error_line(result: Result, *needles: str, allow_info: bool = Fal
 
 @pytest.fixture(scope="module")
 def corrupt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = _write_toy_set(tmp_path_factory.mktemp("corrupt") / "data", n_per_class=3, seed=2)
+    root = write_toy_set(tmp_path_factory.mktemp("corrupt") / "data", n_per_class=3, seed=2)
     (root / "1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     return root
 

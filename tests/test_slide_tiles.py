@@ -104,6 +104,7 @@ def test_block_batches_cover_every_block_once(slide_path: Path, batch_size: int)
     )  # fmt: skip
     got = list(loader)
     assert [len(c) for _, c in got] == sizes
+    assert all(p.dtype == torch.uint8 and c.dtype == torch.int64 for p, c in got)
     np.testing.assert_array_equal(torch.cat([c for _, c in got]).numpy(), expected_cells)
     np.testing.assert_array_equal(torch.cat([p for p, _ in got]).numpy(), expected_patches)
     dataset.close()

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from slide_fixtures import tissue_image, write_pyramid
 
 from slidescan.errors import SlidescanError
 from slidescan.slide import open_slide
 from slidescan.tiff_reader import open_tiff_reader
-from tests.slide_fixtures import tissue_image, write_pyramid
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +97,26 @@ def test_declines_when_its_pixels_differ_from_openslide(pyramids: dict[str, Path
             out[..., 2] = np.clip(out[..., 2] + 20, 0, 255)  # e.g. a wrong colour space
             return out.astype(np.uint8)
 
-        ok = open_tiff_reader(pyramids["jpeg"], "generic-tiff", dims, honest)
+        def other_page_at_2(loc: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+            out = slide.read_region(loc, level, size)
+            return out[::-1].copy() if level == 2 else out  # e.g. a different image there
+
+        ds = slide.level_downsamples
+        ok = open_tiff_reader(pyramids["jpeg"], "generic-tiff", dims, ds, honest)
         assert ok is not None and ok.levels == frozenset({0, 1, 2})
         ok.close()
-        assert open_tiff_reader(pyramids["jpeg"], "generic-tiff", dims, tinted) is None
+        assert open_tiff_reader(pyramids["jpeg"], "generic-tiff", dims, ds, tinted) is None
+        # A level whose check tile disagrees goes back to OpenSlide; the others stay direct.
+        some = open_tiff_reader(pyramids["jpeg"], "generic-tiff", dims, ds, other_page_at_2)
+        assert some is not None and some.levels == frozenset({0, 1})
+        some.close()
         # Vendors whose files are not plain tiled pages keep OpenSlide.
-        assert open_tiff_reader(pyramids["jpeg"], "philips", dims, honest) is None
-        assert open_tiff_reader(pyramids["jpeg"], None, dims, honest) is None
+        assert open_tiff_reader(pyramids["jpeg"], "philips", dims, ds, honest) is None
+        assert open_tiff_reader(pyramids["jpeg"], None, dims, ds, honest) is None
         # A level OpenSlide reports but no page matches stays on OpenSlide.
-        partial = open_tiff_reader(pyramids["jpeg"], "generic-tiff", (*dims[:2], (7, 7)), honest)
+        partial = open_tiff_reader(
+            pyramids["jpeg"], "generic-tiff", (*dims[:2], (7, 7)), (*ds[:2], 4.0), honest
+        )
         assert partial is not None and partial.levels == frozenset({0, 1})
         partial.close()
 
