@@ -37,7 +37,7 @@ class SlideOutcome:
 
     def row(self) -> dict[str, object]:
         """The CSV row (empty cells for unknowns)."""
-        values = {
+        values: dict[str, object] = {
             "slide": self.slide,
             "status": self.status,
             "positive": "" if self.positive is None else str(self.positive).lower(),

@@ -210,8 +210,8 @@ def read_heatmap(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
             f"unsupported heatmap format version {version!r} (expected {FORMAT_VERSION!r}): {path}"
         )
     try:
-        probability = np.asarray(group[PROBABILITY_KEY][...], dtype=np.float32)
-        tissue = np.asarray(group[TISSUE_KEY][...], dtype=bool)
+        probability = np.asarray(_array(group, PROBABILITY_KEY)[...], dtype=np.float32)
+        tissue = np.asarray(_array(group, TISSUE_KEY)[...], dtype=bool)
     except KeyError as err:
         raise SlidescanError(f"heatmap is missing array {err}: {path}") from err
     return probability, tissue, attrs
@@ -221,3 +221,11 @@ def _check_not_reserved(attrs: Mapping[str, Any]) -> None:
     clash = RESERVED_ATTRS.intersection(attrs)
     if clash:
         raise ValueError(f"attributes {sorted(clash)} are reserved for the heatmap format")
+
+
+def _array(group: zarr.Group, key: str) -> zarr.Array:
+    """``group[key]`` as an array (KeyError if missing, SlidescanError if it is a group)."""
+    node = group[key]
+    if not isinstance(node, zarr.Array):
+        raise SlidescanError(f"heatmap member {key!r} is not an array")
+    return node

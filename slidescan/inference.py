@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -57,6 +58,12 @@ class Predictor:
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 
 
+class DenseModel(Protocol):
+    """A fully convolutional model: a logit map for a region (see ``pcamnet.forward_dense``)."""
+
+    def forward_dense(self, x: Tensor) -> Tensor: ...
+
+
 def resolve_backend(loaded: LoadedModel, device: torch.device, backend: str) -> str:
     """The engine ``backend`` means for this model on this device (``auto`` resolved)."""
     from slidescan.onnx_backend import onnx_available
@@ -103,7 +110,7 @@ def make_predictor(loaded: LoadedModel, device: str = "auto", backend: str = "au
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     """Move to ``device`` in channels-last layout and eval mode."""
-    return model.to(device, memory_format=torch.channels_last).eval()
+    return model.to(device).to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
 
 
 @torch.inference_mode()
@@ -130,13 +137,12 @@ def predict_dense_probs(
     output map; regions of 96 + 32·k pixels map patch positions onto patch positions exactly.
     """
     x = normalizer(region)
+    dense = cast(DenseModel, model).forward_dense
     with autocast(x.device):
         if not tta:
-            logits = model.forward_dense(x).float()
+            logits = dense(x).float()
         else:
-            maps = [
-                _undo_dihedral(model.forward_dense(dihedral(x, k)).float(), k) for k in range(8)
-            ]
+            maps = [_undo_dihedral(dense(dihedral(x, k)).float(), k) for k in range(8)]
             logits = torch.stack(maps).mean(0)
     return torch.sigmoid(logits[0]).cpu()
 

@@ -39,6 +39,9 @@ class _Exported(nn.Module):
     """uint8 pixels in, logits out: normalisation runs inside the graph, so no torch op (and no
     second thread pool) sits between the DataLoader and ONNX Runtime."""
 
+    offset: Tensor
+    scale: Tensor
+
     def __init__(self, model: nn.Module, card: ModelCard) -> None:
         super().__init__()
         self.model = model
@@ -57,7 +60,8 @@ def export_onnx(model: nn.Module, card: ModelCard) -> bytes:
     """Float32 ONNX graph of ``model`` on uint8 N×3×H×W (H, W free if fully convolutional)."""
     # A private eval-mode copy: the exporter restores the *wrapper's* training flag
     # recursively afterwards, which must not reach the caller's model.
-    model = copy.deepcopy(model).float().to("cpu", memory_format=torch.contiguous_format)
+    model = copy.deepcopy(model).float().to("cpu")
+    model = model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     module = _Exported(model, card).eval()
     axes = {0: "n", 2: "h", 3: "w"} if module.dense else {0: "n"}
     buf = io.BytesIO()
@@ -65,7 +69,8 @@ def export_onnx(model: nn.Module, card: ModelCard) -> bytes:
         warnings.simplefilter("ignore")  # exporter chatter about tracing, not our concern
         torch.onnx.export(
             module, (torch.zeros(1, 3, card.input_size, card.input_size, dtype=torch.uint8),),
-            buf, dynamo=False, input_names=["x"], output_names=["logits"],
+            buf,  # type: ignore[arg-type]  # (stubs say path only; a file object works)
+            dynamo=False, input_names=["x"], output_names=["logits"],
             dynamic_axes={"x": axes},
         )  # fmt: skip
     return buf.getvalue()

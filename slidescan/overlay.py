@@ -120,7 +120,8 @@ def render_overlay(
     )
     colorbar = fig.colorbar(shown, cax=cax)
     colorbar.set_label("tumour probability")
-    colorbar.solids.set_alpha(1.0)  # the bar shows the scale, not the blend
+    if colorbar.solids is not None:
+        colorbar.solids.set_alpha(1.0)  # the bar shows the scale, not the blend
     if title:
         fig.suptitle(title, y=1 - 0.08 / fig_height, va="top", fontsize="medium")
     fig.text(0.5, 0.1 / fig_height, RESEARCH_USE_NOTICE, ha="center", va="bottom", fontsize="small")

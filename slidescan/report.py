@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from slidescan.metrics import BinaryMetrics, reliability_bins, roc_curve
+
+
+class Images(Protocol):
+    """N×H×W×3 uint8 images: an array or any lazy indexable (only the shown ones are read)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> np.ndarray: ...
+
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -114,7 +122,7 @@ def _plot_calibration(
     hist = fig.add_subplot(grid[1], sharex=ax)
     hist.hist(
         [probs[labels == 0], probs[labels == 1]],
-        bins=edges,
+        bins=edges.tolist(),
         stacked=True,
         color=["C2", "C3"],
         label=["label 0", "label 1"],
@@ -196,7 +204,7 @@ def _plot_examples(
     path: Path,
     labels: np.ndarray,
     probs: np.ndarray,
-    images: Sequence[np.ndarray],
+    images: Images,
     m: BinaryMetrics,
     title: str,
 ) -> Path:
@@ -230,7 +238,7 @@ def write_report(
     labels: np.ndarray,
     probs: np.ndarray,
     metrics: BinaryMetrics,
-    images: Sequence[np.ndarray] | None = None,
+    images: Images | None = None,
     title: str = "",
 ) -> list[Path]:
     """Write roc.png, calibration.png, confusion.png, examples.png (when ``images`` is given)

@@ -46,6 +46,7 @@ _INCH_UM = 25_400.0
 class _Backend(Protocol):
     level_dimensions: tuple[tuple[int, int], ...]
     level_downsamples: tuple[float, ...]
+    mpp: float | None  # from the file's metadata, if any
 
     @property
     def name(self) -> str: ...
@@ -315,8 +316,8 @@ class _ImageBackend:
             self._pixels, self.mpp = _load_pil(path)
             self.name = "pillow (whole image)"
         h, w = self._pixels.shape[:2]
-        self.level_dimensions = ((w, h),)
-        self.level_downsamples = (1.0,)
+        self.level_dimensions: tuple[tuple[int, int], ...] = ((int(w), int(h)),)
+        self.level_downsamples: tuple[float, ...] = (1.0,)
 
     def level_origin(self, location: tuple[int, int], level: int) -> tuple[float, float]:
         return float(location[0]), float(location[1])
@@ -366,10 +367,10 @@ def _load_pil(path: Path) -> tuple[np.ndarray, float | None]:
         with warnings.catch_warnings():
             # Our own size limit below applies; PIL's bomb warning would only add noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                _check_size(name, *im.size)
-                mpp = _dpi_mpp(im.info.get("dpi"))
-                im = ImageOps.exif_transpose(im)
+            with Image.open(path) as opened:
+                _check_size(name, *opened.size)
+                mpp = _dpi_mpp(opened.info.get("dpi"))
+                im = ImageOps.exif_transpose(opened)
                 if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
                     pixels = _composite_on_white(np.asarray(im.convert("RGBA")))
                 else:

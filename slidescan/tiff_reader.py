@@ -178,13 +178,14 @@ def _match_levels(tif: Any, level_dimensions: tuple[tuple[int, int], ...]) -> di
         size = (int(page.imagewidth), int(page.imagelength))
         if size not in by_size and _usable(page):
             by_size[size] = page
-    base = by_size.get(tuple(level_dimensions[0]))
+    sizes = [(int(w), int(h)) for w, h in level_dimensions]
+    base = by_size.get(sizes[0])
     if base is None:
         return {}
     return {
-        level: by_size[tuple(dims)]
-        for level, dims in enumerate(level_dimensions)
-        if tuple(dims) in by_size and _layout(by_size[tuple(dims)]) == _layout(base)
+        level: by_size[size]
+        for level, size in enumerate(sizes)
+        if size in by_size and _layout(by_size[size]) == _layout(base)
     }
 
 

@@ -211,7 +211,7 @@ def _train(
         shuffle_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         aug_gen = torch.Generator().manual_seed(rank_seed + 500)
         torch.manual_seed(rank_seed + 250)  # dropout draws from the global RNG
-        sampler = None
+        sampler: DistributedSampler | None = None
         if ctx.distributed:
             sampler = DistributedSampler(
                 train_data, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
