@@ -4,7 +4,7 @@ OpenSlide decodes these files at about 40 megapixels/s on one core; locating the
 tiles with ``tifffile`` and decoding them with ``imagecodecs`` (libjpeg-turbo, OpenJPEG) gives the
 same pixels several times faster (``benchmarks/RESULTS.md`` §3). OpenSlide stays in charge of
 what it does best — recognising the format, levels, metadata — and this reader only takes over
-decoding for levels it can prove it decodes identically (:func:`open_tiff_reader`).
+decoding for levels whose check tile matches OpenSlide's (:func:`open_tiff_reader`).
 """
 
 from __future__ import annotations
