@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
+from scan_helpers import CELL_UM, FAST, SLIDE_MPP, write_untrained_weights
+from scan_helpers import invoke as invoke_cli
 from slide_fixtures import (
     square_image,
     tissue_image,
@@ -17,30 +18,20 @@ from slide_fixtures import (
     write_random_bytes,
     write_truncated,
 )
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from slidescan.batch import SUMMARY_FIELDS, find_slides, run_batch
-from slidescan.cli import app
 from slidescan.heatmap import read_heatmap
-from slidescan.models import create_model
 from slidescan.pipeline import Scanner, ScanOptions, ScanResult, is_complete, read_report
-from slidescan.weights import ModelCard, load_weights, save_weights
+from slidescan.weights import load_weights
 
-MODEL_MPP = 0.972
-SLIDE_MPP = 0.486
-CELL_UM = 96 * MODEL_MPP
 GOOD = ["a_good.tif", "b_good.tif"]
 BAD = ["c_truncated.tif", "d_noise.svs"]
-ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
-FAST = ["--device", "cpu", "--workers", "0"]
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "w.pt"
-    save_weights(path, create_model("pcamnet-s"), ModelCard(model="pcamnet-s", mpp=MODEL_MPP))
-    return path
+    return write_untrained_weights(tmp_path_factory.mktemp("weights") / "w.pt")
 
 
 def _good_slide(path: Path, at_cells: tuple[int, int]) -> Path:
@@ -104,7 +95,7 @@ def stamp(path: Path) -> tuple[int, int]:
 
 
 def invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(app, ["run", *map(str, args)], env=ENV)
+    return invoke_cli("run", *args)
 
 
 EXPECTED_OUTPUTS = ["a_good.json", "a_good.zarr", "b_good.json", "b_good.zarr", "summary.csv"]

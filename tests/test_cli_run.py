@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
+from scan_helpers import CELL_UM, FAST, SLIDE_MPP, write_untrained_weights
+from scan_helpers import invoke as invoke_cli
 from slide_fixtures import (
     square_image,
     tissue_image,
@@ -15,27 +16,15 @@ from slide_fixtures import (
     write_random_bytes,
     write_truncated,
 )
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from slidescan.cli import app
 from slidescan.heatmap import read_heatmap
-from slidescan.models import create_model
 from slidescan.pipeline import is_complete, read_report
-from slidescan.weights import ModelCard, save_weights
-
-MODEL_MPP = 0.972
-SLIDE_MPP = 0.486
-CELL_UM = 96 * MODEL_MPP
-ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
-FAST = ["--device", "cpu", "--workers", "0"]
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "w.pt"
-    save_weights(path, create_model("pcamnet-s"), ModelCard(model="pcamnet-s", mpp=MODEL_MPP))
-    return path
+    return write_untrained_weights(tmp_path_factory.mktemp("weights") / "w.pt")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +43,7 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(app, ["run", *map(str, args)], env=ENV)
+    return invoke_cli("run", *args)
 
 
 def lines(text: str) -> list[str]:
@@ -181,7 +170,7 @@ def test_missing_input_and_weights(slides: dict[str, Path], weights: Path, tmp_p
 
 
 def test_run_help_explains_options() -> None:
-    result = CliRunner().invoke(app, ["run", "--help"], env=ENV)
+    result = invoke_cli("run", "--help")
     assert result.exit_code == 0, result.output
     text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())
     for option in [

@@ -8,26 +8,17 @@ from pathlib import Path
 import dask
 import numpy as np
 import pytest
-import torch
+from scan_helpers import CELL_UM, FAST, SLIDE_MPP, write_untrained_weights
 from slide_fixtures import square_image, write_pyramid, write_random_bytes
 from typer.testing import CliRunner
 
 from slidescan.cli import app
 from slidescan.heatmap import read_heatmap
-from slidescan.models import create_model
-from slidescan.weights import ModelCard, save_weights
-
-MODEL_MPP = 0.972
-SLIDE_MPP = 0.486
-CELL_UM = 96 * MODEL_MPP
-FAST = ["--device", "cpu", "--workers", "0"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    torch.manual_seed(0)
-    weights = tmp_path_factory.mktemp("w") / "w.pt"
-    save_weights(weights, create_model("pcamnet-s"), ModelCard(model="pcamnet-s", mpp=MODEL_MPP))
+    weights = write_untrained_weights(tmp_path_factory.mktemp("w") / "w.pt")
     slides = tmp_path_factory.mktemp("slides")
     for i, name in enumerate(["a.tif", "b.tif", "c.tif"]):
         image = square_image(SLIDE_MPP, 4 * CELL_UM, 2 * CELL_UM, (i * 0.5 * CELL_UM, CELL_UM))

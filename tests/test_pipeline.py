@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scan_helpers import CELL_UM, MODEL_MPP, SLIDE_MPP, write_untrained_weights
 from slide_fixtures import (
     square_image,
     tissue_image,
@@ -44,21 +45,10 @@ from slidescan.tiling import TileGrid, tissue_fraction
 from slidescan.tissue import mask_thumbnail
 from slidescan.weights import ModelCard, file_sha256, load_weights, save_weights
 
-MODEL_MPP = 0.972
-SLIDE_MPP = 0.486  # scale 2: one model pixel is 2 level-0 pixels
-CELL_UM = 96 * MODEL_MPP  # side of one heatmap cell (stride = patch = 96 model px)
-
-
-def make_weights(path: Path, mpp: float = MODEL_MPP, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    model = create_model("pcamnet-s")
-    save_weights(path, model, ModelCard(model="pcamnet-s", mpp=mpp, threshold=0.5))
-    return path
-
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_weights(tmp_path_factory.mktemp("weights") / "w.pt")
+    return write_untrained_weights(tmp_path_factory.mktemp("weights") / "w.pt")
 
 
 @pytest.fixture(scope="module")
