@@ -81,6 +81,15 @@ WeightsOpt = Annotated[
     typer.Option(help="Weights file (default: the shipped pcamnet-s weights).", show_default=False),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")]
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        help="Inference engine: torch; onnx (ONNX Runtime float32, CPU only: torch's numbers); "
+        "onnx-int8 (the int8 copy stored in the weights, CPU only: 2–3× faster, same "
+        "PatchCamelyon AUC, probabilities within ~0.005 on average); auto = onnx-int8 on the CPU "
+        "when the weights carry it, else onnx; torch on GPUs. Model cards' metrics are float32.",
+    ),
+]
 WorkersOpt = Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")]
 TtaOpt = Annotated[bool, typer.Option("--tta", help="Average over the 8 flips/rotations.")]
 PatchBatchOpt = Annotated[int, typer.Option(min=1, help="Patches per batch.")]
@@ -233,13 +242,7 @@ def evaluate(
     batch_size: PatchBatchOpt = 256,
     resize: ResizeOpt = False,
     device: DeviceOpt = "auto",
-    backend: Annotated[
-        str,
-        typer.Option(
-            help="Inference engine as for `slidescan run` (auto: int8 on the CPU when the weights "
-            "carry it; the card's metrics are float32): auto, torch, onnx, onnx-int8."
-        ),
-    ] = "auto",
+    backend: BackendOpt = "auto",
     workers: WorkersOpt = 2,
 ) -> None:
     """Measure a model on labelled patches: AUC (95% CI), accuracy, sensitivity, specificity…"""
@@ -293,6 +296,7 @@ def predict(
     batch_size: PatchBatchOpt = 256,
     resize: ResizeOpt = False,
     device: DeviceOpt = "auto",
+    backend: BackendOpt = "auto",
     workers: WorkersOpt = 2,
 ) -> None:
     """Tumour probability for each patch image, written to a CSV."""
@@ -302,7 +306,7 @@ def predict(
     loaded = load_weights(weights)
     n = predict_patches(
         loaded, inputs, out, kaggle=kaggle, tta=tta, batch_size=batch_size, resize=resize,
-        device=device, workers=workers,
+        device=device, backend=backend, workers=workers,
     )  # fmt: skip
     typer.echo(f"{n} patches → {out}")
 
@@ -383,15 +387,7 @@ def run(
     ] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Patches per model batch.")] = 256,
     device: DeviceOpt = "auto",
-    backend: Annotated[
-        str,
-        typer.Option(
-            help="Inference engine: torch; onnx (ONNX Runtime float32, CPU only: torch's numbers); "
-            "onnx-int8 (the int8 copy stored in the weights, CPU only: 2–3× faster, same "
-            "PatchCamelyon AUC, probabilities within ~0.005 on average); auto = onnx-int8 on "
-            "the CPU when the weights carry it, else onnx; torch on GPUs.",
-        ),
-    ] = "auto",
+    backend: BackendOpt = "auto",
     reader: Annotated[
         str,
         typer.Option(
@@ -425,13 +421,12 @@ def run(
     """
     from slidescan.batch import find_slides, run_batch
     from slidescan.pipeline import Scanner, ScanOptions, describe, is_complete
-    from slidescan.slide import READERS
+    from slidescan.slide import check_reader
     from slidescan.weights import load_weights
 
     if not input.exists():
         raise SlidescanError(f"{input}: no such file or directory")
-    if reader not in READERS:
-        raise SlidescanError(f"--reader must be one of {', '.join(READERS)}, got {reader!r}")
+    check_reader(reader)  # before any slide of a directory is touched
     options = ScanOptions(
         mpp=mpp, stride=stride, min_tissue=min_tissue, batch_size=batch_size, workers=workers,
         device=device, backend=backend, tta=tta, overwrite=overwrite, threshold=threshold,

@@ -22,6 +22,7 @@ def predict_patches(
     batch_size: int = 256,
     resize: bool = False,
     device: str = "auto",
+    backend: str = "auto",
     workers: int = 2,
 ) -> int:
     """Write one row per patch to ``out``; return the number of patches.
@@ -30,7 +31,7 @@ def predict_patches(
     ``kaggle`` the submission format ``id,label`` where label is the probability.
     """
     dataset = open_unlabelled_patches(inputs, resize=resize)
-    predictor = make_predictor(loaded, device)
+    predictor = make_predictor(loaded, device, backend)
     probs = predict_dataset(
         predictor.model, dataset, predictor.normalizer,
         batch_size=batch_size, workers=workers, tta=tta,

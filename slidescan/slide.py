@@ -194,6 +194,12 @@ class Slide:
         return np.asarray(resized)
 
 
+def check_reader(reader: str) -> None:
+    """SlidescanError unless ``reader`` is one of :data:`READERS`."""
+    if reader not in READERS:
+        raise SlidescanError(f"--reader must be one of {', '.join(READERS)}, got {reader!r}")
+
+
 def open_slide(path: str | Path, *, mpp: float | None = None, reader: str = "auto") -> Slide:
     """OpenSlide for every format it reads; plain TIFF/PNG/JPEG images via a fallback backend
     (PIL or tifffile) behind the same class; ``mpp`` overrides metadata.
@@ -201,8 +207,7 @@ def open_slide(path: str | Path, *, mpp: float | None = None, reader: str = "aut
     ``reader="auto"`` lets tiled TIFF slides be decoded directly (:mod:`slidescan.tiff_reader`);
     ``"openslide"`` keeps every pixel on OpenSlide's decoder.
     """
-    if reader not in READERS:
-        raise SlidescanError(f"--reader must be one of {', '.join(READERS)}, got {reader!r}")
+    check_reader(reader)
     path = Path(path)
     name = path.name
     if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
@@ -353,9 +358,7 @@ def _load_tiff(path: Path) -> tuple[np.ndarray, float | None]:
     except SlidescanError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt input
-        raise SlidescanError(
-            f"{name}: not a readable slide or image (truncated or corrupt?): {one_line(exc)}"
-        ) from exc
+        raise _unreadable(name, exc) from exc
     if axes.startswith("S") and len(shape) == 3:  # planar (separate) samples
         pixels = np.moveaxis(pixels, 0, -1)
     return _to_rgb8(name, pixels), mpp
@@ -380,10 +383,14 @@ def _load_pil(path: Path) -> tuple[np.ndarray, float | None]:
     except SlidescanError:
         raise
     except Exception as exc:  # PIL raises many types for corrupt input
-        raise SlidescanError(
-            f"{name}: not a readable slide or image (truncated or corrupt?): {one_line(exc)}"
-        ) from exc
+        raise _unreadable(name, exc) from exc
     return pixels, mpp
+
+
+def _unreadable(name: str, exc: Exception) -> SlidescanError:
+    return SlidescanError(
+        f"{name}: not a readable slide or image (truncated or corrupt?): {one_line(exc)}"
+    )
 
 
 def _check_size(name: str, width: int, height: int) -> None:

@@ -12,22 +12,17 @@ import numpy as np
 import pytest
 from patch_fixtures import write_toy_set
 from PIL import Image
+from scan_helpers import FAST, invoke
 from torch._utils import ExceptionWrapper
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from slidescan.cli import app, one_line
+from slidescan.cli import one_line
 from slidescan.errors import SlidescanError
 from slidescan.models import count_parameters, create_model, list_models
 from slidescan.patch_data import read_patch_image
 from slidescan.weights import load_weights
 
-ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}  # wide, plain help: no wrapped rows
-FAST = ["--device", "cpu", "--workers", "0"]
 N_PER_CLASS = 20
-
-
-def _invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
 
 
 def _visible_lines(text: str) -> list[str]:
@@ -51,7 +46,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(toy: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
     out = tmp_path_factory.mktemp("weights") / "toy.pt"
-    result = _invoke("train", toy, "--out", out, "--epochs", "1", "--batch-size", "8", *FAST)
+    result = invoke("train", toy, "--out", out, "--epochs", "1", "--batch-size", "8", *FAST)
     return out, result
 
 
@@ -75,7 +70,7 @@ def _option_help(help_text: str, option: str) -> str:
 
 
 def test_app_help_lists_commands() -> None:
-    result = _invoke("--help")
+    result = invoke("--help")
     assert result.exit_code == 0, result.output
     for command in ("train", "models", "evaluate", "predict"):
         assert re.search(rf"\b{command}\b", result.stdout), command
@@ -83,7 +78,7 @@ def test_app_help_lists_commands() -> None:
 
 
 def test_no_arguments_shows_help() -> None:
-    result = _invoke()
+    result = invoke()
     assert "Usage" in result.output
     assert "train" in result.output
 
@@ -134,7 +129,7 @@ HELP_DEFAULTS = {
 
 @pytest.mark.parametrize("command", list(HELP_DEFAULTS))
 def test_command_help_shows_options_and_defaults(command: str) -> None:
-    result = _invoke(command, "--help")
+    result = invoke(command, "--help")
     assert result.exit_code == 0, result.output
     text = result.stdout
     assert "Usage" in text and "--help" in text
@@ -151,7 +146,7 @@ def test_command_help_shows_options_and_defaults(command: str) -> None:
 
 
 def test_models_lists_all_with_parameter_counts() -> None:
-    result = _invoke("models")
+    result = invoke("models")
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     names = [spec.name for spec in list_models()]
@@ -178,7 +173,7 @@ def test_train_writes_weights_and_reports_best_epoch(trained: tuple[Path, Result
 
 def test_evaluate_json_prints_one_object(trained: tuple[Path, Result], toy: Path) -> None:
     weights, _ = trained
-    result = _invoke("evaluate", toy, "--weights", weights, "--json", *FAST)
+    result = invoke("evaluate", toy, "--weights", weights, "--json", *FAST)
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1, f"stdout must hold the JSON object only: {result.stdout!r}"
@@ -195,7 +190,7 @@ def test_evaluate_json_prints_one_object(trained: tuple[Path, Result], toy: Path
 def test_evaluate_text_and_report(trained: tuple[Path, Result], toy: Path, tmp_path: Path) -> None:
     weights, _ = trained
     report = tmp_path / "report"
-    result = _invoke("evaluate", toy, "--weights", weights, "--report", report, *FAST)
+    result = invoke("evaluate", toy, "--weights", weights, "--report", report, *FAST)
     assert result.exit_code == 0, result.output
     assert "AUC" in result.stdout and "report written" in result.stdout
     for name in ("roc.png", "calibration.png", "confusion.png", "examples.png"):
@@ -218,7 +213,7 @@ def test_predict_kaggle_and_default_csv(
     stems = {p.stem for p in toy.rglob("*.png")}
 
     kaggle_csv = tmp_path / "out" / "submission.csv"
-    result = _invoke("predict", toy, "--weights", weights, "--kaggle", "--out", kaggle_csv, *FAST)
+    result = invoke("predict", toy, "--weights", weights, "--kaggle", "--out", kaggle_csv, *FAST)
     assert result.exit_code == 0, result.output
     assert f"{len(stems)} patches" in result.stdout
     rows = _read_csv(kaggle_csv)
@@ -229,7 +224,7 @@ def test_predict_kaggle_and_default_csv(
     assert all(0 <= p <= 1 for p in kaggle_probs.values())
 
     plain_csv = tmp_path / "plain.csv"
-    result = _invoke("predict", toy, "--weights", weights, "--out", plain_csv, *FAST)
+    result = invoke("predict", toy, "--weights", weights, "--out", plain_csv, *FAST)
     assert result.exit_code == 0, result.output
     rows = _read_csv(plain_csv)
     assert rows[0] == ["id", "probability", "tumour"]
@@ -244,11 +239,27 @@ def test_predict_kaggle_and_default_csv(
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_predict_backends_agree(trained: tuple[Path, Result], toy: Path, tmp_path: Path) -> None:
+    weights, _ = trained
+    probs = {}
+    for backend in ("torch", "onnx"):
+        out = tmp_path / f"{backend}.csv"
+        result = invoke(
+            "predict", toy, "--weights", weights, "--out", out, "--backend", backend, *FAST
+        )
+        assert result.exit_code == 0, result.output
+        probs[backend] = {r[0]: float(r[1]) for r in _read_csv(out)[1:]}
+    assert probs["torch"].keys() == probs["onnx"].keys()
+    assert max(abs(probs["torch"][k] - probs["onnx"][k]) for k in probs["torch"]) < 1e-4
+    bad = invoke("predict", toy, "--weights", weights, "--backend", "tensorrt", *FAST)
+    _assert_one_error_line(bad, "unknown backend")
+
+
 def test_predict_single_file(trained: tuple[Path, Result], toy: Path, tmp_path: Path) -> None:
     weights, _ = trained
     image = next(iter(sorted((toy / "1").glob("*.png"))))
     out = tmp_path / "one.csv"
-    result = _invoke("predict", image, "--weights", weights, "--out", out, *FAST)
+    result = invoke("predict", image, "--weights", weights, "--out", out, *FAST)
     assert result.exit_code == 0, result.output
     rows = _read_csv(out)
     assert len(rows) == 2 and rows[1][0] == image.stem
@@ -292,12 +303,12 @@ def junk_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_missing_data_path(command: str, trained: tuple[Path, Result], tmp_path: Path) -> None:
     weights = ["--weights", trained[0]] if command == "evaluate" else []
     missing = tmp_path / "no-such-data"
-    result = _invoke(command, missing, *weights, *FAST)
+    result = invoke(command, missing, *weights, *FAST)
     _assert_one_error_line(result, str(missing), "no such file or folder")
 
 
 def test_predict_missing_input(trained: tuple[Path, Result], tmp_path: Path) -> None:
-    result = _invoke("predict", tmp_path / "nothing.png", "--weights", trained[0], *FAST)
+    result = invoke("predict", tmp_path / "nothing.png", "--weights", trained[0], *FAST)
     _assert_one_error_line(result, "nothing.png")
 
 
@@ -309,17 +320,17 @@ def test_folder_that_is_not_a_dataset(
     folder.mkdir()
     (folder / "readme.txt").write_text("hello")
     weights = ["--weights", trained[0]] if command == "evaluate" else []
-    result = _invoke(command, folder, *weights, *FAST)
+    result = invoke(command, folder, *weights, *FAST)
     _assert_one_error_line(result, str(folder), "not a patch dataset")
 
 
 def test_predict_folder_without_images(trained: tuple[Path, Result], tmp_path: Path) -> None:
-    result = _invoke("predict", tmp_path, "--weights", trained[0], *FAST)
+    result = invoke("predict", tmp_path, "--weights", trained[0], *FAST)
     _assert_one_error_line(result, "no patch images")
 
 
 def test_evaluate_corrupt_image_names_the_file(trained: tuple[Path, Result], corrupt: Path) -> None:
-    result = _invoke("evaluate", corrupt, "--weights", trained[0], *FAST)
+    result = invoke("evaluate", corrupt, "--weights", trained[0], *FAST)
     _assert_one_error_line(result, str(corrupt / "1" / "broken.png"), "cannot read image")
 
 
@@ -344,26 +355,26 @@ def test_predict_corrupt_image_names_the_file(
     trained: tuple[Path, Result], corrupt: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "p.csv"
-    result = _invoke("predict", corrupt, "--weights", trained[0], "--out", out, *FAST)
+    result = invoke("predict", corrupt, "--weights", trained[0], "--out", out, *FAST)
     _assert_one_error_line(result, "broken.png")
     assert not out.exists(), "no CSV may be left after a failed run"
 
 
 def test_train_corrupt_image_names_the_file(corrupt: Path, toy: Path, tmp_path: Path) -> None:
     out = tmp_path / "w.pt"
-    result = _invoke("train", corrupt, "--val", toy, "--out", out, "--epochs", "1", *FAST)
+    result = invoke("train", corrupt, "--val", toy, "--out", out, "--epochs", "1", *FAST)
     _assert_one_error_line(result, "broken.png", allow_info=True)
     assert not out.exists()
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
 def test_non_slidescan_weights(command: str, toy: Path, junk_weights: Path) -> None:
-    result = _invoke(command, toy, "--weights", junk_weights, *FAST)
+    result = invoke(command, toy, "--weights", junk_weights, *FAST)
     _assert_one_error_line(result, str(junk_weights), "not a slidescan weights file")
 
 
 def test_missing_weights_file(toy: Path, tmp_path: Path) -> None:
-    result = _invoke("evaluate", toy, "--weights", tmp_path / "gone.pt", *FAST)
+    result = invoke("evaluate", toy, "--weights", tmp_path / "gone.pt", *FAST)
     _assert_one_error_line(result, "gone.pt", "not found")
 
 
@@ -380,6 +391,6 @@ def test_train_bad_options(option: list[str], needle: str, toy: Path, tmp_path: 
     args = ["train", toy, "--out", out, "--epochs", "1", "--workers", "0", *option]
     if "--device" not in option:
         args += ["--device", "cpu"]
-    result = _invoke(*args)
+    result = invoke(*args)
     _assert_one_error_line(result, needle, allow_info=True)
     assert not out.exists()
