@@ -93,13 +93,13 @@ class SlideTileDataset(Dataset):
                 np.concatenate([cells, rel], axis=1)
             )
         grid, p = self.grid, self.grid.patch_size
-        patches = np.empty((len(cells), p, p, 3), np.uint8)
+        # Channels-first in one copy per patch (no HWC batch to transpose afterwards).
+        chw = region.transpose(2, 0, 1)
+        patches = np.empty((len(cells), 3, p, p), np.uint8)
         for k, (r, c) in enumerate(cells):
             y, x = int(r - r0) * grid.stride, int(c - c0) * grid.stride
-            patches[k] = region[y : y + p, x : x + p]
-        return torch.from_numpy(patches).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(
-            cells.copy()
-        )
+            patches[k] = chw[:, y : y + p, x : x + p]
+        return torch.from_numpy(patches), torch.from_numpy(cells.copy())
 
     def close(self) -> None:
         """Close this process's slide handle (reopened on the next read)."""
