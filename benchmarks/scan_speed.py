@@ -8,13 +8,19 @@ written once into ``--work-dir`` (default ``/tmp/slidescan-bench``) and reused; 
 into the repository. Every variant runs in a fresh subprocess on the same tissue cells (one mask,
 one stride-96 grid), so its peak RSS is its own:
 
-- ``pipeline``: ``Scanner.scan`` (thumbnail mask, DataLoader workers reading blocks of cells,
-  batched inference, zarr heatmap, slide call), timed from the call to its return;
+- ``pipeline``: ``Scanner.scan`` (thumbnail mask, DataLoader workers that each read blocks of
+  cells and score them with their own one-thread model on a CPU, zarr heatmap, slide call),
+  timed from the call to its return;
+- ``pipeline, model in main``: the same with the GPU layout on the CPU: workers only read and
+  the main process runs the model (slidescan's CPU layout until 2026-11-28);
 - ``naive``: one ``openslide.OpenSlide.read_region`` per tile at level 0, PIL → numpy → tensor,
   batches of ``--batch-size``, one model call per batch, no workers (mask not timed);
 - ``read floor``: ``SlideTileDataset`` through a DataLoader with the same workers, no model;
+  only tile counts are handed back;
 - ``model floor``: the model alone (Normalizer + ``predict_probs``) on random uint8 batches for
-  the same number of tiles;
+  the same number of tiles, in one process with ``--threads`` threads; ``model floor, workers``:
+  the same laid out as the CPU pipeline (one one-thread copy per worker). The ratios use the
+  faster of the two;
 - ``dense``: ``Scanner.scan(dense=True)``, the stride-32 heatmap.
 
 Correctness checks: naive vs pipeline probabilities on the same cells, and the dense heatmap vs a
@@ -43,21 +49,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from slidescan import __version__
+from slidescan.cell_scoring import CellScorer
 from slidescan.device import select_device
 from slidescan.heatmap import read_heatmap
 from slidescan.inference import Normalizer, make_predictor, predict_probs
 from slidescan.pipeline import Scanner, ScanOptions, plan_grid
 from slidescan.slide import open_slide
-from slidescan.slide_tiles import SlideTileDataset
+from slidescan.slide_tiles import BlockBatches, SlideTileDataset
 from slidescan.tiling import TileGrid
 from slidescan.weights import LoadedModel, load_weights
 
 BLOCK = 8  # cells per block side: Scanner's default for stride-96 scans
 DENSE_STRIDE = 32
-ORDER = ("pipeline", "naive", "read floor", "model floor", "tissue mask", "dense")
+ORDER = (
+    "pipeline", "pipeline, model in main", "naive", "read floor", "model floor",
+    "model floor, workers", "tissue mask", "dense",
+)  # fmt: skip
 SAMPLE_S = 0.2  # memory sampling interval
 
 
@@ -95,14 +105,23 @@ def _model(job: Job) -> tuple[LoadedModel, torch.nn.Module, Normalizer]:
     return loaded, predictor.model, predictor.normalizer
 
 
-def _scan(job: Job, slide: str, out: str, **options: Any) -> tuple[int, float]:
+class MainProcessModelScanner(Scanner):
+    """The pipeline as a GPU runs it, on the CPU: workers only read, the main process scores."""
+
+    def _scores_in_workers(self, workers: int) -> bool:
+        return False
+
+
+def _scan(
+    job: Job, slide: str, out: str, scanner_type: type[Scanner] = Scanner, **options: Any
+) -> tuple[int, float]:
     """(tiles, seconds) of one ``Scanner.scan``; the Scanner is built outside the timing."""
     loaded = load_weights(Path(job.weights) if job.weights else None)
     opts = ScanOptions(
         workers=job.workers, batch_size=job.batch_size, device=job.device,
         overwrite=True, progress=False, **options,
     )  # fmt: skip
-    scanner = Scanner(loaded, opts)
+    scanner = scanner_type(loaded, opts)
     start = time.perf_counter()
     result = scanner.scan(Path(slide), Path(out))
     return result.tiles, time.perf_counter() - start
@@ -111,6 +130,12 @@ def _scan(job: Job, slide: str, out: str, **options: Any) -> tuple[int, float]:
 def run_pipeline(job: Job) -> dict[str, Any]:
     """The full stride-96 scan."""
     tiles, seconds = _scan(job, job.slide, job.out)
+    return {"tiles": tiles, "seconds": seconds}
+
+
+def run_pipeline_main_model(job: Job) -> dict[str, Any]:
+    """The full stride-96 scan with the model in the main process (the GPU layout)."""
+    tiles, seconds = _scan(job, job.slide, job.out, MainProcessModelScanner)
     return {"tiles": tiles, "seconds": seconds}
 
 
@@ -150,24 +175,31 @@ def run_naive(job: Job) -> dict[str, Any]:
     return {"tiles": len(cells), "seconds": seconds}
 
 
+def _count(items: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    return sum(len(patches) for patches, _ in items)
+
+
 def run_read_floor(job: Job) -> dict[str, Any]:
-    """Read and decode every tile through the pipeline's dataset and workers, no model."""
+    """Read and decode every tile in the pipeline's dataset and workers; no model, and only tile
+    counts cross to the main process."""
     grid = TileGrid.from_attrs(job.grid or {})
     cells = np.load(job.cells)
     start = time.perf_counter()
     dataset = SlideTileDataset(Path(job.slide), grid, cells, block=BLOCK)
     loader = DataLoader(
         dataset,
-        batch_size=None,
+        batch_sampler=BlockBatches(dataset, job.batch_size),
+        collate_fn=_count,
         num_workers=job.workers,
         prefetch_factor=4 if job.workers else None,
     )
-    tiles = sum(len(patches) for patches, _ in loader)
+    tiles = sum(loader)
     return {"tiles": tiles, "seconds": time.perf_counter() - start}
 
 
 def run_model_floor(job: Job) -> dict[str, Any]:
-    """The model alone on random uint8 batches, as many tiles as the slide has."""
+    """The model alone in one process (``--threads`` threads) on random uint8 batches, as many
+    tiles as the slide has."""
     loaded, model, normalizer = _model(job)
     n = len(np.load(job.cells))
     p = loaded.card.input_size
@@ -177,6 +209,42 @@ def run_model_floor(job: Job) -> dict[str, Any]:
     for i in range(0, n, job.batch_size):
         predict_probs(model, batch[: min(job.batch_size, n - i)], normalizer)
     return {"tiles": n, "seconds": time.perf_counter() - start}
+
+
+class RandomBatches(Dataset):
+    """``n`` tiles as random uint8 batches (one seeded batch, sliced), with dummy cells."""
+
+    def __init__(self, n: int, batch_size: int, size: int) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.batch = torch.randint(
+            0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=gen
+        )
+        self.sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.sizes[i]
+        return self.batch[:k], torch.zeros(k, 2, dtype=torch.int64)
+
+
+def run_model_floor_workers(job: Job) -> dict[str, Any]:
+    """The model alone laid out as the CPU pipeline runs it: one single-threaded copy in each
+    of ``--workers`` processes, on random uint8 batches; only probabilities come back."""
+    loaded = load_weights(Path(job.weights) if job.weights else None)
+    scorer = CellScorer(loaded, make_predictor(loaded, job.device))
+    n = len(np.load(job.cells))
+    start = time.perf_counter()
+    loader = DataLoader(
+        RandomBatches(n, job.batch_size, loaded.card.input_size),
+        batch_size=None,
+        collate_fn=scorer.collate,
+        num_workers=job.workers,
+        prefetch_factor=4 if job.workers else None,
+    )
+    tiles = sum(len(probs) for probs, _ in loader)
+    return {"tiles": tiles, "seconds": time.perf_counter() - start}
 
 
 def run_tissue_mask(job: Job) -> dict[str, Any]:
@@ -207,9 +275,11 @@ def run_dense_check(job: Job) -> dict[str, Any]:
 
 VARIANTS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "pipeline": run_pipeline,
+    "pipeline, model in main": run_pipeline_main_model,
     "naive": run_naive,
     "read floor": run_read_floor,
     "model floor": run_model_floor,
+    "model floor, workers": run_model_floor_workers,
     "tissue mask": run_tissue_mask,
     "dense": run_dense,
     "dense check": run_dense_check,
@@ -442,22 +512,30 @@ def report(
                 f"| {_mb(r['rss_main_mb'])} | {_mb(r['workers_mb'])} |"
             )
     print(
-        "\npipeline = whole Scanner.scan (tissue mask, reads, model, zarr, call); naive excludes "
-        f"the tissue mask; dense: tiles = stride-{DENSE_STRIDE} heatmap cells; peak workers = "
-        "DataLoader workers' private memory, summed (sampled every 0.2 s)."
+        "\npipeline = whole Scanner.scan (tissue mask, reads, model, zarr, call) with the CPU "
+        "layout: each worker reads and runs its own one-thread model; 'model in main' = the GPU "
+        "layout (workers read, the main process scores); naive excludes the tissue mask; read "
+        "floor hands only counts back; model floor = the faster of its two layouts; dense: "
+        f"tiles = stride-{DENSE_STRIDE} heatmap cells; peak workers = DataLoader workers' "
+        "private memory, summed (sampled every 0.2 s)."
     )
     print(
-        "\n| slide | pipeline ÷ naive speed | pipeline ÷ max(read, model floor) time "
-        "| (pipeline − mask) ÷ max(floor) | dense ÷ pipeline time |"
+        "\n| slide | pipeline ÷ naive speed | model in main ÷ pipeline time "
+        "| pipeline ÷ max(read, model floor) | (read + model floor) ÷ max | "
+        "(pipeline − mask) ÷ max | dense ÷ pipeline time |"
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for size, rows in results.items():
         pipe = rows["pipeline"]
         vs_naive = f"{_speed(pipe) / _speed(rows['naive']):.2f}×" if "naive" in rows else "—"
-        floor = max(rows["read floor"]["seconds"], rows["model floor"]["seconds"])
+        main_model = rows["pipeline, model in main"]["seconds"] / pipe["seconds"]
+        read = rows["read floor"]["seconds"]
+        model = min(rows[v]["seconds"] for v in ("model floor", "model floor, workers"))
+        floor = max(read, model)
         no_mask = pipe["seconds"] - rows["tissue mask"]["seconds"]
         print(
-            f"| {size:,} px | {vs_naive} | {pipe['seconds'] / floor:.2f}× | {no_mask / floor:.2f}× "
+            f"| {size:,} px | {vs_naive} | {main_model:.2f}× | {pipe['seconds'] / floor:.2f}× "
+            f"| {(read + model) / floor:.2f}× | {no_mask / floor:.2f}× "
             f"| {rows['dense']['seconds'] / pipe['seconds']:.2f}× |"
         )
     memory = "; ".join(

@@ -398,7 +398,16 @@ def run(
             "that the direct reader rounds away.",
         ),
     ] = "auto",
-    workers: WorkersOpt = 2,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="DataLoader worker processes. Default: one per CPU core on a CPU, where each "
+            "worker reads tiles and runs its own single-threaded copy of the model; up to 8 "
+            "readers feeding a GPU. 0 reads and infers in the main process.",
+            show_default=False,
+        ),
+    ] = None,
     scheduler: Annotated[
         str | None,
         typer.Option(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -33,6 +34,20 @@ def select_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise SlidescanError("--device mps was asked for but MPS is not available")
     return device
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a SLURM allocation)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_scan_workers(device: torch.device) -> int:
+    """DataLoader workers for a slide scan: on a CPU one per core, as each worker also runs the
+    model; a GPU is fed by up to 8 readers."""
+    cores = usable_cores()
+    return cores if device.type == "cpu" else min(8, cores)
 
 
 def pin_memory(device: torch.device) -> bool:

@@ -87,13 +87,16 @@ def resolve_backend(loaded: LoadedModel, device: torch.device, backend: str) -> 
     return backend
 
 
-def make_predictor(loaded: LoadedModel, device: str = "auto", backend: str = "auto") -> Predictor:
+def make_predictor(
+    loaded: LoadedModel, device: str = "auto", backend: str = "auto", *, threads: int | None = None
+) -> Predictor:
     """Put ``loaded`` on ``device`` (auto: cuda > mps > cpu), ready for inference.
 
     ``backend``: ``torch``; ``onnx`` (ONNX Runtime float32, CPU only, torch's numbers to float
     rounding); ``onnx-int8`` (the int8 graph stored in the weights file, CPU only); ``auto`` =
     onnx-int8 on the CPU when the weights carry it, else onnx, and torch on GPUs. Speeds and
-    accuracy of each: benchmarks/RESULTS.md.
+    accuracy of each: benchmarks/RESULTS.md. ``threads``: ONNX Runtime's thread count (default:
+    torch's); the torch engine uses the process's torch threads.
     """
     from slidescan.onnx_backend import OnnxModel
 
@@ -101,7 +104,7 @@ def make_predictor(loaded: LoadedModel, device: str = "auto", backend: str = "au
     engine = resolve_backend(loaded, torch_device, backend)
     if engine.startswith("onnx"):
         int8 = loaded.int8_onnx if engine == "onnx-int8" else None
-        onnx_model = OnnxModel(loaded.model, loaded.card, int8=int8)
+        onnx_model = OnnxModel(loaded.model, loaded.card, int8=int8, threads=threads)
         normalizer = Normalizer(loaded.card, torch_device, in_model=True)
         return Predictor(onnx_model, normalizer, torch_device, engine)  # type: ignore[arg-type]
     model = prepare_model(loaded.model, torch_device)

@@ -23,14 +23,11 @@ from tqdm.auto import tqdm
 
 from slidescan import RESEARCH_USE_NOTICE, __version__
 from slidescan.atomic import partial_path
-from slidescan.device import pin_memory
+from slidescan.cell_scoring import CellScorer, ScoringError
+from slidescan.device import default_scan_workers, pin_memory
 from slidescan.errors import SlidescanError, one_line
 from slidescan.heatmap import HeatmapWriter, read_heatmap
-from slidescan.inference import (
-    make_predictor,
-    predict_dense_probs,
-    predict_probs,
-)
+from slidescan.inference import make_predictor
 from slidescan.slide import Slide, open_slide
 from slidescan.slide_call import SlideCall, call_slide, smoothing_cells
 from slidescan.slide_tiles import BlockBatches, SlideTileDataset, collate_blocks
@@ -47,7 +44,7 @@ class ScanOptions:
     stride: int | None = None
     min_tissue: float = 0.25
     batch_size: int = 256
-    workers: int = 2
+    workers: int | None = None  # None: default_scan_workers(device)
     device: str = "auto"
     backend: str = "auto"
     tta: bool = False
@@ -128,12 +125,14 @@ class Scanner:
     def __init__(self, loaded: LoadedModel, options: ScanOptions) -> None:
         self.loaded = loaded
         self.options = options
-        predictor = make_predictor(loaded, options.device, options.backend)
-        self.device, self.model, self.normalizer, self.engine = (
-            predictor.device,
-            predictor.model,
-            predictor.normalizer,
-            predictor.engine,
+        self.predictor = make_predictor(loaded, options.device, options.backend)
+        self.device, self.model, self.engine = (
+            self.predictor.device,
+            self.predictor.model,
+            self.predictor.engine,
+        )
+        self.workers = (
+            default_scan_workers(self.device) if options.workers is None else options.workers
         )
         card = loaded.card
         # --threshold overrides both; otherwise tiles use the card's patch threshold and the
@@ -184,7 +183,7 @@ class Scanner:
                 cells = np.argwhere(tissue)
                 attrs = self._attrs(slide_path, slide, grid)
                 # Each worker would hold its own copy of a plain image: read it here instead.
-                workers = 0 if slide.in_memory else opts.workers
+                workers = 0 if slide.in_memory else self.workers
                 thumb = slide.thumbnail(1024) if overlay is not None else None
             writer = HeatmapWriter(tmp, grid.shape, attrs=attrs, overwrite=True)
             writer.write_tissue(tissue)
@@ -228,16 +227,20 @@ class Scanner:
             slide_path, grid, cells, mpp=opts.mpp, block=self.block, dense=opts.dense,
             reader=opts.reader,
         )  # fmt: skip
-        if opts.dense:
-            # An item is one region for a fully convolutional pass.
-            batching: dict[str, Any] = {"batch_size": None}
-        else:
-            # Workers group blocks into model batches themselves, in shared memory: the main
-            # process only runs the model (concatenating there cost ~15% of a CPU scan).
-            batching = {
-                "batch_sampler": BlockBatches(dataset, opts.batch_size),
-                "collate_fn": collate_blocks,
-            }
+        scorer = CellScorer(self.loaded, self.predictor, dense=opts.dense, tta=opts.tta)
+        score_in_workers = self._scores_in_workers(workers)
+        batching: dict[str, Any] = (
+            # Dense: an item is one region for a fully convolutional pass.
+            {"batch_size": None}
+            if opts.dense
+            else {"batch_sampler": BlockBatches(dataset, opts.batch_size)}
+        )
+        if score_in_workers:
+            batching["collate_fn"] = scorer.collate
+        elif not opts.dense:
+            # Workers join blocks into model batches in shared memory: the main process only
+            # runs the model (concatenating there cost ~15% of a CPU scan).
+            batching["collate_fn"] = collate_blocks
         loader = DataLoader(
             dataset,
             num_workers=workers,
@@ -250,19 +253,10 @@ class Scanner:
             disable=not opts.progress, dynamic_ncols=True,
         )  # fmt: skip
         try:
-            for patches, batch_cells in _reading(loader, slide_path):
-                if opts.dense:
-                    prob_map = predict_dense_probs(
-                        self.model, patches, self.normalizer, tta=opts.tta
-                    )
-                    rel = batch_cells[:, 2:]
-                    writer.write_cells(
-                        batch_cells[:, :2].numpy(), prob_map[rel[:, 0], rel[:, 1]].numpy()
-                    )
-                else:
-                    probs = predict_probs(self.model, patches, self.normalizer, tta=opts.tta)
-                    writer.write_cells(batch_cells.numpy(), probs.numpy())
-                bar.update(len(batch_cells))
+            for batch in _reading(loader, slide_path):
+                probs, scored = batch if score_in_workers else scorer(*batch)
+                writer.write_cells(scored.numpy(), probs.numpy())
+                bar.update(len(scored))
         except SlidescanError:
             raise
         except Exception as exc:  # e.g. out of GPU memory: still one line, naming the slide
@@ -271,6 +265,10 @@ class Scanner:
             bar.close()
             dataset.close()
         writer.flush()
+
+    def _scores_in_workers(self, workers: int) -> bool:
+        """On a CPU the workers run the model too (see cell_scoring); a GPU is fed by them."""
+        return workers > 0 and self.device.type == "cpu"
 
     def _attrs(self, slide_path: Path, slide: Any, grid: Any) -> dict[str, Any]:
         card = self.loaded.card
@@ -353,7 +351,8 @@ class Scanner:
 
 def _reading(loader: DataLoader, slide_path: Path) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Iterate ``loader``, turning read/decode failures (often raised inside a worker, e.g. a
-    truncated tile) into one-line SlidescanErrors that name the slide."""
+    truncated tile) and model failures in workers into one-line SlidescanErrors that name the
+    slide."""
     it = iter(loader)
     while True:
         try:
@@ -362,6 +361,8 @@ def _reading(loader: DataLoader, slide_path: Path) -> Iterator[tuple[torch.Tenso
             return
         except SlidescanError:
             raise
+        except ScoringError as exc:
+            raise SlidescanError(f"{slide_path.name}: inference failed: {one_line(exc)}") from exc
         except Exception as exc:
             raise SlidescanError(
                 f"{slide_path.name}: failed reading tiles: {one_line(exc)}"

@@ -36,6 +36,8 @@ INK_DILATION_PX = 2
 # Defaults relative to the image area when no physical size is known.
 _MIN_OBJECT_FRACTION = 5e-5
 _MAX_HOLE_FRACTION = 2e-4
+# Optical density of one 8-bit channel value (0 read as 1: no infinite density).
+_OD_LUT = -np.log10(np.maximum(np.arange(256), 1) / 255.0).astype(np.float32)
 # Physical defaults used by mask_thumbnail.
 MIN_OBJECT_UM = 60.0  # side of the smallest kept fragment
 MAX_HOLE_UM = 120.0  # side of the largest filled hole
@@ -60,9 +62,12 @@ def tissue_mask(
     if max_hole_px is None:
         max_hole_px = max(4, round(_MAX_HOLE_FRACTION * h * w))
 
-    hue, sat, val = _hsv(rgb)
-    ink = _ink(hue, sat, val, min_object_px)
-    od = -np.log10(np.maximum(rgb, 1).astype(np.float32) / 255.0).mean(axis=2)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    high = np.maximum(np.maximum(r, g), b)
+    delta = high - np.minimum(np.minimum(r, g), b)
+    sat = _saturation(high, delta)
+    ink = _ink(rgb, high, delta, sat, min_object_px)
+    od = (_OD_LUT[r] + _OD_LUT[g] + _OD_LUT[b]) / np.float32(3.0)
     candidate = (od > MIN_OPTICAL_DENSITY) & ~ink
 
     threshold = _saturation_threshold(sat[candidate])
@@ -88,28 +93,36 @@ def mask_thumbnail(slide: Slide, max_size: int = 2048) -> tuple[np.ndarray, floa
     return mask, downsample
 
 
-def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hue, saturation, value in [0, 1] as float32 (skimage's rgb2hsv works in float64 and was
-    most of the masking time on large thumbnails)."""
-    x = rgb.astype(np.float32) / 255.0
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    val = x.max(axis=2)
-    delta = val - x.min(axis=2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sat = np.where(val > 0, delta / val, 0.0).astype(np.float32)
-        safe = np.where(delta > 0, delta, 1.0)
-        hue = np.where(
-            val == r, (g - b) / safe, np.where(val == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe)
-        )
-    hue = np.where(delta > 0, (hue / 6.0) % 1.0, 0.0).astype(np.float32)
-    return hue, sat, val
+def _saturation(high: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """HSV saturation (max − min) / max as float32, 0 on black."""
+    return delta.astype(np.float32) / np.maximum(high, 1).astype(np.float32)
 
 
-def _ink(hue: np.ndarray, sat: np.ndarray, val: np.ndarray, min_px: int) -> np.ndarray:
-    green = (hue >= GREEN_HUES[0]) & (hue < GREEN_HUES[1]) & (sat > GREEN_MIN_SATURATION)
-    blue = (hue >= BLUE_HUES[0]) & (hue < BLUE_HUES[1]) & (sat > BLUE_MIN_SATURATION)
-    black = (val < MAX_DARK_VALUE) & (sat < MAX_DARK_SATURATION)
-    ink = _drop_small_objects(green | blue | black, min_px)
+def _hue(rgb: np.ndarray, high: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """HSV hue in [0, 1) of the given pixels (N×3 uint8 with their max and max − min)."""
+    r, g, b = (rgb[:, k].astype(np.float32) for k in range(3))
+    d = np.maximum(delta, 1).astype(np.float32)
+    hue = np.where(
+        high == rgb[:, 0],
+        (g - b) / d,
+        np.where(high == rgb[:, 1], 2.0 + (b - r) / d, 4.0 + (r - g) / d),
+    )
+    return np.where(delta > 0, (hue / 6.0) % 1.0, 0.0).astype(np.float32)
+
+
+def _ink(
+    rgb: np.ndarray, high: np.ndarray, delta: np.ndarray, sat: np.ndarray, min_px: int
+) -> np.ndarray:
+    # Only saturated pixels can be coloured ink, and hue is the costly channel: compute it there.
+    coloured = sat > min(GREEN_MIN_SATURATION, BLUE_MIN_SATURATION)
+    hue = _hue(rgb[coloured], high[coloured], delta[coloured])
+    s = sat[coloured]
+    green = (hue >= GREEN_HUES[0]) & (hue < GREEN_HUES[1]) & (s > GREEN_MIN_SATURATION)
+    blue = (hue >= BLUE_HUES[0]) & (hue < BLUE_HUES[1]) & (s > BLUE_MIN_SATURATION)
+    ink = np.zeros(sat.shape, bool)
+    ink[coloured] = green | blue
+    ink |= (high < MAX_DARK_VALUE * 255) & (sat < MAX_DARK_SATURATION)  # black
+    ink = _drop_small_objects(ink, min_px)
     if INK_DILATION_PX > 0 and ink.any():
         ink = morphology.dilation(ink, morphology.disk(INK_DILATION_PX))
     return ink

@@ -25,7 +25,7 @@ from slide_fixtures import (
     write_truncated,
 )
 
-import slidescan.pipeline as pipeline_mod
+import slidescan.cell_scoring as cell_scoring
 from slidescan import RESEARCH_USE_NOTICE, __version__
 from slidescan.errors import SlidescanError
 from slidescan.heatmap import read_heatmap
@@ -416,7 +416,7 @@ def test_failure_mid_scan_leaves_nothing(
     error: type[BaseException],
 ) -> None:
     calls = []
-    original = pipeline_mod.predict_probs
+    original = cell_scoring.predict_probs
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
@@ -424,7 +424,7 @@ def test_failure_mid_scan_leaves_nothing(
             raise error("boom")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline_mod, "predict_probs", flaky)
+    monkeypatch.setattr(cell_scoring, "predict_probs", flaky)
     with pytest.raises(error if error is KeyboardInterrupt else SlidescanError, match="boom"):
         scan(
             weights, slides["square"], tmp_path / "x.zarr", overlay=tmp_path / "x.png",
@@ -460,14 +460,33 @@ def test_custom_threshold_is_used(tmp_path: Path, weights: Path, slides: dict[st
     assert low.call.score == pytest.approx(high.call.score)
 
 
+@pytest.mark.parametrize("dense", [False, True])
 def test_workers_give_the_same_heatmap(
-    tmp_path: Path, weights: Path, slides: dict[str, Path], done: ScanResult
+    tmp_path: Path, weights: Path, slides: dict[str, Path], dense: bool
 ) -> None:
-    result = scan(weights, slides["tissue"], tmp_path / "w2.zarr", workers=2)
-    a, ta, _ = read_heatmap(done.heatmap)
+    # On a CPU each worker scores its own blocks with its own model: same numbers as in-process.
+    inline = scan(weights, slides["tissue"], tmp_path / "w0.zarr", workers=0, dense=dense)
+    result = scan(weights, slides["tissue"], tmp_path / "w2.zarr", workers=2, dense=dense)
+    a, ta, _ = read_heatmap(inline.heatmap)
     b, tb, _ = read_heatmap(result.heatmap)
     np.testing.assert_array_equal(ta, tb)
+    assert np.isfinite(b).sum() == result.tiles > 0
     np.testing.assert_allclose(a, b, atol=1e-5, equal_nan=True)
+
+
+def test_model_failure_in_a_worker_is_one_line(
+    tmp_path: Path, weights: Path, slides: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("out of memory\nsecond line")
+
+    monkeypatch.setattr(cell_scoring, "predict_probs", broken)  # inherited by forked workers
+    out = tmp_path / "x.zarr"
+    with pytest.raises(SlidescanError) as info:
+        scan(weights, slides["tissue"], out, workers=2)
+    message = str(info.value)
+    assert message == "tissue.tif: inference failed: out of memory", message
+    assert leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
