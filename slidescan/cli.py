@@ -385,7 +385,14 @@ def run(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Redo slides whose output already exists.")
     ] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Patches per model batch.")] = 256,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Patches per model batch. Default: 64 on a CPU (per worker), 256 on a GPU.",
+            show_default=False,
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     backend: BackendOpt = "auto",
     reader: Annotated[

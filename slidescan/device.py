@@ -50,6 +50,12 @@ def default_scan_workers(device: torch.device) -> int:
     return cores if device.type == "cpu" else min(8, cores)
 
 
+def default_scan_batch(device: torch.device) -> int:
+    """Patches per model batch in a slide scan. A CPU worker's one-thread model is as fast at 64
+    as at 256 and holds ~150 MB less; a GPU wants bigger batches."""
+    return 64 if device.type == "cpu" else 256
+
+
 def pin_memory(device: torch.device) -> bool:
     """Pinned host memory only pays (and only works) for CUDA transfers."""
     return device.type == "cuda"

@@ -137,6 +137,8 @@ class OnnxModel:
         self.input_size = card.input_size
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
+        # Batch and region sizes vary; a memory pattern cached per shape only grew memory.
+        options.enable_mem_pattern = False
         try:
             self.session = ort.InferenceSession(
                 int8 if int8 is not None else export_onnx(model, card),

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from slidescan import RESEARCH_USE_NOTICE, __version__
 from slidescan.atomic import partial_path
 from slidescan.cell_scoring import CellScorer, ScoringError
-from slidescan.device import default_scan_workers, pin_memory
+from slidescan.device import default_scan_batch, default_scan_workers, pin_memory
 from slidescan.errors import SlidescanError, one_line
 from slidescan.heatmap import HeatmapWriter, read_heatmap
 from slidescan.inference import make_predictor
@@ -43,7 +43,7 @@ class ScanOptions:
     mpp: float | None = None
     stride: int | None = None
     min_tissue: float = 0.25
-    batch_size: int = 256
+    batch_size: int | None = None  # None: default_scan_batch(device)
     workers: int | None = None  # None: default_scan_workers(device)
     device: str = "auto"
     backend: str = "auto"
@@ -134,6 +134,7 @@ class Scanner:
         self.workers = (
             default_scan_workers(self.device) if options.workers is None else options.workers
         )
+        self.batch_size = options.batch_size or default_scan_batch(self.device)
         card = loaded.card
         # --threshold overrides both; otherwise tiles use the card's patch threshold and the
         # slide call its (stricter) slide threshold, calibrated on validation data.
@@ -233,7 +234,7 @@ class Scanner:
             # Dense: an item is one region for a fully convolutional pass.
             {"batch_size": None}
             if opts.dense
-            else {"batch_sampler": BlockBatches(dataset, opts.batch_size)}
+            else {"batch_sampler": BlockBatches(dataset, self.batch_size)}
         )
         if score_in_workers:
             batching["collate_fn"] = scorer.collate

@@ -10,7 +10,7 @@ from scan_helpers import write_untrained_weights
 from torch.utils.data import DataLoader
 
 from slidescan.cell_scoring import CellScorer, ScoringError
-from slidescan.device import default_scan_workers, usable_cores
+from slidescan.device import default_scan_batch, default_scan_workers, usable_cores
 from slidescan.inference import make_predictor, predict_probs
 from slidescan.weights import LoadedModel, load_weights
 
@@ -80,11 +80,12 @@ def test_a_failing_model_in_collate_raises_one_line(loaded: LoadedModel) -> None
     assert "96×96" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_scan_workers_default_to_the_cores_on_cpu() -> None:
+def test_scan_defaults_follow_the_device() -> None:
     cores = usable_cores()
     assert cores >= 1
     assert default_scan_workers(torch.device("cpu")) == cores
     assert default_scan_workers(torch.device("cuda")) == min(8, cores)
+    assert default_scan_batch(torch.device("cpu")) < default_scan_batch(torch.device("cuda"))
 
 
 def test_main_process_predictor_is_used_in_process(loaded: LoadedModel) -> None:
