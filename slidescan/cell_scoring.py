@@ -1,10 +1,11 @@
 """Pixels of grid cells → their tumour probabilities, in the main process or in DataLoader workers.
 
-On a GPU the main process owns the model and DataLoader workers only read. On a CPU the model is
-cheapest run *inside* the workers: each reads its blocks and runs its own single-threaded copy of
-the model, so only probabilities cross between processes. Handing uint8 batches to a main-process
-model cost ~7 ms per batch in shared-memory set-up alone, and its thread pool fought the readers
-for the same cores (benchmarks/RESULTS.md §3).
+On a GPU (or MPS, or with ``--workers 0``) the main process owns the model and DataLoader
+workers only read. On a CPU with workers the model is cheapest run *inside* them: each reads its
+blocks and runs its own single-threaded copy of the model, so only probabilities cross between
+processes. Handing uint8 batches to a main-process model cost ~7 ms per batch in shared-memory
+set-up alone, and its thread pool fought the readers for the same cores (benchmarks/RESULTS.md
+§3).
 """
 
 from __future__ import annotations

@@ -92,9 +92,9 @@ def scan_task(
     slide: str, out_dir: str, weights: str | None, options: ScanOptions, overlay_dir: str | None
 ) -> SlideOutcome:
     """What one Dask task does: scan one slide on the worker it landed on."""
-    if multiprocessing.current_process().daemon:
-        # Daemonic worker processes may not start DataLoader workers; the cluster is the
-        # parallelism here.
+    if multiprocessing.current_process().daemon or options.workers is None:
+        # Daemonic worker processes may not start DataLoader workers, and by default the
+        # cluster is the parallelism here (not one DataLoader worker per core per task).
         options = dataclasses.replace(options, workers=0)
     options = dataclasses.replace(options, progress=False)
     scanner = _worker_scanner(weights, options)

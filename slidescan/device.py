@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -36,18 +38,31 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+CPU_QUOTA_FILE = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+MAX_CPU_SCAN_WORKERS = 16  # each holds its own model (~80 MB): more only by asking
+
+
 def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a SLURM allocation)."""
+    """CPU cores this process may use: its affinity mask (e.g. a SLURM allocation), further
+    limited by a cgroup CPU quota (e.g. ``docker --cpus``)."""
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = CPU_QUOTA_FILE.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota here
+    return cores
 
 
 def default_scan_workers(device: torch.device) -> int:
-    """DataLoader workers for a slide scan: on a CPU one per core, as each worker also runs the
-    model; a GPU is fed by up to 8 readers."""
+    """DataLoader workers for a slide scan: on a CPU one per core (at most 16), as each worker
+    also runs the model; a GPU is fed by up to 8 readers."""
     cores = usable_cores()
-    return cores if device.type == "cpu" else min(8, cores)
+    return min(MAX_CPU_SCAN_WORKERS if device.type == "cpu" else 8, cores)
 
 
 def default_scan_batch(device: torch.device) -> int:

@@ -98,13 +98,18 @@ def make_predictor(
     accuracy of each: benchmarks/RESULTS.md. ``threads``: ONNX Runtime's thread count (default:
     torch's); the torch engine uses the process's torch threads.
     """
-    from slidescan.onnx_backend import OnnxModel
+    from slidescan.onnx_backend import OnnxModel, export_onnx
 
     torch_device = select_device(device)
     engine = resolve_backend(loaded, torch_device, backend)
     if engine.startswith("onnx"):
         int8 = loaded.int8_onnx if engine == "onnx-int8" else None
-        onnx_model = OnnxModel(loaded.model, loaded.card, int8=int8, threads=threads)
+        if int8 is None and loaded.fp32_onnx is None:
+            # Exported once (~0.4 s) and kept: scan workers inherit it instead of each exporting.
+            loaded.fp32_onnx = export_onnx(loaded.model, loaded.card)
+        onnx_model = OnnxModel(
+            loaded.model, loaded.card, int8=int8, fp32=loaded.fp32_onnx, threads=threads
+        )
         normalizer = Normalizer(loaded.card, torch_device, in_model=True)
         return Predictor(onnx_model, normalizer, torch_device, engine)  # type: ignore[arg-type]
     model = prepare_model(loaded.model, torch_device)

@@ -126,8 +126,11 @@ class OnnxModel:
         card: ModelCard,
         *,
         int8: bytes | None = None,
+        fp32: bytes | None = None,
         threads: int | None = None,
     ) -> None:
+        """``int8``: the int8 graph to run; else ``fp32``, a float32 graph already exported from
+        ``model`` (exported here when not given)."""
         import onnxruntime as ort
 
         self.dense = hasattr(model, "forward_dense")
@@ -141,7 +144,7 @@ class OnnxModel:
         options.enable_mem_pattern = False
         try:
             self.session = ort.InferenceSession(
-                int8 if int8 is not None else export_onnx(model, card),
+                int8 if int8 is not None else fp32 or export_onnx(model, card),
                 options,
                 providers=["CPUExecutionProvider"],
             )

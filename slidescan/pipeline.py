@@ -246,7 +246,9 @@ class Scanner:
             dataset,
             num_workers=workers,
             pin_memory=pin_memory(self.device),
-            prefetch_factor=4 if workers else None,
+            # Scoring workers hand back only probabilities, so they may run further ahead; pixel
+            # batches in flight live in shared memory (64 MB by default in Docker).
+            prefetch_factor=(4 if score_in_workers else 2) if workers else None,
             **batching,
         )
         bar = tqdm(
@@ -254,7 +256,8 @@ class Scanner:
             disable=not opts.progress, dynamic_ncols=True,
         )  # fmt: skip
         try:
-            for batch in _reading(loader, slide_path):
+            what = "reading or scoring tiles" if score_in_workers else "reading tiles"
+            for batch in _reading(loader, slide_path, what):
                 probs, scored = batch if score_in_workers else scorer(*batch)
                 writer.write_cells(scored.numpy(), probs.numpy())
                 bar.update(len(scored))
@@ -350,10 +353,12 @@ class Scanner:
         return overlay
 
 
-def _reading(loader: DataLoader, slide_path: Path) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _reading(
+    loader: DataLoader, slide_path: Path, what: str = "reading tiles"
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Iterate ``loader``, turning read/decode failures (often raised inside a worker, e.g. a
-    truncated tile) and model failures in workers into one-line SlidescanErrors that name the
-    slide."""
+    truncated tile), model failures in workers and dead workers (``what`` they were doing) into
+    one-line SlidescanErrors that name the slide."""
     it = iter(loader)
     while True:
         try:
@@ -365,9 +370,7 @@ def _reading(loader: DataLoader, slide_path: Path) -> Iterator[tuple[torch.Tenso
         except ScoringError as exc:
             raise SlidescanError(f"{slide_path.name}: inference failed: {one_line(exc)}") from exc
         except Exception as exc:
-            raise SlidescanError(
-                f"{slide_path.name}: failed reading tiles: {one_line(exc)}"
-            ) from exc
+            raise SlidescanError(f"{slide_path.name}: failed {what}: {one_line(exc)}") from exc
         yield item
 
 

@@ -54,6 +54,8 @@ def tissue_mask(
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {rgb.shape}")
+    if rgb.dtype != np.uint8:
+        raise ValueError(f"expected uint8 RGB, got {rgb.dtype}")
     h, w = rgb.shape[:2]
     if h == 0 or w == 0:
         return np.zeros((h, w), bool)

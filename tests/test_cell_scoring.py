@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from scan_helpers import write_untrained_weights
 from torch.utils.data import DataLoader
 
+from slidescan import device, onnx_backend
 from slidescan.cell_scoring import CellScorer, ScoringError
-from slidescan.device import default_scan_batch, default_scan_workers, usable_cores
 from slidescan.inference import make_predictor, predict_probs
 from slidescan.weights import LoadedModel, load_weights
 
@@ -80,12 +82,38 @@ def test_a_failing_model_in_collate_raises_one_line(loaded: LoadedModel) -> None
     assert "96×96" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_scan_defaults_follow_the_device() -> None:
-    cores = usable_cores()
-    assert cores >= 1
-    assert default_scan_workers(torch.device("cpu")) == cores
-    assert default_scan_workers(torch.device("cuda")) == min(8, cores)
-    assert default_scan_batch(torch.device("cpu")) < default_scan_batch(torch.device("cuda"))
+@pytest.mark.parametrize(
+    ("quota", "expected"), [("max 100000", None), ("150000 100000", 2), ("50000 100000", 1)]
+)
+def test_usable_cores_respect_a_cgroup_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quota: str, expected: int | None
+) -> None:
+    monkeypatch.setattr(device, "CPU_QUOTA_FILE", tmp_path / "missing")
+    affinity = device.usable_cores()
+    (tmp_path / "cpu.max").write_text(quota + "\n")
+    monkeypatch.setattr(device, "CPU_QUOTA_FILE", tmp_path / "cpu.max")
+    assert device.usable_cores() == (affinity if expected is None else min(affinity, expected))
+    monkeypatch.setattr(device, "usable_cores", lambda: 64)
+    assert device.default_scan_workers(torch.device("cpu")) == device.MAX_CPU_SCAN_WORKERS
+    assert device.default_scan_workers(torch.device("cuda")) == 8
+
+
+def test_workers_reuse_the_exported_float32_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fresh = load_weights(write_untrained_weights(tmp_path / "w.pt"))
+    calls = []
+    real_export = onnx_backend.export_onnx
+
+    def counting(*args: Any, **kwargs: Any) -> bytes:
+        calls.append(1)
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_backend, "export_onnx", counting)
+    scorer = CellScorer(fresh, make_predictor(fresh, "cpu", "onnx"))
+    clone = pickle.loads(pickle.dumps(scorer))  # a worker's copy: builds its own session
+    clone(*_blocks()[0])
+    assert clone._predictor is not None and len(calls) == 1
 
 
 def test_main_process_predictor_is_used_in_process(loaded: LoadedModel) -> None:

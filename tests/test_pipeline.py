@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 from pathlib import Path
 from typing import Any
 
@@ -460,13 +462,33 @@ def test_custom_threshold_is_used(tmp_path: Path, weights: Path, slides: dict[st
     assert low.call.score == pytest.approx(high.call.score)
 
 
+FORK = multiprocessing.get_start_method() == "fork"  # workers inherit monkeypatches
+
+
+@pytest.mark.skipif(not FORK, reason="needs fork-started DataLoader workers")
 @pytest.mark.parametrize("dense", [False, True])
-def test_workers_give_the_same_heatmap(
-    tmp_path: Path, weights: Path, slides: dict[str, Path], dense: bool
+def test_workers_score_and_give_the_same_heatmap(
+    tmp_path: Path,
+    weights: Path,
+    slides: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    dense: bool,
 ) -> None:
     # On a CPU each worker scores its own blocks with its own model: same numbers as in-process.
     inline = scan(weights, slides["tissue"], tmp_path / "w0.zarr", workers=0, dense=dense)
+    pids = tmp_path / "pids.txt"
+    name = "predict_dense_probs" if dense else "predict_probs"
+    original = getattr(cell_scoring, name)
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        with pids.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cell_scoring, name, recording)
     result = scan(weights, slides["tissue"], tmp_path / "w2.zarr", workers=2, dense=dense)
+    scorers = set(pids.read_text().split())
+    assert scorers and str(os.getpid()) not in scorers  # scored in the workers only
     a, ta, _ = read_heatmap(inline.heatmap)
     b, tb, _ = read_heatmap(result.heatmap)
     np.testing.assert_array_equal(ta, tb)
@@ -474,6 +496,7 @@ def test_workers_give_the_same_heatmap(
     np.testing.assert_allclose(a, b, atol=1e-5, equal_nan=True)
 
 
+@pytest.mark.skipif(not FORK, reason="needs fork-started DataLoader workers")
 def test_model_failure_in_a_worker_is_one_line(
     tmp_path: Path, weights: Path, slides: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -486,6 +509,7 @@ def test_model_failure_in_a_worker_is_one_line(
         scan(weights, slides["tissue"], out, workers=2)
     message = str(info.value)
     assert message == "tissue.tif: inference failed: out of memory", message
+    assert isinstance(info.value.__cause__, cell_scoring.ScoringError)  # raised in a worker
     assert leftovers(tmp_path) == []
 
 

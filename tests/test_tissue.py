@@ -95,3 +95,23 @@ def test_real_slide_has_tissue(data_dir: Path) -> None:
     assert downsample == pytest.approx(2967 / 512)
     assert mask.shape == (512, math.ceil(2220 / downsample))
     assert 0.15 < mask.mean() < 0.7
+
+
+def test_colour_channels_match_skimage_hsv() -> None:
+    # The masker's integer saturation and its hue (computed only where ink is possible) are
+    # HSV as skimage defines it.
+    from skimage.color import rgb2hsv
+
+    from slidescan.tissue import _hue, _saturation
+
+    rgb = np.random.default_rng(0).integers(0, 256, (20_000, 3), dtype=np.uint8)
+    rgb[:4] = [[0, 0, 0], [255, 255, 255], [7, 7, 7], [0, 0, 200]]  # black, white, grey, blue
+    reference = rgb2hsv(rgb[None].astype(np.float64) / 255.0)[0]
+    high, low = rgb.max(axis=1), rgb.min(axis=1)
+    np.testing.assert_allclose(_saturation(high, high - low), reference[:, 1], atol=1e-6)
+    np.testing.assert_allclose(_hue(rgb, high, high - low), reference[:, 0], atol=1e-6)
+
+
+def test_only_uint8_rgb_is_accepted() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        tissue_mask(np.zeros((4, 4, 3), np.float32))
