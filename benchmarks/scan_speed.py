@@ -204,21 +204,6 @@ def run_read_floor(job: Job) -> dict[str, Any]:
     return {"tiles": tiles, "seconds": time.perf_counter() - start}
 
 
-def run_model_floor(job: Job) -> dict[str, Any]:
-    """The model alone in one process (``--threads`` threads) on random uint8 batches, as many
-    tiles as the slide has."""
-    loaded, model, normalizer = _model(job)
-    n = len(np.load(job.cells))
-    p = loaded.card.input_size
-    gen = torch.Generator().manual_seed(0)
-    batch_size = job.batch_size or NAIVE_BATCH
-    batch = torch.randint(0, 256, (batch_size, 3, p, p), dtype=torch.uint8, generator=gen)
-    start = time.perf_counter()
-    for i in range(0, n, batch_size):
-        predict_probs(model, batch[: min(batch_size, n - i)], normalizer)
-    return {"tiles": n, "seconds": time.perf_counter() - start}
-
-
 class RandomBatches(Dataset):
     """``n`` tiles as random uint8 batches (one seeded batch, sliced), with dummy cells."""
 
@@ -235,6 +220,19 @@ class RandomBatches(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.sizes[i]
         return self.batch[:k], torch.zeros(k, 2, dtype=torch.int64)
+
+
+def run_model_floor(job: Job) -> dict[str, Any]:
+    """The model alone in one process (``--threads`` threads) on random uint8 batches, as many
+    tiles as the slide has."""
+    loaded, model, normalizer = _model(job)
+    batches = RandomBatches(
+        len(np.load(job.cells)), job.batch_size or NAIVE_BATCH, loaded.card.input_size
+    )
+    start = time.perf_counter()
+    for i in range(len(batches)):
+        predict_probs(model, batches[i][0], normalizer)
+    return {"tiles": sum(batches.sizes), "seconds": time.perf_counter() - start}
 
 
 def run_model_floor_workers(job: Job) -> dict[str, Any]:

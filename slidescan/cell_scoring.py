@@ -68,6 +68,7 @@ class CellScorer:
         if isinstance(items, tuple):
             pixels, cells = items
         else:
+            # Not collate_blocks: these pixels never leave the worker, so no shared memory.
             pixels = torch.cat([item[0] for item in items])
             cells = torch.cat([item[1] for item in items])
         try:

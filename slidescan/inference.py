@@ -98,18 +98,15 @@ def make_predictor(
     accuracy of each: benchmarks/RESULTS.md. ``threads``: ONNX Runtime's thread count (default:
     torch's); the torch engine uses the process's torch threads.
     """
-    from slidescan.onnx_backend import OnnxModel, export_onnx
+    from slidescan.onnx_backend import OnnxModel, fp32_graph
 
     torch_device = select_device(device)
     engine = resolve_backend(loaded, torch_device, backend)
     if engine.startswith("onnx"):
-        int8 = loaded.int8_onnx if engine == "onnx-int8" else None
-        if int8 is None and loaded.fp32_onnx is None:
-            # Exported once (~0.4 s) and kept: scan workers inherit it instead of each exporting.
-            loaded.fp32_onnx = export_onnx(loaded.model, loaded.card)
-        onnx_model = OnnxModel(
-            loaded.model, loaded.card, int8=int8, fp32=loaded.fp32_onnx, threads=threads
-        )
+        int8 = engine == "onnx-int8"
+        graph = loaded.int8_onnx if int8 else fp32_graph(loaded)
+        assert graph is not None  # resolve_backend checked that the int8 graph exists
+        onnx_model = OnnxModel(loaded.model, loaded.card, graph, int8=int8, threads=threads)
         normalizer = Normalizer(loaded.card, torch_device, in_model=True)
         return Predictor(onnx_model, normalizer, torch_device, engine)  # type: ignore[arg-type]
     model = prepare_model(loaded.model, torch_device)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from slidescan.errors import SlidescanError, one_line
-from slidescan.weights import ModelCard
+from slidescan.weights import LoadedModel, ModelCard
 
 CALIBRATION_BATCH = 64
 
@@ -76,8 +76,16 @@ def export_onnx(model: nn.Module, card: ModelCard) -> bytes:
     return buf.getvalue()
 
 
-def quantize_int8(model: nn.Module, card: ModelCard, calibration: Tensor) -> bytes:
-    """An int8 ONNX graph of ``model`` (QDQ, per-channel weights, uint8 activations).
+def fp32_graph(loaded: LoadedModel) -> bytes:
+    """``loaded``'s float32 graph, exported on first use (~0.4 s) and kept on it, so processes
+    forked or pickled afterwards (scan workers) reuse it instead of exporting again."""
+    if loaded.fp32_onnx is None:
+        loaded.fp32_onnx = export_onnx(loaded.model, loaded.card)
+    return loaded.fp32_onnx
+
+
+def quantize_int8(fp32: bytes, calibration: Tensor) -> bytes:
+    """An int8 ONNX graph from a float32 one (QDQ, per-channel weights, uint8 activations).
 
     ``calibration``: uint8 N×3×P×P patches like those the model will see (a few hundred from
     its training set); their activation ranges fix the int8 scales.
@@ -104,7 +112,7 @@ def quantize_int8(model: nn.Module, card: ModelCard, calibration: Tensor) -> byt
 
     with tempfile.TemporaryDirectory() as tmp:
         src, pre, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
-        src.write_bytes(export_onnx(model, card))
+        src.write_bytes(fp32)
         quant_pre_process(src, pre)
         quantize_static(
             pre, out, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -124,30 +132,25 @@ class OnnxModel:
         self,
         model: nn.Module,
         card: ModelCard,
+        graph: bytes,
         *,
-        int8: bytes | None = None,
-        fp32: bytes | None = None,
+        int8: bool = False,
         threads: int | None = None,
     ) -> None:
-        """``int8``: the int8 graph to run; else ``fp32``, a float32 graph already exported from
-        ``model`` (exported here when not given)."""
+        """``graph``: exported from ``model`` (:func:`fp32_graph`) or its int8 version."""
         import onnxruntime as ort
 
         self.dense = hasattr(model, "forward_dense")
         if self.dense:
             self.dense_stride = model.dense_stride  # type: ignore[attr-defined]
-        self.precision = "int8" if int8 is not None else "fp32"
+        self.precision = "int8" if int8 else "fp32"
         self.input_size = card.input_size
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         # Batch and region sizes vary; a memory pattern cached per shape only grew memory.
         options.enable_mem_pattern = False
         try:
-            self.session = ort.InferenceSession(
-                int8 if int8 is not None else fp32 or export_onnx(model, card),
-                options,
-                providers=["CPUExecutionProvider"],
-            )
+            self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types for a damaged graph
             raise SlidescanError(
                 f"cannot load the {self.precision} ONNX model: {one_line(exc)} "

@@ -35,7 +35,7 @@ def quantize_weights(
 ) -> tuple[bytes, Agreement]:
     """The int8 ONNX graph of ``loaded``, calibrated on ``patches`` random patches of
     ``dataset``, and its agreement with float32 on as many other patches."""
-    from slidescan.onnx_backend import OnnxModel, onnx_available, quantize_int8
+    from slidescan.onnx_backend import OnnxModel, fp32_graph, onnx_available, quantize_int8
 
     if not onnx_available():
         raise SlidescanError("quantizing needs onnxruntime and onnx (pip install onnxruntime onnx)")
@@ -53,9 +53,10 @@ def quantize_weights(
         return torch.stack([dataset[int(i)][0] for i in indices]).contiguous()
 
     calibration, held_out = stack(order[:patches]), stack(order[patches : 2 * patches])
-    int8 = quantize_int8(loaded.model, loaded.card, calibration)
-    fp32_model = OnnxModel(loaded.model, loaded.card)
-    int8_model = OnnxModel(loaded.model, loaded.card, int8=int8)
+    fp32 = fp32_graph(loaded)
+    int8 = quantize_int8(fp32, calibration)
+    fp32_model = OnnxModel(loaded.model, loaded.card, fp32)
+    int8_model = OnnxModel(loaded.model, loaded.card, int8, int8=True)
     p32 = torch.sigmoid(fp32_model(held_out)).numpy()
     p8 = torch.sigmoid(int8_model(held_out)).numpy()
     threshold = loaded.card.threshold

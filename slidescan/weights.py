@@ -57,7 +57,7 @@ class LoadedModel:
     sha256: str
     path: Path | None
     int8_onnx: bytes | None = None  # the CPU engine's int8 graph, when the file carries one
-    fp32_onnx: bytes | None = field(default=None, repr=False)  # exported on first use, kept
+    fp32_onnx: bytes | None = field(default=None, repr=False)  # see onnx_backend.fp32_graph
 
 
 def save_weights(
