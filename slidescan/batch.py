@@ -19,7 +19,10 @@ SLIDE_SUFFIXES = frozenset(
     {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
      ".dcm", ".png", ".jpg", ".jpeg"}
 )  # fmt: skip
-SUMMARY_FIELDS = ["slide", "status", "positive", "score", "tiles", "seconds", "heatmap", "error"]
+SUMMARY_FIELDS = [
+    "slide", "status", "positive", "category", "largest_lesion_mm", "lesions", "reliable",
+    "flags", "tiles", "seconds", "heatmap", "error",
+]  # fmt: skip
 
 
 @dataclass
@@ -29,7 +32,11 @@ class SlideOutcome:
     slide: str
     status: str  # done | skipped (already complete) | failed
     positive: bool | None = None
-    score: float | None = None
+    category: str = ""
+    largest_lesion_mm: float | None = None
+    lesions: int | None = None
+    reliable: bool | None = None
+    flags: str = ""  # why the call is unreliable (out of distribution, scale)
     tiles: int | None = None
     seconds: float | None = None
     heatmap: str = ""
@@ -40,14 +47,24 @@ class SlideOutcome:
         values: dict[str, object] = {
             "slide": self.slide,
             "status": self.status,
-            "positive": "" if self.positive is None else str(self.positive).lower(),
-            "score": "" if self.score is None else f"{self.score:.4f}",
+            "positive": _bool_cell(self.positive),
+            "category": self.category,
+            "largest_lesion_mm": (
+                "" if self.largest_lesion_mm is None else f"{self.largest_lesion_mm:.3f}"
+            ),
+            "lesions": "" if self.lesions is None else self.lesions,
+            "reliable": _bool_cell(self.reliable),
+            "flags": self.flags,
             "tiles": "" if self.tiles is None else self.tiles,
             "seconds": "" if self.seconds is None else f"{self.seconds:.2f}",
             "heatmap": self.heatmap,
             "error": self.error,
         }
         return values
+
+
+def _bool_cell(value: bool | None) -> str:
+    return "" if value is None else str(value).lower()
 
 
 def find_slides(folder: Path) -> list[Path]:
@@ -68,10 +85,12 @@ def heatmap_for(slide: Path, out_dir: Path) -> Path:
 
 def outcome_from_result(result: ScanResult) -> SlideOutcome:
     """A finished scan as a summary row."""
+    call, check = result.call, result.distribution
     return SlideOutcome(
-        slide=result.slide.name, status="done", positive=result.call.positive,
-        score=result.call.score, tiles=result.tiles, seconds=round(result.seconds, 2),
-        heatmap=result.heatmap.name,
+        slide=result.slide.name, status="done", positive=call.positive, category=call.category,
+        largest_lesion_mm=call.largest_diameter_mm, lesions=len(call.lesions),
+        reliable=not check.flagged, flags="; ".join(check.reasons), tiles=result.tiles,
+        seconds=round(result.seconds, 2), heatmap=result.heatmap.name,
     )  # fmt: skip
 
 
@@ -80,11 +99,14 @@ def outcome_from_previous(slide: Path, heatmap: Path) -> SlideOutcome | None:
     is unreadable or incomplete (then the slide is scanned again)."""
     try:
         report = read_report(heatmap)
-        call = report["call"]
+        call, check = report["call"], report["distribution"]
         return SlideOutcome(
             slide=slide.name, status="skipped", positive=bool(call["positive"]),
-            score=float(call["score"]), tiles=int(report["tiles_scanned"]),
-            seconds=float(report["wall_seconds"]), heatmap=heatmap.name,
+            category=str(call["category"]),
+            largest_lesion_mm=float(call["largest_diameter_mm"]), lesions=len(call["lesions"]),
+            reliable=not check["flagged"], flags="; ".join(check["reasons"]),
+            tiles=int(report["tiles_scanned"]), seconds=float(report["wall_seconds"]),
+            heatmap=heatmap.name,
         )  # fmt: skip
     except (SlidescanError, KeyError, TypeError, ValueError):
         return None

@@ -107,7 +107,7 @@ def train(
     ] = Path("slidescan-model.pt"),
     model: Annotated[
         str, typer.Option(help="Architecture (see `slidescan models`).")
-    ] = "pcamnet-s",
+    ] = "pcamnet-v2",
     val: Annotated[
         list[Path] | None,
         typer.Option(help="Validation data; default: hold out --val-fraction of DATA."),
@@ -118,14 +118,20 @@ def train(
     ] = "train",
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 10,
     batch_size: Annotated[int, typer.Option(min=1, help="Patches per step.")] = 100,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(help="Adam L2 weight decay.")] = 0.0,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-3,
+    weight_decay: Annotated[
+        float, typer.Option(help="AdamW decoupled weight decay (0 = the tutorial's Adam).")
+    ] = 0.0,
     schedule: Annotated[
         str, typer.Option(help="Learning-rate schedule: cosine (with warm-up) or constant.")
     ] = "cosine",
     augment: Annotated[
-        bool, typer.Option(help="Dihedral flips/rotations and HED stain jitter.")
-    ] = True,
+        str,
+        typer.Option(
+            help="Augmentation: strong (dihedral + strong HED, hue/saturation, "
+            "brightness/contrast, blur), basic (dihedral + light HED) or none."
+        ),
+    ] = "strong",
     seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and augmentation.")] = 0,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run of the same settings.")
@@ -139,10 +145,14 @@ def train(
     workers: WorkersOpt = 2,
 ) -> None:
     """Train a patch classifier and write a weights file with its model card."""
+    from slidescan.augment import AUGMENT_LEVELS
     from slidescan.patch_data import open_patch_datasets
     from slidescan.trainer import TrainConfig
     from slidescan.trainer import train as run_training
 
+    if augment not in AUGMENT_LEVELS:
+        levels = ", ".join(AUGMENT_LEVELS)
+        raise SlidescanError(f"--augment must be one of {levels}, got {augment!r}")
     if schedule not in ("cosine", "constant"):
         raise SlidescanError(f"--schedule must be cosine or constant, got {schedule!r}")
     train_data = open_patch_datasets(data, split=split, resize=resize)
@@ -220,9 +230,74 @@ def quantize(
     dataset = open_patch_datasets(data, split=split, resize=resize)
     int8, agreement = quantize_weights(loaded, dataset, patches=patches, seed=seed)
     target = out or weights
-    save_weights(target, loaded.model, loaded.card, int8_onnx=int8)
+    save_weights(
+        target, loaded.model, loaded.card, int8_onnx=int8,
+        feature_reference=loaded.feature_reference,
+    )  # fmt: skip
     typer.echo(agreement.describe())
     typer.echo(f"int8 engine ({len(int8) / 1e6:.1f} MB) stored in {target}")
+
+
+@app.command()
+@user_errors
+def calibrate(
+    data: DataArg,
+    weights: Annotated[Path, typer.Option(help="Weights file to calibrate (in place).")],
+    holdout: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Held-out patches; default: the part of DATA the trainer held out (its ids "
+            "are in the model card).",
+            show_default=False,
+        ),
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="Split to read from folders that have several.")
+    ] = "train",
+    tissue_cells: Annotated[
+        int, typer.Option(min=100, help="Tissue cells of the simulated normal slides.")
+    ] = 10_000,
+    rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0001, max=0.5, help="Share of those slides allowed to be called positive."
+        ),
+    ] = 0.01,
+    int8: Annotated[bool, typer.Option(help="Also (re)build the int8 CPU engine.")] = True,
+    resize: ResizeOpt = False,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated slides.")] = 0,
+) -> None:
+    """Set a model's tile and lesion thresholds, out-of-distribution reference and int8 engine.
+
+    DATA is the model's training data. Everything is chosen on patches held out of training:
+    the tile threshold maximises their accuracy; the lesion seed threshold calls at most --rate
+    of simulated all-normal slides of --tissue-cells cells positive. `slidescan train` does this
+    itself; run it again after changing the policy.
+    """
+    from torch.utils.data import Dataset
+
+    from slidescan.calibration import calibrate_weights, split_by_ids
+    from slidescan.patch_data import open_patch_datasets
+    from slidescan.weights import load_weights
+
+    card = load_weights(weights).card
+    dataset = open_patch_datasets(data, split=split, resize=resize)
+    train_part: Dataset
+    held: Dataset
+    if holdout:
+        train_part, held = dataset, open_patch_datasets(holdout, split="valid", resize=resize)
+    else:
+        ids = card.training.get("holdout_ids") or []
+        if not ids:
+            raise SlidescanError(
+                f"{weights}: the model card lists no held-out patches; pass --holdout"
+            )
+        train_part, held = split_by_ids(dataset, ids)
+    result = calibrate_weights(
+        weights, train_part, held, tissue_cells=tissue_cells, target_rate=rate, int8=int8,
+        seed=seed,
+    )  # fmt: skip
+    typer.echo(result.describe())
 
 
 @app.command()
@@ -345,8 +420,8 @@ def run(
         typer.Option(
             min=8,
             help="Grid step in model pixels (default: the patch size, 96 — non-overlapping "
-            "tiles, each tissue pixel seen once; smaller strides cost (96/stride)² more: use "
-            "--dense for the stride-32 map at about 2× the stride-96 cost).",
+            "tiles, each tissue pixel seen once; smaller strides cost (96/stride)² more; "
+            "--dense gives the stride-32 map).",
             show_default=False,
         ),
     ] = None,
@@ -356,9 +431,12 @@ def run(
     threshold: Annotated[
         float | None,
         typer.Option(
-            help="Decision threshold for tiles and the slide call (default: the model's own, "
-            "both chosen on validation patches: a tile threshold for accuracy and a stricter "
-            "slide threshold that a neighbourhood of normal tiles rarely reaches).",
+            min=0.0,
+            max=1.0,
+            help="Seed threshold of a lesion: the probability one of its tiles must reach "
+            "(default: the model's own, calibrated so that about 1% of simulated normal slides "
+            "of 10,000 tissue tiles are called positive). A lesion extends over neighbouring "
+            "tiles at the model's tile threshold (or this value, if lower).",
             show_default=False,
         ),
     ] = None,
@@ -377,9 +455,10 @@ def run(
         bool,
         typer.Option(
             "--dense",
-            help="Stride-32 heatmap (the PCam label's centre-region resolution) by running the "
-            "model fully convolutionally over blocks: 9× the cells of stride-96 tiles for about "
-            "2× their time, instead of 9×.",
+            help="Stride-32 heatmap (the PCam label's centre-region resolution): finer lesion "
+            "outlines and diameters. Fully convolutional models (pcamnet-s) run over blocks for "
+            "about 2× the stride-96 time; others (the default pcamnet-v2) score overlapping "
+            "tiles, 9× the work.",
         ),
     ] = False,
     overwrite: Annotated[
@@ -461,8 +540,10 @@ def run(
                 typer.echo(f"{outcome.slide}: already done (use --overwrite to redo)")
 
             elif outcome.status == "done" and scheduler:
+                flag = "" if outcome.reliable else f"  UNRELIABLE: {outcome.flags}"
                 typer.echo(
-                    f"{outcome.slide}: done, positive={outcome.positive}, score={outcome.score:.3f}"
+                    f"{outcome.slide}: done, positive={outcome.positive}, "
+                    f"category={outcome.category}{flag}"
                 )
 
         if scheduler:

@@ -25,11 +25,20 @@ from slidescan import RESEARCH_USE_NOTICE, __version__
 from slidescan.atomic import partial_path
 from slidescan.cell_scoring import CellScorer, ScoringError
 from slidescan.device import default_scan_batch, default_scan_workers, pin_memory
+from slidescan.distribution_check import (
+    DistributionCheck,
+    FeatureReference,
+    check_features,
+    check_scale,
+    combine,
+    embed_batches,
+    supports_features,
+)
 from slidescan.errors import SlidescanError, one_line
 from slidescan.heatmap import HeatmapWriter, read_heatmap
-from slidescan.inference import make_predictor
+from slidescan.inference import Normalizer, make_predictor
 from slidescan.slide import Slide, open_slide
-from slidescan.slide_call import SlideCall, call_slide, smoothing_cells
+from slidescan.slide_call import SlideCall, call_slide, seed_cells_for
 from slidescan.slide_tiles import BlockBatches, SlideTileDataset, collate_blocks
 from slidescan.tiling import TileGrid, make_grid, tissue_fraction
 from slidescan.tissue import mask_thumbnail
@@ -67,6 +76,7 @@ class ScanResult:
     tiles: int
     seconds: float
     overlay: Path | None = None
+    distribution: DistributionCheck = DistributionCheck(False)
 
 
 def plan_grid(
@@ -136,32 +146,31 @@ class Scanner:
         )
         self.batch_size = options.batch_size or default_scan_batch(self.device)
         card = loaded.card
-        # --threshold overrides both; otherwise tiles use the card's patch threshold and the
-        # slide call its (stricter) slide threshold, calibrated on validation data.
-        self.tile_threshold = options.threshold if options.threshold is not None else card.threshold
-        self.threshold = (
-            options.threshold
-            if options.threshold is not None
-            else card.slide_threshold
-            if card.slide_threshold is not None
-            else card.threshold
-        )
+        # A lesion needs one tile at the seed threshold (calibrated on simulated normal slides)
+        # and extends over neighbours at the tile threshold. --threshold replaces the seed.
+        seed = card.seed_threshold if card.seed_threshold is not None else card.threshold
+        self.seed_threshold = options.threshold if options.threshold is not None else seed
+        self.tile_threshold = min(card.threshold, self.seed_threshold)
         self.stride = options.stride
+        # Fully convolutional models (torch or exported) give the stride-32 map in one pass;
+        # others get it from overlapping tiles (9× the work of stride 96).
+        dense_stride = getattr(self.model, "dense_stride", None)
+        self.dense = options.dense and dense_stride is not None
         if options.dense:
-            # Fully convolutional models (torch or exported) say so with their output stride.
-            dense_stride = getattr(self.model, "dense_stride", None)
-            if dense_stride is None:
-                raise SlidescanError(
-                    f"--dense needs a fully convolutional model, not {loaded.card.model}"
-                )
-            if options.stride not in (None, dense_stride):
-                raise SlidescanError(f"--dense scans at stride {dense_stride}; drop --stride")
-            self.stride = dense_stride
+            stride = dense_stride or card.input_size // 3
+            if options.stride not in (None, stride):
+                raise SlidescanError(f"--dense scans at stride {stride}; drop --stride")
+            self.stride = stride
+        self.reference = (
+            FeatureReference.from_tensors(loaded.feature_reference)
+            if loaded.feature_reference is not None and supports_features(loaded.model)
+            else None
+        )
         # Dense regions amortise the receptive-field margin over more cells: bigger blocks.
         # 32 cells a side (1,088 px) keeps CPU memory small; a GPU wants more work per forward
         # pass, so it gets 64 (2,112 px, a few hundred MB of fp16 activations).
         dense_block = 64 if self.device.type == "cuda" else 32
-        self.block = options.block or (dense_block if options.dense else 8)
+        self.block = options.block or (dense_block if self.dense else 8)
 
     def scan(self, slide_path: Path, out: Path, overlay: Path | None = None) -> ScanResult:
         """Scan ``slide_path`` into the zarr heatmap ``out`` (+ JSON report, optional overlay)."""
@@ -186,18 +195,22 @@ class Scanner:
                 # Each worker would hold its own copy of a plain image: read it here instead.
                 workers = 0 if slide.in_memory else self.workers
                 thumb = slide.thumbnail(1024) if overlay is not None else None
+                scale_doubts = check_scale(slide.mpp, card.mpp)
             writer = HeatmapWriter(tmp, grid.shape, attrs=attrs, overwrite=True)
             writer.write_tissue(tissue)
             self._infer(slide_path, grid, cells, writer, workers)
             probability = writer.probability
-            cell_mm = grid.stride * card.mpp / 1000.0
             call = call_slide(
-                probability, threshold=self.threshold, tile_threshold=self.tile_threshold,
-                cell_mm=cell_mm, smoothing=smoothing_cells(grid.patch_size, grid.stride),
+                probability, seed_threshold=self.seed_threshold,
+                extent_threshold=self.tile_threshold, cell_mm=grid.stride * card.mpp / 1000.0,
+                seed_cells=seed_cells_for(grid.stride, grid.patch_size),
             )  # fmt: skip
+            distribution = combine(self._check_distribution(slide_path, grid, cells), scale_doubts)
             seconds = time.perf_counter() - start
             summary = {
-                "call": call.to_dict(),
+                "call": _call_dict(call, grid),
+                "distribution": distribution.to_dict(),
+                "reliable": not distribution.flagged,
                 "tiles_scanned": len(cells),
                 "wall_seconds": round(seconds, 3),
             }
@@ -206,7 +219,9 @@ class Scanner:
             report = self._report(slide_path, out, attrs, summary)
             overlay_png = None
             if overlay is not None and thumb is not None:
-                overlay_png = self._overlay(thumb, probability, grid, slide_path, call, overlay)
+                overlay_png = self._overlay(
+                    thumb, probability, grid, slide_path, call, distribution, overlay
+                )
         except BaseException:
             _remove(tmp)
             _remove(tmp_report)
@@ -216,7 +231,35 @@ class Scanner:
         _remove(out)
         os.replace(tmp, out)
         os.replace(report, report_path(out))  # last: its presence marks completion
-        return ScanResult(slide_path, out, report_path(out), call, len(cells), seconds, overlay_png)
+        return ScanResult(
+            slide_path, out, report_path(out), call, len(cells), seconds, overlay_png,
+            distribution,
+        )  # fmt: skip
+
+    def _check_distribution(
+        self, slide_path: Path, grid: Any, cells: np.ndarray, sample: int = 256
+    ) -> DistributionCheck:
+        """Embed a seeded random sample of tissue tiles and compare them with training."""
+        if self.reference is None or len(cells) == 0:
+            return DistributionCheck(False)
+        pick = np.random.default_rng(0).permutation(len(cells))[:sample]
+        dataset = SlideTileDataset(
+            slide_path, grid, cells[np.sort(pick)], mpp=self.options.mpp, block=1,
+            reader=self.options.reader,
+        )  # fmt: skip
+        model = self.loaded.model
+        normalizer = Normalizer(self.loaded.card, next(model.parameters()).device)
+        try:
+            tiles = (dataset[i][0] for i in range(len(dataset)))
+            batches = (torch.cat(chunk) for chunk in _chunks(tiles, 64))
+            features = embed_batches(model, batches, normalizer)
+        except Exception as exc:
+            raise SlidescanError(
+                f"{slide_path.name}: distribution check failed: {one_line(exc)}"
+            ) from exc
+        finally:
+            dataset.close()
+        return check_features(self.reference.distances(features), self.reference.patch_threshold)
 
     def _infer(
         self, slide_path: Path, grid: Any, cells: np.ndarray, writer: HeatmapWriter, workers: int
@@ -225,20 +268,20 @@ class Scanner:
             return
         opts = self.options
         dataset = SlideTileDataset(
-            slide_path, grid, cells, mpp=opts.mpp, block=self.block, dense=opts.dense,
+            slide_path, grid, cells, mpp=opts.mpp, block=self.block, dense=self.dense,
             reader=opts.reader,
         )  # fmt: skip
-        scorer = CellScorer(self.loaded, self.predictor, dense=opts.dense, tta=opts.tta)
+        scorer = CellScorer(self.loaded, self.predictor, dense=self.dense, tta=opts.tta)
         score_in_workers = self._scores_in_workers(workers)
         batching: dict[str, Any] = (
             # Dense: an item is one region for a fully convolutional pass.
             {"batch_size": None}
-            if opts.dense
+            if self.dense
             else {"batch_sampler": BlockBatches(dataset, self.batch_size)}
         )
         if score_in_workers:
             batching["collate_fn"] = scorer.collate
-        elif not opts.dense:
+        elif not self.dense:
             # Workers join blocks into model batches in shared memory: the main process only
             # runs the model (concatenating there cost ~15% of a CPU scan).
             batching["collate_fn"] = collate_blocks
@@ -296,11 +339,16 @@ class Scanner:
             "min_tissue": self.options.min_tissue,
             "tta": self.options.tta,
             "dense": self.options.dense,
+            "dense_method": (
+                ("fully convolutional" if self.dense else "overlapping tiles")
+                if self.options.dense
+                else None
+            ),
             "model": card.model,
             "weights_sha256": self.loaded.sha256,
             "engine": self.engine,
             "device": str(self.device),
-            "threshold": self.threshold,
+            "seed_threshold": self.seed_threshold,
             "tile_threshold": self.tile_threshold,
             "slidescan_version": __version__,
             "notice": RESEARCH_USE_NOTICE,
@@ -327,6 +375,7 @@ class Scanner:
         grid: Any,
         slide_path: Path,
         call: SlideCall,
+        distribution: DistributionCheck,
         overlay: Path,
     ) -> Path:
         from slidescan.overlay import grid_extent_in_thumbnail, render_overlay
@@ -337,8 +386,7 @@ class Scanner:
         extent = grid_extent_in_thumbnail(
             probability.shape, grid.stride * grid.scale, downsample, origin
         )
-        verdict = "POSITIVE" if call.positive else "negative"
-        title = f"{slide_path.name}: {verdict} (score {call.score:.2f})"
+        title = f"{slide_path.name}: {verdict_text(call, distribution)}"
         overlay.parent.mkdir(parents=True, exist_ok=True)
         tmp = overlay.with_name(f".{overlay.name}.partial.png")
         try:
@@ -374,12 +422,52 @@ def _reading(
         yield item
 
 
+def verdict_text(call: SlideCall, distribution: DistributionCheck) -> str:
+    """'POSITIVE (macrometastasis, 2.31 mm)', 'negative', …, marked when unreliable."""
+    verdict = "POSITIVE" if call.positive else "negative"
+    if call.category != "negative":
+        verdict += f" ({CATEGORY_NAMES[call.category]}, {call.largest_diameter_mm:.2f} mm)"
+    if distribution.flagged:
+        verdict += " — UNRELIABLE: slide unlike the training data"
+    return verdict
+
+
+CATEGORY_NAMES = {
+    "negative": "negative",
+    "itc": "isolated tumour cells",
+    "micrometastasis": "micrometastasis",
+    "macrometastasis": "macrometastasis",
+}
+
+
 def describe(result: ScanResult) -> str:
     """One line per slide for the terminal."""
     c = result.call
-    verdict = "POSITIVE" if c.positive else "negative"
-    return (
-        f"{result.slide.name}: {verdict}  score {c.score:.3f} (threshold {c.threshold:.3f})  "
-        f"positive tiles {c.positive_tiles}/{result.tiles}  largest region "
-        f"{c.largest_region_mm2:.3f} mm²  {result.seconds:.1f} s  [research use only]"
+    line = (
+        f"{result.slide.name}: {verdict_text(c, result.distribution)}  lesions {len(c.lesions)}  "
+        f"tiles ≥ {c.extent_threshold:.2f}: {c.positive_tiles}/{result.tiles}  "
+        f"{result.seconds:.1f} s  [research use only]"
     )
+    if result.distribution.flagged:
+        line += "\n  " + "; ".join(result.distribution.reasons)
+    return line
+
+
+def _call_dict(call: SlideCall, grid: Any) -> dict[str, Any]:
+    """The call as JSON, lesion centroids also in level-0 pixels."""
+    out = call.to_dict()
+    for lesion in out["lesions"]:
+        x, y = grid.cell_center_level0(lesion["row"], lesion["col"])
+        lesion["centroid_level0"] = [round(float(x), 1), round(float(y), 1)]
+    return out
+
+
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,14 +1,69 @@
-"""Turn a heatmap into a per-slide metastasis call (pure: no I/O)."""
+"""Turn a heatmap into a lesion-based slide call, the way pathologists stage nodes (pure: no I/O).
+
+A **lesion** is a connected region (8-neighbours) of cells at or above the *extent* threshold that
+holds at least ``seed_cells`` cells at or above the stricter *seed* threshold (hysteresis
+thresholding: the seed makes the detection rare on normal tissue, the extent measures the
+lesion's real size). Why several seed cells: a slide of 10,000 tiles has tens of thousands of
+chances to produce one or two very confident false tiles next to each other, so a one-cell seed
+must sit so far in the tail of normal tiles that no held-out set can estimate it, while three
+confident tiles together are rare enough to calibrate, and any metastasis larger than 0.2 mm
+covers several tiles.
+Each lesion's longest diameter puts it in a Camelyon17 / AJCC pN category:
+
+- *macrometastasis*: longest diameter > 2 mm;
+- *micrometastasis*: > 0.2 mm and ≤ 2 mm;
+- *isolated tumour cells* (ITC): ≤ 0.2 mm.
+
+The slide takes its largest lesion's category (``negative`` when it has none) and is *positive*
+when that is a micrometastasis or larger (pN1mi and above; ITC alone stage as pN0(i+)).
+
+The seed threshold is calibrated on simulated all-normal slides of realistic size
+(:func:`calibrate_seed_threshold`), not on single windows: a slide has thousands of chances to
+produce a false lesion, so the rate that matters is per slide, and it grows with tissue area
+(:func:`false_positive_rate`).
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
-from skimage.measure import label
+from scipy import ndimage
+
+MACRO_MM = 2.0
+MICRO_MM = 0.2
+SEED_CELLS = 3  # seed tiles a lesion needs on the default stride-96 grid (see above)
+CATEGORIES = ("negative", "itc", "micrometastasis", "macrometastasis")
+
+
+def seed_cells_for(stride: int, patch_size: int = 96) -> int:
+    """``SEED_CELLS`` patch areas in cells of a grid of ``stride`` (more cells at finer strides)."""
+    return math.ceil(SEED_CELLS * (patch_size / stride) ** 2 - 1e-9)
+
+
+def lesion_category(diameter_mm: float) -> str:
+    """pN category of one lesion from its longest diameter in mm."""
+    if diameter_mm > MACRO_MM:
+        return "macrometastasis"
+    if diameter_mm > MICRO_MM:
+        return "micrometastasis"
+    return "itc"
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One connected tumour region of the heatmap (``row``/``col``: centroid in grid cells)."""
+
+    row: float
+    col: float
+    diameter_mm: float
+    area_mm2: float
+    cells: int
+    mean_probability: float
+    max_probability: float
+    category: str
 
 
 @dataclass(frozen=True)
@@ -16,135 +71,252 @@ class SlideCall:
     """The slide-level result and the numbers behind it."""
 
     positive: bool
-    score: float
-    threshold: float
-    tile_threshold: float
+    category: str
+    largest_diameter_mm: float
+    seed_threshold: float
+    extent_threshold: float
+    seed_cells: int
     positive_tiles: int
     tissue_tiles: int
-    largest_region_mm2: float
     max_probability: float
+    lesions: tuple[Lesion, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict of the fields."""
-        return asdict(self)
+        """Plain JSON-serialisable dict of the fields (lesions largest first)."""
+        out = asdict(self)
+        out["lesions"] = [asdict(lesion) for lesion in self.lesions]
+        return out
+
+
+def find_lesions(
+    probability: np.ndarray,
+    *,
+    seed_threshold: float,
+    extent_threshold: float,
+    cell_mm: float,
+    seed_cells: int = 1,
+) -> list[Lesion]:
+    """Lesions of a (rows, cols) heatmap (NaN where no tissue), largest diameter first.
+
+    A lesion's longest diameter is the largest distance between two of its cell centres plus one
+    cell (each end cell contributes half its width), times ``cell_mm``, the grid stride in mm; so
+    a single cell measures one cell and a straight run of k cells measures k cells.
+    """
+    grid = _check_grid(probability)
+    _check_thresholds(seed_threshold, extent_threshold, cell_mm)
+    if seed_cells < 1:
+        raise ValueError(f"seed_cells must be >= 1, got {seed_cells}")
+    labels, seeds = _regions(grid, extent_threshold, seed_cells)
+    boxes = ndimage.find_objects(labels)
+    lesions = []
+    for lab in np.flatnonzero(seeds >= seed_threshold) + 1:
+        box = boxes[lab - 1]
+        local = labels[box] == lab
+        rows, cols = np.nonzero(local)
+        probs = grid[box][local]
+        diameter = (_max_distance(rows, cols) + 1.0) * cell_mm
+        lesions.append(
+            Lesion(
+                row=float(rows.mean() + box[0].start),
+                col=float(cols.mean() + box[1].start),
+                diameter_mm=float(diameter),
+                area_mm2=float(len(rows) * cell_mm * cell_mm),
+                cells=len(rows),
+                mean_probability=float(probs.mean()),
+                max_probability=float(probs.max()),
+                category=lesion_category(diameter),
+            )
+        )
+    lesions.sort(key=lambda les: (-les.diameter_mm, -les.max_probability))
+    return lesions
+
+
+def _regions(grid: np.ndarray, extent: float, seed_cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled regions at ``extent`` and each region's ``seed_cells``-th highest probability
+    (-inf where it has fewer cells): a region is a lesion when that reaches the seed."""
+    tissue = np.isfinite(grid)
+    values = np.where(tissue, grid, -np.inf)
+    labels, n = ndimage.label(values >= extent, structure=np.ones((3, 3)))
+    seeds = np.full(n, -np.inf)
+    if n == 0:
+        return labels, seeds
+    lab = labels[labels > 0]
+    val = values[labels > 0]
+    order = np.lexsort((-val, lab))  # by region, then by probability, highest first
+    lab, val = lab[order], val[order]
+    starts = np.searchsorted(lab, np.arange(1, n + 1))
+    counts = np.bincount(lab, minlength=n + 1)[1:]
+    has = counts >= seed_cells
+    seeds[has] = val[starts[has] + seed_cells - 1]
+    return labels, seeds
 
 
 def call_slide(
     probability: np.ndarray,
     *,
-    threshold: float,
+    seed_threshold: float,
+    extent_threshold: float,
     cell_mm: float,
-    tile_threshold: float | None = None,
-    smoothing: int = 3,
-    min_region_cells: int = 1,
+    seed_cells: int = 1,
 ) -> SlideCall:
-    """Call a slide positive or negative from its (rows, cols) heatmap, NaN where no tissue.
-
-    The score is the maximum, over tissue cells, of the heatmap after a NaN-aware mean filter
-    over the ``smoothing`` x ``smoothing`` neighbourhood (centred; NaN neighbours are left out of
-    the mean, not counted as zero), taken over windows that are at least half tissue. Why: a
-    single noisy tile should not call a slide positive, while a metastasis spans neighbouring
-    tiles and survives the averaging. ``smoothing=1`` makes
-    the score the plain maximum. The slide is positive when ``score >= threshold`` and its
-    largest 8-connected region of positive tiles has at least ``min_region_cells`` cells.
-
-    A tile is positive at ``tile_threshold`` (default: ``threshold``). The slide threshold is
-    usually higher (see :func:`calibrate_slide_threshold`): a tile threshold is tuned for
-    accuracy on single patches, and a slide has thousands of chances to cross it.
-    ``positive_tiles`` counts positive tiles; ``largest_region_mm2`` is their largest region's
-    cell count x ``cell_mm`` squared. A heatmap with no tissue gives a negative call
-    with score 0.0 and zero counts.
-    """
-    grid = np.asarray(probability, dtype=np.float64)
-    if grid.ndim != 2:
-        raise ValueError(f"probability must be a 2-D (rows, cols) grid, got shape {grid.shape}")
-    tile_threshold = threshold if tile_threshold is None else tile_threshold
-    if not (math.isfinite(threshold) and math.isfinite(tile_threshold)):
-        raise ValueError(f"thresholds must be finite, got {threshold}, {tile_threshold}")
-    if not (cell_mm > 0 and math.isfinite(cell_mm)):
-        raise ValueError(f"cell_mm must be a positive length, got {cell_mm}")
-    if smoothing < 1 or smoothing % 2 == 0:
-        raise ValueError(f"smoothing must be a positive odd window size, got {smoothing}")
-    if min_region_cells < 1:
-        raise ValueError(f"min_region_cells must be >= 1, got {min_region_cells}")
-
+    """The slide's pN-style call from its heatmap (see the module docstring)."""
+    grid = _check_grid(probability)
+    lesions = find_lesions(
+        grid, seed_threshold=seed_threshold, extent_threshold=extent_threshold, cell_mm=cell_mm,
+        seed_cells=seed_cells,
+    )  # fmt: skip
     tissue = np.isfinite(grid)
-    tissue_tiles = int(tissue.sum())
-    if tissue_tiles == 0:
-        return SlideCall(
-            False, 0.0, float(threshold), float(tile_threshold), 0, tissue_tiles, 0.0, 0.0
-        )
-
-    smoothed, counts = _nan_mean_filter(grid, tissue, smoothing)
-    # Windows that are mostly glass would score a lone tile unsmoothed; they count only when
-    # no window on the slide has enough tissue (a tiny biopsy).
-    full = tissue & (counts >= (smoothing * smoothing + 1) // 2)
-    score = float(smoothed[full if full.any() else tissue].max())
-    above = tissue & (grid >= tile_threshold)
-    largest_cells = _largest_region_cells(above)
+    largest = lesions[0].diameter_mm if lesions else 0.0
+    category = lesion_category(largest) if lesions else "negative"
     return SlideCall(
-        positive=bool(score >= threshold and largest_cells >= min_region_cells),
-        score=score,
-        threshold=float(threshold),
-        tile_threshold=float(tile_threshold),
-        positive_tiles=int(above.sum()),
-        tissue_tiles=tissue_tiles,
-        largest_region_mm2=float(largest_cells * cell_mm * cell_mm),
-        max_probability=float(grid[tissue].max()),
+        positive=category in ("micrometastasis", "macrometastasis"),
+        category=category,
+        largest_diameter_mm=float(largest),
+        seed_threshold=float(seed_threshold),
+        extent_threshold=float(extent_threshold),
+        seed_cells=int(seed_cells),
+        positive_tiles=int((tissue & (np.where(tissue, grid, 0) >= extent_threshold)).sum()),
+        tissue_tiles=int(tissue.sum()),
+        max_probability=float(grid[tissue].max()) if tissue.any() else 0.0,
+        lesions=tuple(lesions),
     )
 
 
-def _nan_mean_filter(
-    grid: np.ndarray, tissue: np.ndarray, size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of the finite values in each centred size x size window (NaN if it has none), and
-    how many finite values each window holds."""
-    if size == 1:
-        return grid, tissue.astype(np.float64)
-    pad = size // 2
-    values = np.pad(np.where(tissue, grid, 0.0), pad)
-    counts = np.pad(tissue.astype(np.float64), pad)
-    # Window sums rather than a running integral image: no cancellation error, and the grid is
-    # small (~1e6 cells) so size^2 work per cell is cheap.
-    sums = sliding_window_view(values, (size, size)).sum(axis=(-2, -1))
-    n = sliding_window_view(counts, (size, size)).sum(axis=(-2, -1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return sums / n, n
+def slide_critical_seed(
+    probability: np.ndarray, *, extent_threshold: float, cell_mm: float, seed_cells: int = 1
+) -> float:
+    """The highest seed threshold at which this heatmap is still called positive (0 if none).
+
+    Positive means a lesion > 0.2 mm; a region's extent does not depend on the seed threshold,
+    so the answer is the highest ``seed_cells``-th probability among regions (at
+    ``extent_threshold``) wider than that.
+    """
+    grid = _check_grid(probability)
+    labels, seeds = _regions(grid, extent_threshold, seed_cells)
+    boxes = ndimage.find_objects(labels)
+    best = 0.0
+    # Largest candidates first: most regions are single cells and never reach 0.2 mm.
+    for lab in np.argsort(-seeds) + 1:
+        seed = seeds[lab - 1]
+        if seed <= best:
+            break
+        rows, cols = np.nonzero(labels[boxes[lab - 1]] == lab)
+        if (_max_distance(rows, cols) + 1.0) * cell_mm > MICRO_MM:
+            best = float(seed)
+    return best
 
 
-def _largest_region_cells(mask: np.ndarray) -> int:
-    """Cell count of the largest 8-connected True region (0 when there is none)."""
-    if not mask.any():
-        return 0
-    labels = label(mask, connectivity=2)
-    return int(np.bincount(labels.ravel())[1:].max())
+def simulate_normal_slides(
+    negative_probs: np.ndarray, *, tissue_cells: int, slides: int, seed: int = 0
+) -> np.ndarray:
+    """``slides`` square all-tissue heatmaps of about ``tissue_cells`` cells, each cell drawn at
+    random from ``negative_probs`` (probabilities of normal patches): (slides, side, side)."""
+    pool = np.asarray(negative_probs, dtype=np.float64).ravel()
+    if pool.size == 0:
+        raise ValueError("simulating normal slides needs probabilities of normal patches")
+    side = max(1, round(math.sqrt(tissue_cells)))
+    return np.random.default_rng(seed).choice(pool, size=(slides, side, side))
 
 
-def smoothing_cells(patch_size: int, stride: int) -> int:
-    """Odd window (in cells) spanning about 3 patch widths, whatever the grid stride."""
-    n = max(1, round(3 * patch_size / stride))
-    return n if n % 2 else n + 1
-
-
-def calibrate_slide_threshold(
-    labels: np.ndarray,
-    probs: np.ndarray,
+def false_positive_rate(
+    negative_probs: np.ndarray,
     *,
-    window: int = 3,
-    quantile: float = 0.999,
-    draws: int = 200_000,
+    seed_threshold: float,
+    extent_threshold: float,
+    cell_mm: float,
+    tissue_cells: int,
+    seed_cells: int = 1,
+    slides: int = 200,
     seed: int = 0,
 ) -> float:
-    """Threshold for the smoothed slide score, from validation patches.
+    """Fraction of simulated all-normal slides of ``tissue_cells`` cells called positive."""
+    critical = _critical_seeds(
+        negative_probs, extent_threshold, cell_mm, tissue_cells, seed_cells, slides, seed
+    )
+    return float((critical >= seed_threshold).mean())
 
-    The score averages a ``window``×``window`` neighbourhood, so the threshold is set at the
-    ``quantile`` of the mean of ``window``² probabilities drawn at random from the *negative*
-    validation patches: a neighbourhood of normal tissue crosses it with probability about
-    1 − ``quantile`` (less when normal tiles are spatially correlated — then more often).
+
+def calibrate_seed_threshold(
+    negative_probs: np.ndarray,
+    *,
+    extent_threshold: float,
+    cell_mm: float,
+    tissue_cells: int = 10_000,
+    seed_cells: int = 1,
+    target_rate: float = 0.01,
+    slides: int = 400,
+    seed: int = 0,
+) -> float:
+    """Seed threshold that calls at most ``target_rate`` of simulated all-normal slides of
+    ``tissue_cells`` cells positive (never below ``extent_threshold``).
+
+    ``negative_probs``: the model's probabilities on normal patches held out of training
+    (ideally each under the 8 flips/rotations, as a mosaic of those patches would show them).
+    Cells of real slides are spatially correlated, which random mosaics are not: choose a
+    ``target_rate`` below the rate you can accept.
     """
-    negatives = np.asarray(probs, dtype=np.float64)[np.asarray(labels) == 0]
-    if negatives.size == 0:
-        raise ValueError("calibrating a slide threshold needs negative validation patches")
-    rng = np.random.default_rng(seed)
-    means = rng.choice(negatives, size=(draws, window * window)).mean(axis=1)
-    return float(np.quantile(means, quantile))
+    if not 0 < target_rate < 1:
+        raise ValueError(f"target_rate must be in (0, 1), got {target_rate}")
+    critical = _critical_seeds(
+        negative_probs, extent_threshold, cell_mm, tissue_cells, seed_cells, slides, seed
+    )
+    # Called positive when critical >= seed: the seed must exceed the (1 - rate) quantile.
+    threshold = float(np.nextafter(np.quantile(critical, 1 - target_rate), np.inf))
+    return max(threshold, float(extent_threshold))
+
+
+def _critical_seeds(
+    negative_probs: np.ndarray,
+    extent_threshold: float,
+    cell_mm: float,
+    tissue_cells: int,
+    seed_cells: int,
+    slides: int,
+    seed: int,
+) -> np.ndarray:
+    grids = simulate_normal_slides(
+        negative_probs, tissue_cells=tissue_cells, slides=slides, seed=seed
+    )
+    return np.array(
+        [
+            slide_critical_seed(
+                g, extent_threshold=extent_threshold, cell_mm=cell_mm, seed_cells=seed_cells
+            )
+            for g in grids
+        ]
+    )
+
+
+def _max_distance(rows: np.ndarray, cols: np.ndarray) -> float:
+    """Largest distance between two of the points (cell centres), in cells."""
+    if len(rows) < 2:
+        return 0.0
+    pts = np.stack([rows, cols], axis=1).astype(np.float64)
+    if len(pts) > 64:
+        # The farthest pair lies on the region's outline: keep each row's and column's extremes.
+        keep = np.zeros(len(pts), dtype=bool)
+        for axis in (0, 1):
+            key = pts[:, axis]
+            other = pts[:, 1 - axis]
+            order = np.lexsort((other, key))
+            k = key[order]
+            first = np.r_[True, k[1:] != k[:-1]]
+            last = np.r_[k[1:] != k[:-1], True]
+            keep[order[first | last]] = True
+        pts = pts[keep]
+    diff = pts[:, None, :] - pts[None, :, :]
+    return float(np.sqrt((diff**2).sum(-1)).max())
+
+
+def _check_grid(probability: np.ndarray) -> np.ndarray:
+    grid = np.asarray(probability, dtype=np.float64)
+    if grid.ndim != 2:
+        raise ValueError(f"probability must be a 2-D (rows, cols) grid, got shape {grid.shape}")
+    return grid
+
+
+def _check_thresholds(seed: float, extent: float, cell_mm: float) -> None:
+    if math.isnan(seed) or not math.isfinite(extent):
+        raise ValueError(f"thresholds must be numbers, got seed {seed}, extent {extent}")
+    if not (cell_mm > 0 and math.isfinite(cell_mm)):
+        raise ValueError(f"cell_mm must be a positive length, got {cell_mm}")

@@ -34,13 +34,15 @@ from slidescan.errors import SlidescanError, one_line
 from slidescan.inference import Normalizer, predict_dataset, prepare_model
 from slidescan.metrics import best_threshold, binary_metrics
 from slidescan.models import DEFAULT_MODEL, count_parameters, create_model
-from slidescan.slide_call import calibrate_slide_threshold
-from slidescan.weights import ModelCard, load_weights, save_weights
+from slidescan.weights import ModelCard, save_weights
 
 
 @dataclass
 class TrainConfig:
-    """Training settings; defaults follow the tutorial where it spoke (Adam, BCE, 10×100, 20%)."""
+    """Training settings; defaults follow the tutorial where it spoke (Adam, BCE, 10×100, 20%).
+
+    The optimiser is AdamW: with ``weight_decay=0`` it is exactly the tutorial's Adam.
+    """
 
     model: str = DEFAULT_MODEL
     model_config: dict[str, Any] = field(default_factory=dict)
@@ -50,7 +52,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     val_fraction: float = 0.2
-    augment: bool = True
+    augment: str = "strong"  # none, basic or strong (see slidescan.augment)
     seed: int = 0
     workers: int = 2
     device: str = "auto"
@@ -68,13 +70,36 @@ class TrainResult:
     seconds: float
 
 
-def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded random (train, val) index split holding out ``fraction`` of ``n`` items."""
+def split_holdout(
+    n: int, fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random (train, val) index split holding out about ``fraction`` of ``n`` items.
+
+    Items sharing a ``groups`` key (e.g. the same pixels: PatchCamelyon repeats patches) land
+    on the same side, so no held-out patch was also trained on.
+    """
     if not 0 < fraction < 1:
         raise SlidescanError(f"validation fraction must be between 0 and 1, got {fraction}")
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, round(n * fraction))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+    keys = np.arange(n) if groups is None else np.unique(groups, return_inverse=True)[1]
+    n_groups = int(keys.max()) + 1 if n else 0
+    order = np.random.default_rng(seed).permutation(n_groups)
+    held = np.zeros(n_groups, dtype=bool)
+    held[order[: max(1, round(n_groups * fraction))]] = True
+    is_val = held[keys]
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def pixel_digests(dataset: Dataset) -> np.ndarray:
+    """One digest per item of its decoded pixels: equal patches get equal keys."""
+    import hashlib
+
+    size = len(dataset)  # type: ignore[arg-type]
+    loader = DataLoader(dataset, batch_size=256, num_workers=2)
+    out: list[str] = []
+    for images, _ in tqdm(loader, desc="find repeated patches", unit="batch", leave=False):
+        out += [hashlib.blake2b(im.numpy().tobytes(), digest_size=12).hexdigest() for im in images]
+    assert len(out) == size
+    return np.asarray(out)
 
 
 def channel_stats(
@@ -153,8 +178,17 @@ def _train(
         raise SlidescanError(
             f"--batch-size {cfg.batch_size} must divide evenly over {ctx.world_size} processes"
         )
+    holdout_ids: list[str] = []
     if val_data is None:
-        train_idx, val_idx = split_holdout(len(train_data), cfg.val_fraction, cfg.seed)  # type: ignore[arg-type]
+        train_idx, val_idx = split_holdout(
+            len(train_data),
+            cfg.val_fraction,
+            cfg.seed,
+            groups=pixel_digests(train_data),  # type: ignore[arg-type]
+        )
+        ids = getattr(train_data, "ids", None)
+        if ids is not None:
+            holdout_ids = [str(ids[i]) for i in val_idx]
         train_labels = _labels_of(train_data, train_idx)
         val_labels = _labels_of(train_data, val_idx)
         val_data = Subset(train_data, val_idx.tolist())
@@ -170,7 +204,7 @@ def _train(
     card = ModelCard(model=cfg.model, config=dict(cfg.model_config), mean=mean, std=std)  # type: ignore[arg-type]
     model = prepare_model(create_model(cfg.model, **cfg.model_config), device)
     normalizer = Normalizer(card, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     steps_per_epoch = max(1, len(train_data) // cfg.batch_size)  # type: ignore[arg-type]
     total_steps = steps_per_epoch * cfg.epochs
@@ -236,7 +270,11 @@ def _train(
             loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
             disable=not ctx.is_main,
         )  # fmt: skip
-        augment = partial(augment_batch, generator=aug_gen) if cfg.augment else None
+        augment = (
+            partial(augment_batch, level=cfg.augment, generator=aug_gen)
+            if cfg.augment != "none"
+            else None
+        )
         for images, labels in bar:
             x = normalizer(images, augment=augment)
             y = labels.to(device, non_blocking=True).float()
@@ -288,9 +326,6 @@ def _train(
             best_auc, best_epoch = m.auc, epoch + 1
             best_metrics = m.to_dict()
             card.threshold = float(threshold)
-            card.slide_threshold = max(
-                float(threshold), calibrate_slide_threshold(val_labels, probs, seed=cfg.seed)
-            )
             card.metrics = {"validation": best_metrics, "epoch": best_epoch}
             card.training = {
                 "data": data_description,
@@ -298,6 +333,7 @@ def _train(
                 "config": _json_config(cfg),
                 "n_train": len(train_data),  # type: ignore[arg-type]
                 "n_val": len(val_data),  # type: ignore[arg-type]
+                "holdout_ids": holdout_ids,  # the held-out part of DATA (calibration uses it)
                 "parameters": n_params,
                 "device": str(device),
                 "processes": ctx.world_size,
@@ -311,29 +347,23 @@ def _train(
             )  # fmt: skip
         barrier(ctx)
 
-    if ctx.is_main and cfg.int8 and best_epoch > 0:
-        _store_int8(out, train_data, cfg.seed)
+    if ctx.is_main and best_epoch > 0:
+        _calibrate(out, train_data, val_data, int8=cfg.int8, seed=cfg.seed)
     if ctx.is_main and ckpt_path.exists():
         ckpt_path.unlink()
     return TrainResult(out, best_epoch, best_metrics, history, time.perf_counter() - start)
 
 
-def _store_int8(out: Path, train_data: Dataset, seed: int) -> None:
-    """Add the int8 CPU engine to the best weights, calibrated on training patches."""
-    from slidescan.onnx_backend import onnx_available
-    from slidescan.quantize import quantize_weights
+def _calibrate(out: Path, train_data: Dataset, val_data: Dataset, *, int8: bool, seed: int) -> None:
+    """Thresholds, distribution reference and int8 engine from the held-out patches."""
+    from slidescan.calibration import calibrate_weights
 
-    if not onnx_available():
-        tqdm.write("int8 engine skipped: onnxruntime/onnx not installed")
-        return
-    loaded = load_weights(out)
     try:
-        int8, agreement = quantize_weights(loaded, train_data, seed=seed)  # type: ignore[arg-type]
-    except Exception as exc:  # the float32 weights are written and good; int8 is a bonus
-        tqdm.write(f"int8 engine skipped ({one_line(exc)}); add it with `slidescan quantize`")
+        result = calibrate_weights(out, train_data, val_data, int8=int8, seed=seed)
+    except Exception as exc:  # the weights are written and good; calibrate them again later
+        tqdm.write(f"calibration failed ({one_line(exc)}); run `slidescan calibrate`")
         return
-    save_weights(out, loaded.model, loaded.card, int8_onnx=int8)
-    tqdm.write(agreement.describe())
+    tqdm.write(result.describe())
 
 
 def _json_config(cfg: TrainConfig) -> dict[str, Any]:

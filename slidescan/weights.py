@@ -41,9 +41,10 @@ class ModelCard:
     mpp: float = PCAM_MPP
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
-    threshold: float = 0.5
-    slide_threshold: float | None = None
+    threshold: float = 0.5  # tile threshold; also where a lesion's extent ends
+    seed_threshold: float | None = None  # a lesion needs a tile this high (slidescan.calibration)
     training: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     slidescan_version: str = ""
 
@@ -57,16 +58,24 @@ class LoadedModel:
     sha256: str
     path: Path | None
     int8_onnx: bytes | None = None  # the CPU engine's int8 graph, when the file carries one
+    # The training patches' feature cloud (slidescan.distribution_check), when calibrated.
+    feature_reference: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     fp32_onnx: bytes | None = field(default=None, repr=False)  # see onnx_backend.fp32_graph
 
 
 def save_weights(
-    path: Path, model: nn.Module, card: ModelCard, *, int8_onnx: bytes | None = None
+    path: Path,
+    model: nn.Module,
+    card: ModelCard,
+    *,
+    int8_onnx: bytes | None = None,
+    feature_reference: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write ``model``'s weights with ``card`` atomically (temp file, then rename).
 
     ``int8_onnx``: an int8 ONNX graph of the same model (``slidescan quantize``), kept in the
     file as a uint8 tensor so the one file stays the one source of truth.
+    ``feature_reference``: tensors of the out-of-distribution check (``distribution_check``).
     """
     from slidescan import __version__
 
@@ -79,6 +88,8 @@ def save_weights(
     }
     if int8_onnx is not None:
         payload["onnx_int8"] = torch.frombuffer(bytearray(int8_onnx), dtype=torch.uint8)
+    if feature_reference is not None:
+        payload["feature_reference"] = {k: v.detach().cpu() for k, v in feature_reference.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)
@@ -134,10 +145,12 @@ def load_weights(path: Path | None = None) -> LoadedModel:
         raise SlidescanError(f"{path}: weights do not fit model {card.model!r}: {first}") from None
     model.eval()
     int8 = payload.get("onnx_int8")
+    reference = payload.get("feature_reference")
     return LoadedModel(
         model=model,
         card=card,
         sha256=file_sha256(path),
         path=path,
         int8_onnx=int8.numpy().tobytes() if isinstance(int8, torch.Tensor) else None,
+        feature_reference=reference if isinstance(reference, dict) else None,
     )

@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slidescan.augment import augment_batch, dihedral, hed_jitter, random_dihedral
+from slidescan.augment import (
+    augment_batch,
+    brightness_contrast_jitter,
+    dihedral,
+    hed_jitter,
+    hue_saturation_jitter,
+    random_blur,
+    random_dihedral,
+)
 
 
 def _asymmetric(n: int = 1, side: int = 8, seed: int = 0) -> torch.Tensor:
@@ -139,3 +147,52 @@ def test_augment_batch_shape_range_and_seed() -> None:
     assert a.shape == x.shape and a.dtype == x.dtype
     assert a.min() >= 0 and a.max() <= 1
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("level", ["none", "basic", "strong"])
+def test_every_level_keeps_shape_range_and_is_seeded(level: str) -> None:
+    x = _he_like(n=8, side=96, seed=5)
+    a = augment_batch(x, level=level, generator=_gen(1))
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, augment_batch(x, level=level, generator=_gen(1)))
+    assert torch.equal(a, x) == (level == "none")
+    with pytest.raises(ValueError, match="augmentation level"):
+        augment_batch(x, level="extreme")
+
+
+def test_hue_saturation_identity_grey_and_per_sample() -> None:
+    x = _he_like(n=4, side=16, seed=6)
+    same = hue_saturation_jitter(x, hue=0.0, saturation=0.0, generator=_gen(0))
+    torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
+    grey = torch.full((2, 3, 4, 4), 0.5)  # no chroma: hue and saturation changes leave it
+    torch.testing.assert_close(
+        hue_saturation_jitter(grey, generator=_gen(0)), grey, atol=1e-5, rtol=0
+    )
+    out = hue_saturation_jitter(x, hue=0.05, saturation=0.3, generator=_gen(0))
+    changes = (out - x).abs().mean(dim=(1, 2, 3))
+    assert (changes > 1e-3).all() and changes.unique().numel() == len(x)
+    # Luma (Y of YIQ) is what hue and saturation leave alone, up to clipping at [0, 1].
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    diff = ((out - x) * luma).sum(1).abs()
+    assert diff.median() < 1e-4 and diff.max() < 0.05
+
+
+def test_brightness_contrast_identity_and_direction() -> None:
+    x = _he_like(n=4, side=16, seed=7)
+    same = brightness_contrast_jitter(x, brightness=0, contrast=0, channel=0, generator=_gen(0))
+    torch.testing.assert_close(same, x)
+    out = brightness_contrast_jitter(x, brightness=0.0, contrast=0.5, channel=0, generator=_gen(0))
+    # Contrast alone keeps each sample's mean (where nothing clips) and changes its spread.
+    assert not torch.allclose(out.std(dim=(1, 2, 3)), x.std(dim=(1, 2, 3)))
+
+
+def test_random_blur_smooths_only_the_chosen_samples() -> None:
+    x = torch.rand(16, 3, 32, 32, generator=_gen(8))
+    out = random_blur(x, p=0.5, generator=_gen(3))
+    changed = [not torch.equal(out[i], x[i]) for i in range(len(x))]
+    assert 0 < sum(changed) < len(x)
+    for i, c in enumerate(changed):
+        if c:  # blurred: less high-frequency energy, same mean
+            assert out[i].diff(dim=-1).abs().mean() < 0.7 * x[i].diff(dim=-1).abs().mean()
+            assert out[i].mean() == pytest.approx(float(x[i].mean()), abs=0.01)
+    assert torch.equal(random_blur(x, p=0.0, generator=_gen(3)), x)

@@ -128,11 +128,13 @@ def test_batch_outputs_and_summary(slide_dir: Path, weights: Path, tmp_path: Pat
         assert row["status"] == "done" and row["error"] == ""
         assert row["heatmap"] == name.replace(".tif", ".zarr")
         assert row["tiles"] == "4" and row["positive"] in ("true", "false")
-        assert 0.0 <= float(row["score"]) <= 1.0
+        assert row["category"] in ("negative", "itc", "micrometastasis", "macrometastasis")
+        assert float(row["largest_lesion_mm"]) >= 0.0 and int(row["lesions"]) >= 0
+        assert row["reliable"] == "true" and row["flags"] == ""
     for name in BAD:
         row = rows[name]
         assert row["status"] == "failed" and name in row["error"]
-        assert row["heatmap"] == row["score"] == row["tiles"] == ""
+        assert row["heatmap"] == row["category"] == row["tiles"] == row["reliable"] == ""
 
 
 def test_rerun_skips_complete_and_overwrite_redoes(
@@ -154,7 +156,9 @@ def test_rerun_skips_complete_and_overwrite_redoes(
     for name in GOOD:  # the summary still carries the earlier results
         call = reports[name]["call"]
         assert rows[name]["status"] == "skipped"
-        assert rows[name]["score"] == f"{call['score']:.4f}"
+        assert rows[name]["category"] == call["category"]
+        assert rows[name]["largest_lesion_mm"] == f"{call['largest_diameter_mm']:.3f}"
+        assert rows[name]["lesions"] == str(len(call["lesions"]))
         assert rows[name]["tiles"] == str(reports[name]["tiles_scanned"])
 
     redo = CountingScanner(weights, overwrite=True)

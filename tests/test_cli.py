@@ -86,7 +86,7 @@ def test_no_arguments_shows_help() -> None:
 HELP_DEFAULTS = {
     "train": {
         "--out": "slidescan-model.pt",
-        "--model": "pcamnet-s",
+        "--model": "pcamnet-v2",
         "--val": None,
         "--val-fraction": "0.2",
         "--split": "train",
@@ -95,7 +95,7 @@ HELP_DEFAULTS = {
         "--lr": "0.001",
         "--weight-decay": "0.0",
         "--schedule": "cosine",
-        "--augment": "augment",
+        "--augment": "strong",
         "--seed": "0",
         "--resume": None,
         "--resize": None,
@@ -155,7 +155,8 @@ def test_models_lists_all_with_parameter_counts() -> None:
     for name, line in zip(names, lines, strict=True):
         assert line.split()[0] == name
         assert f"{count_parameters(create_model(name)):,}" in line, line
-    assert "(default)" in next(ln for ln in lines if ln.startswith("pcamnet-s"))
+    assert "(default)" in next(ln for ln in lines if ln.startswith("pcamnet-v2"))
+    assert sum("default" in ln for ln in lines) == 1
 
 
 def test_train_writes_weights_and_reports_best_epoch(trained: tuple[Path, Result]) -> None:
@@ -164,9 +165,9 @@ def test_train_writes_weights_and_reports_best_epoch(trained: tuple[Path, Result
     assert "Traceback" not in result.output
     assert re.search(r"best epoch 1: val AUC [0-9.]+, accuracy [0-9.]+ at threshold", result.stdout)
     assert str(out) in result.stdout
-    assert "training pcamnet-s on image folders" in result.stderr
+    assert "training pcamnet-v2 on image folders" in result.stderr
     card = load_weights(out).card
-    assert card.model == "pcamnet-s" and 0 < card.threshold < 1
+    assert card.model == "pcamnet-v2" and 0 < card.threshold < 1
     assert card.training["n_train"] + card.training["n_val"] == 2 * N_PER_CLASS
     assert "image folders" in card.training["data"]
 
@@ -184,7 +185,7 @@ def test_evaluate_json_prints_one_object(trained: tuple[Path, Result], toy: Path
     assert obj["n"] == 2 * N_PER_CLASS
     assert 0 <= obj["auc"] <= 1 and 0 <= obj["accuracy"] <= 1
     assert obj["threshold"] == pytest.approx(load_weights(weights).card.threshold)
-    assert obj["model"] == "pcamnet-s"
+    assert obj["model"] == "pcamnet-v2"
 
 
 def test_evaluate_text_and_report(trained: tuple[Path, Result], toy: Path, tmp_path: Path) -> None:

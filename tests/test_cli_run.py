@@ -75,8 +75,9 @@ def test_run_one_slide_prints_one_line(
     assert line.startswith("slide.tif: ") and "research use only" in line
     call = read_report(out)["call"]
     verdict = "POSITIVE" if call["positive"] else "negative"
-    assert f"{verdict}  score {call['score']:.3f}" in line
-    assert f"positive tiles {call['positive_tiles']}/4" in line
+    assert line.startswith(f"slide.tif: {verdict}")
+    assert f"lesions {len(call['lesions'])}" in line
+    assert f"{call['positive_tiles']}/4" in line
     assert is_complete(out) and entries(tmp_path) == ["x.json", "x.zarr"]
 
 
@@ -86,9 +87,11 @@ def test_run_options_reach_the_scan(slides: dict[str, Path], weights: Path, tmp_
     args = ["--weights", weights, *FAST, "--threshold", "0", "--min-tissue", "0", "--stride", "48"]
     result = invoke(slides["good"], "--out", out, "--overlay", png, *args)
     assert result.exit_code == 0, result.output
-    assert "POSITIVE" in result.stdout  # threshold 0: every scored tile is positive
+    # Threshold 0: every scored tile is a seed, so the 7×7 cells of 46.7 µm are one lesion.
+    assert "POSITIVE (micrometastasis" in result.stdout
     _, tissue, attrs = read_heatmap(out)
-    assert attrs["threshold"] == 0.0 and attrs["min_tissue"] == 0.0 and attrs["stride"] == 48
+    assert attrs["seed_threshold"] == 0.0 and attrs["tile_threshold"] == 0.0
+    assert attrs["min_tissue"] == 0.0 and attrs["stride"] == 48
     assert tissue.all() and tissue.shape == (7, 7)
     with Image.open(png) as image:
         image.verify()

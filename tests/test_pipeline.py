@@ -138,10 +138,13 @@ def test_heatmap_attributes(done: ScanResult, slides: dict[str, Path], weights: 
     assert attrs["model"] == "pcamnet-s"
     assert attrs["weights_sha256"] == file_sha256(weights)
     assert attrs["slidescan_version"] == __version__
-    assert attrs["threshold"] == 0.5  # the model card's: no threshold option given
+    # The model card's (no --threshold; an uncalibrated card seeds at its tile threshold).
+    assert attrs["seed_threshold"] == attrs["tile_threshold"] == 0.5
     assert attrs["tiles_scanned"] == done.tiles
     assert attrs["wall_seconds"] >= 0
-    assert attrs["call"] == done.call.to_dict()
+    assert attrs["call"]["category"] == done.call.category
+    assert len(attrs["call"]["lesions"]) == len(done.call.lesions)
+    assert attrs["distribution"] == done.distribution.to_dict()
     assert attrs["notice"] == RESEARCH_USE_NOTICE
 
 
@@ -323,8 +326,8 @@ def test_no_tissue_gives_negative_call(tmp_path: Path, weights: Path, slides: di
     assert result.tiles == 0 and attrs["tiles_scanned"] == 0
     assert probability.shape == (4, 5)
     assert np.isnan(probability).all() and not tissue.any()
-    assert not result.call.positive and result.call.score == 0.0
-    assert result.call.tissue_tiles == 0
+    assert not result.call.positive and result.call.category == "negative"
+    assert result.call.tissue_tiles == 0 and result.call.lesions == ()
     assert read_report(result.heatmap)["call"]["positive"] is False
 
 
@@ -369,7 +372,8 @@ def test_existing_output_needs_overwrite(
     result = scan(weights, slides["square"], out, overwrite=True, threshold=0.0)
     assert not marker.exists()
     _, _, attrs = read_heatmap(out)
-    assert attrs["threshold"] == 0.0 and read_report(out)["call"]["threshold"] == 0.0  # the new
+    assert attrs["seed_threshold"] == 0.0  # the new scan's
+    assert read_report(out)["call"]["seed_threshold"] == 0.0
     assert result.tiles == attrs["tiles_scanned"]
     assert leftovers(tmp_path) == ["x.json", "x.zarr"]
 
@@ -451,15 +455,17 @@ def test_failure_in_overlay_leaves_nothing(
 def test_custom_threshold_is_used(tmp_path: Path, weights: Path, slides: dict[str, Path]):
     low = scan(weights, slides["square"], tmp_path / "low.zarr", threshold=0.0)
     high = scan(weights, slides["square"], tmp_path / "high.zarr", threshold=1.0)
-    assert low.call.threshold == 0.0 and low.call.positive
+    assert low.call.seed_threshold == 0.0 and low.call.positive
     assert low.call.positive_tiles == low.tiles == 4
-    assert high.call.threshold == 1.0 and not high.call.positive and high.call.positive_tiles == 0
+    assert high.call.seed_threshold == 1.0 and not high.call.positive
+    # --threshold sets the seed; the extent stays at the card's tile threshold unless higher.
+    assert low.call.extent_threshold == 0.0 and high.call.extent_threshold == 0.5
     for result, threshold in ((low, 0.0), (high, 1.0)):
         _, _, attrs = read_heatmap(result.heatmap)
-        assert attrs["threshold"] == threshold == attrs["call"]["threshold"]
-        assert read_report(result.heatmap)["call"]["threshold"] == threshold
+        assert attrs["seed_threshold"] == threshold == attrs["call"]["seed_threshold"]
+        assert read_report(result.heatmap)["call"]["seed_threshold"] == threshold
     # Same model and slide: only the threshold differs.
-    assert low.call.score == pytest.approx(high.call.score)
+    assert low.call.max_probability == pytest.approx(high.call.max_probability)
 
 
 FORK = multiprocessing.get_start_method() == "fork"  # workers inherit monkeypatches
@@ -536,15 +542,25 @@ def test_dense_scan_equals_patch_by_patch_stride_32(
         assert np.isfinite(p_dense).sum() == dense.tiles > 50
         np.testing.assert_allclose(p_dense, p_patch, atol=1e-5, equal_nan=True)
         assert dense.call.positive == patches.call.positive
-        assert dense.call.score == pytest.approx(patches.call.score, abs=1e-5)
+        assert dense.call.category == patches.call.category
+        assert dense.call.max_probability == pytest.approx(patches.call.max_probability, abs=1e-5)
 
 
-def test_dense_needs_a_fully_convolutional_model(tmp_path: Path) -> None:
+def test_dense_without_a_fully_convolutional_model_scores_overlapping_tiles(
+    tmp_path: Path,
+) -> None:
     torch.manual_seed(0)
-    path = tmp_path / "seed.pt"
-    save_weights(path, create_model("seed-cnn"), ModelCard(model="seed-cnn", mpp=MODEL_MPP))
-    with pytest.raises(SlidescanError, match="fully convolutional"):
-        scanner(path, dense=True)
+    path = tmp_path / "v2.pt"
+    save_weights(path, create_model("pcamnet-v2"), ModelCard(model="pcamnet-v2", mpp=MODEL_MPP))
+    slide = write_pyramid(tmp_path / "m.tif", tissue_image(500, 400, seed=3)[0], mpp=MODEL_MPP)
+    dense = scan(path, slide, tmp_path / "d.zarr", dense=True, min_tissue=0.0, backend="torch")
+    patches = scan(path, slide, tmp_path / "p.zarr", stride=32, min_tissue=0.0, backend="torch")
+    p_dense, _, attrs = read_heatmap(dense.heatmap)
+    p_patch, _, _ = read_heatmap(patches.heatmap)
+    assert attrs["stride"] == 32 and attrs["dense_method"] == "overlapping tiles"
+    np.testing.assert_allclose(p_dense, p_patch, atol=1e-6, equal_nan=True)
+    with pytest.raises(SlidescanError, match="stride 32"):
+        scanner(path, dense=True, stride=48)
 
 
 def test_plain_png_scans_in_process_like_a_pyramid(tmp_path: Path, weights: Path) -> None:

@@ -1,127 +1,252 @@
-"""call_slide on small hand-made heatmaps."""
+"""Lesion finding, measuring and the pN-style slide call on synthetic heatmaps; the calibration
+of the seed threshold on synthetic probability fields."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 
-from slidescan.slide_call import SlideCall, call_slide
+from slidescan.mosaic import cell_mm, lesion_layout
+from slidescan.slide_call import (
+    SEED_CELLS,
+    calibrate_seed_threshold,
+    call_slide,
+    false_positive_rate,
+    find_lesions,
+    lesion_category,
+    seed_cells_for,
+    slide_critical_seed,
+)
 
-CELL_MM = 96 * 0.972e-3  # one 96 px patch at 0.972 um/px
-
-
-def _background(shape: tuple[int, int] = (12, 12), value: float = 0.1) -> np.ndarray:
-    return np.full(shape, value, dtype=np.float32)
-
-
-def test_block_of_tumour_is_positive_with_its_area() -> None:
-    grid = _background()
-    grid[4:7, 5:8] = 0.9
-    call = call_slide(grid, threshold=0.5, cell_mm=CELL_MM)
-    assert call.positive
-    assert call.score == pytest.approx(0.9)  # the block's centre window is all tumour
-    assert call.positive_tiles == 9
-    assert call.tissue_tiles == 144
-    assert call.largest_region_mm2 == pytest.approx(9 * CELL_MM**2)
-    assert call.max_probability == pytest.approx(0.9)
-    assert call.threshold == 0.5
+BACKGROUND = 0.05
 
 
-def test_isolated_noisy_tile_is_smoothed_away() -> None:
-    grid = _background()
-    grid[6, 6] = 0.99
-    smoothed = call_slide(grid, threshold=0.5, cell_mm=CELL_MM, smoothing=3)
-    assert not smoothed.positive
-    assert smoothed.score == pytest.approx((0.99 + 8 * 0.1) / 9)
-    assert smoothed.positive_tiles == 1  # the raw tile is still counted and reported
-    assert smoothed.max_probability == pytest.approx(0.99)
-    plain = call_slide(grid, threshold=0.5, cell_mm=CELL_MM, smoothing=1)
-    assert plain.positive and plain.score == pytest.approx(0.99)
-    assert plain.largest_region_mm2 == pytest.approx(CELL_MM**2)
+def _disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
 
 
-def test_no_tissue_is_a_valid_negative_call() -> None:
-    call = call_slide(np.full((5, 7), np.nan), threshold=0.5, cell_mm=CELL_MM)
-    assert call == SlideCall(False, 0.0, 0.5, 0.5, 0, 0, 0.0, 0.0)
+def _grid(mask: np.ndarray, value: float = 0.95) -> np.ndarray:
+    return np.where(mask, value, BACKGROUND)
 
 
-def test_nan_cells_are_left_out_of_the_mean() -> None:
-    grid = np.full((8, 8), np.nan, dtype=np.float32)
-    grid[3:5, 3:5] = 0.8  # small tissue island: NaN neighbours must not dilute it
-    call = call_slide(grid, threshold=0.5, cell_mm=CELL_MM)
-    assert call.positive and call.score == pytest.approx(0.8)
-    assert call.tissue_tiles == 4 and call.positive_tiles == 4
+CALL = {"seed_threshold": 0.9, "extent_threshold": 0.5}
 
 
-def test_regions_are_8_connected_and_largest_wins() -> None:
-    grid = _background((10, 10))
-    grid[[1, 2, 3], [1, 2, 3]] = 0.7  # a diagonal line: one 8-connected region of 3
-    grid[8, 8] = 0.7
-    call = call_slide(grid, threshold=0.5, cell_mm=0.1, smoothing=1)
-    assert call.positive_tiles == 4
-    assert call.largest_region_mm2 == pytest.approx(3 * 0.01)
-    too_small = call_slide(grid, threshold=0.5, cell_mm=0.1, smoothing=1, min_region_cells=4)
-    assert not too_small.positive
+@pytest.mark.parametrize("stride_px", [96, 48, 32])
+@pytest.mark.parametrize("mpp", [0.972, 0.5])
+@pytest.mark.parametrize("diameter_mm", [0.15, 0.65, 2.2, 3.0])
+def test_disc_lesion_measured_and_categorised(
+    stride_px: int, mpp: float, diameter_mm: float
+) -> None:
+    size = stride_px * mpp / 1000
+    cells = max(20, math.ceil(diameter_mm / size) + 6)
+    centre = (cells / 2 + 0.3, cells / 2 - 0.2)
+    radius = max(diameter_mm / size / 2 - 0.5, 0.0)
+    truth = _disc((cells, cells), centre, radius)
+    if not truth.any():
+        truth[round(centre[0]), round(centre[1])] = True
+    call = call_slide(_grid(truth), cell_mm=size, **CALL)
+    assert len(call.lesions) == 1
+    lesion = call.lesions[0]
+    # The measured diameter is within one cell of the truth (cells quantise the outline).
+    assert abs(lesion.diameter_mm - diameter_mm) <= size + 1e-9, (lesion.diameter_mm, size)
+    assert lesion.cells == int(truth.sum())
+    assert lesion.area_mm2 == pytest.approx(truth.sum() * size * size)
+    assert lesion.row == pytest.approx(np.argwhere(truth)[:, 0].mean())
+    assert lesion.col == pytest.approx(np.argwhere(truth)[:, 1].mean())
+    expected = lesion_category(diameter_mm)
+    if abs(diameter_mm - 0.2) > size and abs(diameter_mm - 2.0) > size:
+        assert call.category == lesion.category == expected
+    assert call.positive == (call.category in ("micrometastasis", "macrometastasis"))
 
 
-def test_to_dict_is_json_ready() -> None:
-    grid = _background()
-    grid[0, 0] = np.nan
-    payload = call_slide(grid, threshold=0.5, cell_mm=CELL_MM).to_dict()
-    assert json.loads(json.dumps(payload)) == payload
-    assert payload["positive"] is False and payload["tissue_tiles"] == 143
+def test_mosaic_layout_disc_measures_its_diameter() -> None:
+    for diameter in (0.65, 2.2):
+        layout = lesion_layout(60, diameter, np.random.default_rng(4))
+        call = call_slide(_grid(layout.truth), cell_mm=cell_mm(), **CALL)
+        assert len(call.lesions) == 1
+        assert abs(call.largest_diameter_mm - diameter) <= cell_mm()
+        assert call.category == lesion_category(diameter)
+    assert not lesion_layout(30, 0.0, np.random.default_rng(0)).truth.any()
+    with pytest.raises(ValueError, match="does not fit"):
+        lesion_layout(10, 2.2, np.random.default_rng(0))
+
+
+def test_a_lesion_needs_seed_cells_confident_tiles() -> None:
+    grid = np.full((12, 12), BACKGROUND)
+    grid[5, 2:9] = 0.6
+    grid[5, 3] = grid[5, 6] = 0.95  # two seeds
+    assert len(find_lesions(grid, cell_mm=0.1, seed_cells=2, **CALL)) == 1
+    assert find_lesions(grid, cell_mm=0.1, seed_cells=3, **CALL) == []
+    grid[5, 8] = 0.91
+    assert find_lesions(grid, cell_mm=0.1, seed_cells=3, **CALL)[0].cells == 7
+    with pytest.raises(ValueError, match="seed_cells"):
+        find_lesions(grid, cell_mm=0.1, seed_cells=0, **CALL)
+
+
+def test_seed_cells_cover_the_same_area_at_every_stride() -> None:
+    assert seed_cells_for(96) == SEED_CELLS
+    assert seed_cells_for(48) == 4 * SEED_CELLS
+    assert seed_cells_for(32) == 9 * SEED_CELLS
+
+
+def test_straight_line_measures_its_length() -> None:
+    grid = np.full((10, 40), BACKGROUND)
+    grid[4, 5:30] = 0.95  # 25 cells in a row
+    lesions = find_lesions(grid, cell_mm=0.1, **CALL)
+    assert len(lesions) == 1
+    assert lesions[0].diameter_mm == pytest.approx(2.5)
+    assert lesions[0].category == "macrometastasis"
+    grid[4, 5:30] = BACKGROUND
+    grid[np.arange(3), np.arange(3)] = 0.95  # diagonal run of 3: 2√2 + 1 cells
+    assert find_lesions(grid, cell_mm=0.1, **CALL)[0].diameter_mm == pytest.approx(
+        0.1 * (2 * math.sqrt(2) + 1)
+    )
+
+
+def test_large_lesion_diameter_uses_the_outline_correctly() -> None:
+    # > 64 cells takes the outline shortcut; compare with brute force over all cell pairs.
+    rng = np.random.default_rng(3)
+    blob = _disc((60, 60), (30, 28), 20) & (rng.random((60, 60)) < 0.97)
+    blob |= _disc((60, 60), (30, 28), 12)
+    lesion = max(find_lesions(_grid(blob), cell_mm=1.0, **CALL), key=lambda les: les.cells)
+    pts = np.argwhere(blob & (np.arange(60)[:, None] >= 0))
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(blob, structure=np.ones((3, 3)))
+    main = np.argwhere(labels == labels[30, 28])
+    d = np.sqrt(((main[:, None] - main[None]) ** 2).sum(-1)).max()
+    assert lesion.diameter_mm == pytest.approx(d + 1)
+    assert len(pts) >= len(main)
+
+
+def test_hysteresis_needs_a_seed_and_extends_to_the_tile_threshold() -> None:
+    grid = np.full((20, 20), BACKGROUND)
+    grid[5, 2:12] = 0.6  # a run above the extent threshold, no seed: no lesion
+    assert find_lesions(grid, cell_mm=0.1, **CALL) == []
+    grid[5, 7] = 0.95  # one seed: the whole run is the lesion
+    lesions = find_lesions(grid, cell_mm=0.1, **CALL)
+    assert len(lesions) == 1 and lesions[0].cells == 10
+    assert lesions[0].max_probability == pytest.approx(0.95)
+    assert lesions[0].mean_probability == pytest.approx((9 * 0.6 + 0.95) / 10)
+
+
+def test_categories_and_thresholds_of_the_pn_staging() -> None:
+    assert lesion_category(0.2) == "itc"
+    assert lesion_category(0.2001) == "micrometastasis"
+    assert lesion_category(2.0) == "micrometastasis"
+    assert lesion_category(2.0001) == "macrometastasis"
+
+
+def test_slide_takes_its_largest_lesion_and_lists_all() -> None:
+    grid = np.full((40, 40), BACKGROUND)
+    grid[2, 2] = 0.95  # ITC
+    grid[_disc((40, 40), (25, 25), 6)] = 0.97  # macrometastasis at 0.2 mm cells
+    call = call_slide(grid, cell_mm=0.2, **CALL)
+    assert call.category == "macrometastasis" and call.positive
+    assert [les.category for les in call.lesions] == ["macrometastasis", "itc"]
+    assert call.largest_diameter_mm == call.lesions[0].diameter_mm
+    payload = json.loads(json.dumps(call.to_dict()))
+    assert payload["lesions"][1]["cells"] == 1
+    assert payload["category"] == "macrometastasis"
+
+
+def test_itc_alone_is_not_positive() -> None:
+    grid = np.full((10, 10), BACKGROUND)
+    grid[4, 4] = 0.99
+    call = call_slide(grid, cell_mm=0.0933, **CALL)
+    assert call.category == "itc" and not call.positive
+
+
+def test_no_tissue_and_nan_cells() -> None:
+    call = call_slide(np.full((5, 7), np.nan), cell_mm=0.1, **CALL)
+    assert (call.category, call.positive, call.tissue_tiles, call.lesions) == (
+        "negative", False, 0, ()
+    )  # fmt: skip
+    grid = np.full((5, 7), np.nan)
+    grid[2, 1:6] = 0.95
+    grid[2, 3] = np.nan  # glass splits the run in two
+    assert len(find_lesions(grid, cell_mm=0.1, **CALL)) == 2
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"smoothing": 2}, {"smoothing": 0}, {"cell_mm": 0.0}, {"threshold": float("nan")}],
+    "args",
+    [
+        {"seed_threshold": float("nan"), "extent_threshold": 0.5, "cell_mm": 0.1},
+        {"seed_threshold": 0.9, "extent_threshold": float("inf"), "cell_mm": 0.1},
+        {"seed_threshold": 0.9, "extent_threshold": 0.5, "cell_mm": 0.0},
+    ],
 )
-def test_rejects_bad_parameters(kwargs: dict) -> None:
-    args = {"threshold": 0.5, "cell_mm": CELL_MM, **kwargs}
+def test_bad_arguments_are_rejected(args: dict) -> None:
     with pytest.raises(ValueError):
-        call_slide(_background(), **args)
+        call_slide(np.zeros((3, 3)), **args)
+    with pytest.raises(ValueError, match="2-D"):
+        call_slide(np.zeros(3), seed_threshold=0.9, extent_threshold=0.5, cell_mm=0.1)
 
 
-def test_tile_threshold_counts_tiles_while_slide_threshold_decides() -> None:
-    from slidescan.slide_call import call_slide
-
-    grid = np.full((5, 5), 0.2)
-    grid[2, 2] = 0.7
-    call = call_slide(grid, threshold=0.8, tile_threshold=0.5, cell_mm=0.1, smoothing=1)
-    assert call.positive_tiles == 1 and not call.positive
-    assert call.tile_threshold == 0.5 and call.threshold == 0.8
+# --- calibration on synthetic probability fields ----------------------------------------------
 
 
-def test_smoothing_window_spans_three_patches_whatever_the_stride() -> None:
-    from slidescan.slide_call import smoothing_cells
-
-    assert smoothing_cells(96, 96) == 3
-    assert smoothing_cells(96, 32) == 9
-    assert smoothing_cells(96, 48) == 7  # 6 rounded up to odd
+def _negatives(n: int = 20_000, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).beta(0.6, 3.0, size=n)
 
 
-def test_calibrated_slide_threshold_bounds_normal_neighbourhoods() -> None:
-    from slidescan.slide_call import calibrate_slide_threshold
-
-    rng = np.random.default_rng(1)
-    labels = np.r_[np.zeros(2000, int), np.ones(2000, int)]
-    probs = np.r_[rng.beta(2, 6, 2000), rng.beta(6, 2, 2000)]
-    t = calibrate_slide_threshold(labels, probs, quantile=0.99, seed=0)
-    # Independent 3×3 windows of negatives exceed it about 1% of the time…
-    windows = rng.choice(probs[:2000], size=(20000, 9)).mean(axis=1)
-    assert 0.005 < (windows >= t).mean() < 0.02
-    # …and it sits well above the mean negative probability, below the positives' mean.
-    assert probs[:2000].mean() < t < probs[2000:].mean()
-    with pytest.raises(ValueError):
-        calibrate_slide_threshold(np.ones(3, int), np.ones(3) * 0.9)
+@pytest.mark.parametrize("seed_cells", [1, 3])
+def test_critical_seed_is_the_boundary_of_the_call(seed_cells: int) -> None:
+    grid = np.random.default_rng(2).choice(_negatives(), size=(60, 60))
+    common = {"extent_threshold": 0.5, "cell_mm": 0.0933, "seed_cells": seed_cells}
+    critical = slide_critical_seed(grid, **common)
+    assert 0.5 <= critical <= 1.0
+    above = call_slide(grid, seed_threshold=critical, **common)
+    below = call_slide(grid, seed_threshold=np.nextafter(critical, 2), **common)
+    assert above.positive and not below.positive
 
 
-def test_lone_tile_among_glass_does_not_score_when_real_tissue_exists() -> None:
-    grid = np.full((9, 9), np.nan)
-    grid[0:4, 0:4] = 0.1  # a tissue fragment, all normal
-    grid[8, 8] = 0.99  # one isolated tile at the edge of the glass
-    call = call_slide(grid, threshold=0.5, cell_mm=CELL_MM)
-    assert not call.positive and call.score == pytest.approx(0.1)
-    assert call.positive_tiles == 1  # still counted as a positive tile
+def test_calibrated_seed_meets_the_target_on_fresh_slides_and_fp_grows_with_area() -> None:
+    neg = _negatives()
+    seed = calibrate_seed_threshold(
+        neg, extent_threshold=0.5, cell_mm=0.0933, tissue_cells=5_000, target_rate=0.05,
+        seed_cells=3, slides=400, seed=0,
+    )  # fmt: skip
+    assert 0.5 < seed < 1
+    common = {
+        "seed_threshold": seed, "extent_threshold": 0.5, "cell_mm": 0.0933, "slides": 400,
+        "seed_cells": 3,
+    }  # fmt: skip
+    at_size = false_positive_rate(neg, tissue_cells=5_000, seed=1, **common)
+    assert at_size <= 0.1  # target 5 %, on slides not used to calibrate
+    smaller = false_positive_rate(neg, tissue_cells=1_000, seed=2, **common)
+    larger = false_positive_rate(neg, tissue_cells=40_000, seed=3, **common)
+    assert smaller <= at_size <= larger and larger > smaller
+    # A stricter target gives a stricter threshold.
+    strict = calibrate_seed_threshold(
+        neg, extent_threshold=0.5, cell_mm=0.0933, tissue_cells=5_000, target_rate=0.01,
+        seed_cells=3, slides=400, seed=0,
+    )  # fmt: skip
+    assert strict >= seed
+
+
+def test_calibrated_seed_still_detects_a_micrometastasis() -> None:
+    neg = _negatives()
+    seed = calibrate_seed_threshold(
+        neg, extent_threshold=0.5, cell_mm=0.0933, slides=200, seed_cells=3
+    )
+    rng = np.random.default_rng(5)
+    layout = lesion_layout(60, 0.65, rng)
+    grid = rng.choice(neg, size=layout.truth.shape)
+    grid[layout.truth] = rng.uniform(0.8, 1.0, int(layout.truth.sum()))
+    call = call_slide(
+        grid, seed_threshold=seed, extent_threshold=0.5, cell_mm=cell_mm(), seed_cells=3
+    )
+    assert call.positive and call.category == "micrometastasis", call.largest_diameter_mm
+
+
+def test_calibration_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="normal patches"):
+        calibrate_seed_threshold(np.array([]), extent_threshold=0.5, cell_mm=0.1)
+    with pytest.raises(ValueError, match="target_rate"):
+        calibrate_seed_threshold(_negatives(100), extent_threshold=0.5, cell_mm=0.1, target_rate=0)

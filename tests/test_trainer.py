@@ -14,8 +14,16 @@ from sklearn.metrics import roc_auc_score
 import slidescan.trainer as trainer_mod
 from slidescan.errors import SlidescanError
 from slidescan.inference import make_predictor, predict_probs
+from slidescan.models import DEFAULT_MODEL
 from slidescan.patch_data import PatchDataset, open_patch_dataset
-from slidescan.trainer import TrainConfig, channel_stats, resume_path, split_holdout, train
+from slidescan.trainer import (
+    TrainConfig,
+    channel_stats,
+    pixel_digests,
+    resume_path,
+    split_holdout,
+    train,
+)
 from slidescan.weights import load_weights
 
 SMALL = {"width": 16}  # pcamnet-s with fewer channels: keeps the reproducibility runs quick
@@ -33,7 +41,8 @@ def small_toy(tmp_path_factory: pytest.TempPathFactory) -> PatchDataset:
 
 def _cfg(**changes: object) -> TrainConfig:
     base: dict = {
-        "epochs": 1, "batch_size": 8, "workers": 0, "device": "cpu", "seed": 3, "int8": False
+        "epochs": 1, "batch_size": 8, "workers": 0, "device": "cpu", "seed": 3, "int8": False,
+        "model": "pcamnet-s",
     }  # fmt: skip
     base.update(changes)
     return TrainConfig(**base)
@@ -57,8 +66,8 @@ def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
 def trained(toy: PatchDataset, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("run") / "model.pt"
     result = train(
-        toy, out, _cfg(epochs=3, batch_size=16, int8=True), data_description="toy blobs",
-        command="pytest",
+        toy, out, _cfg(epochs=3, batch_size=16, int8=True, model=DEFAULT_MODEL),
+        data_description="toy blobs", command="pytest",
     )  # fmt: skip
     return out, result
 
@@ -92,7 +101,7 @@ def test_learns_the_toy_problem(trained) -> None:
 def test_card_describes_the_run(trained, toy: PatchDataset) -> None:
     out, result = trained
     card = load_weights(out).card
-    assert card.model == "pcamnet-s"
+    assert card.model == DEFAULT_MODEL == "pcamnet-v2"
     assert 0 < card.threshold < 1
     assert card.threshold == pytest.approx(result.metrics["threshold"])
     assert len(card.mean) == 3 and len(card.std) == 3
@@ -109,12 +118,33 @@ def test_card_describes_the_run(trained, toy: PatchDataset) -> None:
     assert training["config"]["epochs"] == 3 and training["config"]["seed"] == 3
     assert training["parameters"] > 0
     assert training["device"] == "cpu"
+    # The held-out ids are recorded, so calibration can use exactly those patches.
+    assert len(training["holdout_ids"]) == training["n_val"]
+    assert set(training["holdout_ids"]) <= set(toy.ids)
+
+
+def test_training_ends_calibrated_on_the_held_out_patches(trained) -> None:
+    out, _ = trained
+    loaded = load_weights(out)
+    card = loaded.card
+    assert card.seed_threshold is not None and card.threshold <= card.seed_threshold <= 1
+    cal = card.calibration
+    assert cal["holdout_patches"] == card.training["n_val"] and cal["seed_cells"] == 3
+    rates = cal["false_positive_rate_by_tissue_cells"]
+    assert list(rates) == ["2500", "5000", "10000", "20000", "40000"]
+    assert all(0 <= r <= 1 for r in rates.values())
+    # The feature reference of the out-of-distribution check, fitted on the training part.
+    assert loaded.feature_reference is not None
+    assert cal["feature_patch_threshold"] == pytest.approx(
+        float(loaded.feature_reference["patch_threshold"])
+    )
+    assert loaded.feature_reference["whiten"].shape == (384, 384)
 
 
 def test_mean_std_are_training_channel_stats(trained, toy: PatchDataset) -> None:
     out, _ = trained
     card = load_weights(out).card
-    train_idx, _ = split_holdout(len(toy), 0.2, seed=3)
+    train_idx, _ = split_holdout(len(toy), 0.2, seed=3, groups=pixel_digests(toy))
     mean, std = channel_stats(torch.utils.data.Subset(toy, train_idx.tolist()), seed=3)
     assert card.mean == pytest.approx(tuple(mean))
     assert card.std == pytest.approx(tuple(std))
@@ -216,6 +246,26 @@ def test_split_holdout(n: int, fraction: float) -> None:
     assert list(train_idx) == sorted(train_idx) and list(val_idx) == sorted(val_idx)
     again = split_holdout(n, fraction, seed=0)
     assert np.array_equal(again[0], train_idx) and np.array_equal(again[1], val_idx)
+
+
+def test_split_holdout_keeps_groups_together() -> None:
+    groups = np.array([0, 1, 1, 2, 3, 3, 3, 4, 5, 6, 7, 8, 9, 9])
+    for seed in range(10):
+        train_idx, val_idx = split_holdout(len(groups), 0.3, seed=seed, groups=groups)
+        assert not set(groups[train_idx]) & set(groups[val_idx])
+        assert len(train_idx) + len(val_idx) == len(groups)
+        assert len(set(groups[val_idx])) == 3  # 30 % of the 10 groups
+
+
+def test_pixel_digests_find_repeated_patches(tmp_path: Path) -> None:
+    root = write_toy_set(tmp_path / "dup", 4)
+    first = next((root / "0").iterdir())
+    (root / "0" / "copy.png").write_bytes(first.read_bytes())
+    data = open_patch_dataset(root)
+    digests = pixel_digests(data)
+    assert len(digests) == len(data) == 9 and len(set(digests)) == 8
+    names = [Path(str(p)).name for p in data.paths]  # type: ignore[attr-defined]
+    assert digests[names.index("copy.png")] == digests[names.index(first.name)]
 
 
 def test_split_holdout_depends_on_seed() -> None:

@@ -9,7 +9,7 @@ from slidescan.models.registry import (
     register_model,
 )
 
-DEFAULT_MODEL = "pcamnet-s"
+DEFAULT_MODEL = "pcamnet-v2"
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -43,7 +43,7 @@ def register_model(
 
 def _ensure_loaded() -> None:
     # Importing the families registers them; done lazily so `import slidescan` stays light.
-    from slidescan.models import pcamnet, seed_cnn  # noqa: F401
+    from slidescan.models import pcamnet, pcamnet_v2, seed_cnn  # noqa: F401
 
 
 def list_models() -> list[ModelSpec]:

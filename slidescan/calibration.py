@@ -1,0 +1,193 @@
+"""Finish a trained model for slides: thresholds, distribution reference and int8 engine.
+
+Everything here is chosen on patches **held out of training** (the trainer records their ids in
+the card), never on the data the model is reported on:
+
+- the *tile* (lesion extent) threshold maximises held-out patch accuracy;
+- the *seed* threshold calls at most ``target_rate`` of simulated all-normal slides of
+  ``tissue_cells`` cells positive, the cells drawn from the held-out normal patches under all
+  8 flips/rotations (``slide_call.calibrate_seed_threshold``);
+- the feature reference of the out-of-distribution check (``distribution_check``);
+- the int8 CPU engine, calibrated on training patches, its last layer kept in float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from slidescan.augment import dihedral
+from slidescan.distribution_check import fit_reference, supports_features
+from slidescan.errors import SlidescanError, one_line
+from slidescan.inference import Normalizer
+from slidescan.metrics import best_threshold, binary_metrics
+from slidescan.slide_call import SEED_CELLS, calibrate_seed_threshold, false_positive_rate
+from slidescan.weights import load_weights, save_weights
+
+# Simulated normal slides: ~10,000 tissue cells of 93 µm is ~87 mm² of tissue, a large node.
+CALIBRATION_CELLS = 10_000
+TARGET_RATE = 0.01
+REPORT_CELLS = (2_500, 5_000, 10_000, 20_000, 40_000)
+
+
+@dataclass
+class CalibrationResult:
+    """What was set, and the figures behind it."""
+
+    tile_threshold: float
+    seed_threshold: float
+    holdout_auc: float
+    false_positive_by_cells: dict[int, float]
+    feature_threshold: float | None
+    int8: str
+
+    def describe(self) -> str:
+        """A few lines for the terminal."""
+        fp = ", ".join(f"{k:,}: {v:.1%}" for k, v in self.false_positive_by_cells.items())
+        feat = (
+            ""
+            if self.feature_threshold is None
+            else f"; feature distance p99 {self.feature_threshold:.1f}"
+        )
+        return (
+            f"held-out AUC {self.holdout_auc:.4f}; tile threshold {self.tile_threshold:.3f}, "
+            f"seed threshold {self.seed_threshold:.4f}{feat}\n"
+            f"simulated normal slides called positive, by tissue cells: {fp}\n{self.int8}"
+        )
+
+
+def split_by_ids(data: Any, holdout_ids: list[str]) -> tuple[Dataset, Dataset]:
+    """(training part, held-out part) of a patch dataset, by the held-out ids."""
+    wanted = set(holdout_ids)
+    ids = list(data.ids)
+    held = [i for i, key in enumerate(ids) if key in wanted]
+    if len(held) != len(wanted):
+        raise SlidescanError(
+            f"{len(wanted) - len(held)} held-out patches of the model card are not in this data; "
+            "pass the data the model was trained on"
+        )
+    rest = sorted(set(range(len(ids))) - set(held))
+    return Subset(data, rest), Subset(data, held)
+
+
+@torch.inference_mode()
+def dihedral_probs(
+    model: torch.nn.Module, data: Dataset, normalizer: Normalizer, *, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (N,), probabilities (8, N) under each of the 8 flips/rotations)."""
+    loader = DataLoader(data, batch_size=batch_size, num_workers=2)
+    probs, labels = [], []
+    for images, y in tqdm(loader, desc="held-out patches ×8", unit="batch", leave=False):
+        x = normalizer(images)
+        probs.append(torch.stack([torch.sigmoid(model(dihedral(x, k))) for k in range(8)]))
+        labels.append(y)
+    return torch.cat(labels).numpy(), torch.cat(probs, dim=1).float().numpy()
+
+
+@torch.inference_mode()
+def _features(
+    model: Any, data: Dataset, normalizer: Normalizer, limit: int, seed: int
+) -> torch.Tensor:
+    n = len(data)  # type: ignore[arg-type]
+    pick = np.sort(np.random.default_rng(seed).permutation(n)[:limit])
+    loader = DataLoader(Subset(data, pick.tolist()), batch_size=256, num_workers=2)
+    return torch.cat(
+        [
+            model.embed(normalizer(images)).float()
+            for images, _ in tqdm(loader, desc="features", unit="batch", leave=False)
+        ]  # fmt: skip
+    )
+
+
+def calibrate_weights(
+    path: Path,
+    train_data: Dataset,
+    holdout_data: Dataset,
+    *,
+    tissue_cells: int = CALIBRATION_CELLS,
+    target_rate: float = TARGET_RATE,
+    int8: bool = True,
+    seed: int = 0,
+) -> CalibrationResult:
+    """Calibrate the weights file at ``path`` in place (see the module docstring)."""
+    loaded = load_weights(path)
+    model, card = loaded.model.cpu().eval(), loaded.card
+    normalizer = Normalizer(card, torch.device("cpu"))
+    labels, probs = dihedral_probs(model, holdout_data, normalizer)
+    if len(np.unique(labels)) < 2:
+        raise SlidescanError("calibration needs held-out patches of both classes")
+    tile = best_threshold(labels, probs[0])
+    auc = binary_metrics(labels, probs[0], threshold=tile, n_bootstrap=0).auc
+    negatives = probs[:, labels == 0].ravel()
+    cell_mm = card.input_size * card.mpp / 1000.0  # the default stride-96 grid
+    seed_t = calibrate_seed_threshold(
+        negatives, extent_threshold=tile, cell_mm=cell_mm, tissue_cells=tissue_cells,
+        seed_cells=SEED_CELLS, target_rate=target_rate, seed=seed,
+    )  # fmt: skip
+    curve = {
+        cells: false_positive_rate(
+            negatives,
+            seed_threshold=seed_t,
+            extent_threshold=tile,
+            cell_mm=cell_mm,
+            tissue_cells=cells,
+            seed_cells=SEED_CELLS,
+            slides=200,
+            seed=seed + 1,
+        )  # fmt: skip
+        for cells in REPORT_CELLS
+    }
+    reference = None
+    if supports_features(model):
+        reference = fit_reference(
+            _features(model, train_data, normalizer, 6000, seed),
+            _features(model, holdout_data, normalizer, 6000, seed),
+        )
+    card.threshold = float(tile)
+    card.seed_threshold = float(seed_t)
+    card.calibration = {
+        "holdout_patches": int(len(labels)),
+        "holdout_auc": float(auc),
+        "tile_threshold": "maximises held-out accuracy",
+        "seed_cells": SEED_CELLS,
+        "seed_threshold": (
+            f"calls {target_rate:.0%} of simulated all-normal slides of {tissue_cells:,} tissue "
+            "cells positive (cells drawn from held-out normal patches under 8 flips/rotations)"
+        ),
+        "false_positive_rate_by_tissue_cells": {str(k): v for k, v in curve.items()},
+        "feature_patch_threshold": None if reference is None else reference.patch_threshold,
+    }
+    int8_graph, int8_note = None, "int8 engine: not requested"
+    if int8:
+        int8_graph, int8_note = _int8(loaded, train_data, seed)
+    save_weights(
+        path, model, card, int8_onnx=int8_graph,
+        feature_reference=None if reference is None else reference.to_tensors(),
+    )  # fmt: skip
+    return CalibrationResult(
+        tile_threshold=float(tile),
+        seed_threshold=float(seed_t),
+        holdout_auc=float(auc),
+        false_positive_by_cells=curve,
+        feature_threshold=None if reference is None else reference.patch_threshold,
+        int8=int8_note,
+    )
+
+
+def _int8(loaded: Any, train_data: Dataset, seed: int) -> tuple[bytes | None, str]:
+    from slidescan.onnx_backend import onnx_available
+    from slidescan.quantize import quantize_weights
+
+    if not onnx_available():
+        return None, "int8 engine skipped: onnxruntime/onnx not installed"
+    try:
+        graph, agreement = quantize_weights(loaded, train_data, seed=seed)  # type: ignore[arg-type]
+    except Exception as exc:  # the float32 weights are good; int8 is a bonus
+        return None, f"int8 engine skipped ({one_line(exc)}); add it with `slidescan quantize`"
+    return graph, agreement.describe()
