@@ -91,16 +91,16 @@ def main() -> None:
     )
     _, probs = dihedral_probs(model, ds, normalizer)
     p_normal, p_tumour = probs[:, labels == 0], probs[:, labels == 1]
-    seed_t = card.seed_threshold if card.seed_threshold is not None else card.threshold
+    seed_t, extent_t = card.lesion_thresholds()
     thresholds = {
         "seed_threshold": seed_t,
-        "extent_threshold": card.threshold,
+        "extent_threshold": extent_t,
         "seed_cells": SEED_CELLS,
     }
     size = cell_mm(card.mpp)
     print(
         f"scored every patch ×8 in {time.perf_counter() - start:.0f} s; seed threshold "
-        f"{seed_t:.4f}, tile threshold {card.threshold:.3f}\n"
+        f"{seed_t:.4f}, extent threshold {extent_t:.3f}\n"
     )
 
     print(f"## Heatmap mosaics ({args.slides} per kind)\n")

@@ -1,7 +1,8 @@
 """Whole-slide scan speed and memory: the slidescan pipeline against a naive loop and its floors.
 
     python benchmarks/scan_speed.py [--sizes 15000 30000] [--workers 2] [--batch-size N] \
-        [--threads N] [--weights weights/pcamnet-s.pt] [--skip-naive] [--repeat 1] [--work-dir DIR]
+        [--threads N] [--weights W] [--baseline-weights OLD.pt] [--skip-naive] [--skip-dense] \
+        [--repeat 1] [--work-dir DIR]
 
 Slides are mosaics of real PCam tissue (``make_mosaic_slide.py``) at the model's resolution,
 written once into ``--work-dir`` (default ``/tmp/slidescan-bench``) and reused; nothing is written
@@ -21,7 +22,9 @@ one stride-96 grid), so its peak RSS is its own:
   the same number of tiles, in one process with ``--threads`` threads; ``model floor, workers``:
   the same laid out as the CPU pipeline (one one-thread copy per worker). The ratios use the
   faster of the two;
-- ``dense``: ``Scanner.scan(dense=True)``, the stride-32 heatmap.
+- ``dense``: ``Scanner.scan(dense=True)``, the stride-32 heatmap;
+- ``pipeline, baseline weights`` (with ``--baseline-weights``): ``pipeline`` with another model,
+  in the same rounds, for a side-by-side time ratio when the shipped model changes.
 
 Correctness checks: naive vs pipeline probabilities on the same cells, and the dense heatmap vs a
 patch-by-patch ``stride=32`` scan of a ``--check-size`` slide (9× the tiles, so kept small).
@@ -65,8 +68,8 @@ from slidescan.weights import LoadedModel, load_weights
 BLOCK = 8  # cells per block side: Scanner's default for stride-96 scans
 DENSE_STRIDE = 32
 ORDER = (
-    "pipeline", "pipeline, model in main", "naive", "read floor", "model floor",
-    "model floor, workers", "tissue mask", "dense",
+    "pipeline", "pipeline, baseline weights", "pipeline, model in main", "naive", "read floor",
+    "model floor", "model floor, workers", "tissue mask", "dense",
 )  # fmt: skip
 SAMPLE_S = 0.2  # memory sampling interval
 NAIVE_BATCH = 256  # batch of the naive loop and the one-process model floor (unless --batch-size)
@@ -84,6 +87,7 @@ class Job:
     threads: int
     device: str
     weights: str | None
+    baseline_weights: str | None = None
     cells: str = ""  # .npy of the (row, col) tissue cells of the stride-96 grid
     grid: dict[str, Any] | None = None  # that grid, as TileGrid.to_attrs()
 
@@ -131,6 +135,14 @@ def _scan(
 def run_pipeline(job: Job) -> dict[str, Any]:
     """The full stride-96 scan."""
     tiles, seconds = _scan(job, job.slide, job.out)
+    return {"tiles": tiles, "seconds": seconds}
+
+
+def run_pipeline_baseline(job: Job) -> dict[str, Any]:
+    """The full stride-96 scan with the baseline weights."""
+    tiles, seconds = _scan(
+        Job(**{**asdict(job), "weights": job.baseline_weights}), job.slide, job.out
+    )
     return {"tiles": tiles, "seconds": seconds}
 
 
@@ -281,6 +293,7 @@ def run_dense_check(job: Job) -> dict[str, Any]:
 
 VARIANTS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "pipeline": run_pipeline,
+    "pipeline, baseline weights": run_pipeline_baseline,
     "pipeline, model in main": run_pipeline_main_model,
     "naive": run_naive,
     "read floor": run_read_floor,
@@ -424,6 +437,10 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=None, help="default: shipped model")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-naive", action="store_true", help="skip the slow naive loop")
+    parser.add_argument("--skip-dense", action="store_true", help="skip the dense variants")
+    parser.add_argument(
+        "--baseline-weights", type=Path, default=None, help="also scan with this model"
+    )
     parser.add_argument(
         "--repeat", type=int, default=1, help="rounds of all variants; each keeps its fastest"
     )
@@ -449,8 +466,14 @@ def main() -> None:
         "threads": args.threads,
         "device": args.device,
         "weights": str(args.weights) if args.weights else None,
+        "baseline_weights": str(args.baseline_weights) if args.baseline_weights else None,
     }
-    variants = [v for v in ORDER if not (args.skip_naive and v == "naive")]
+    skipped = {
+        "naive": args.skip_naive,
+        "dense": args.skip_dense,
+        "pipeline, baseline weights": args.baseline_weights is None,
+    }
+    variants = [v for v in ORDER if not skipped.get(v, False)]
     results: dict[int, dict[str, dict[str, Any]]] = {}
     checks: dict[int, str] = {}
     for size in args.sizes:
@@ -480,6 +503,9 @@ def main() -> None:
         results[size] = {v: best_of([r[v] for r in rounds]) for v in variants}
         checks[size] = compare_naive(paths["pipeline"], paths.get("naive"), cells)
 
+    if args.skip_dense:
+        report(args, loaded, results, checks, None)
+        return
     print(f"slide {args.check_size} px: dense check", file=sys.stderr, flush=True)
     name = mosaic_name(args.check_size, mpp=loaded.card.mpp, seed=args.seed)
     check_slide = make_mosaic_slide(
@@ -512,7 +538,7 @@ def report(
     loaded: LoadedModel,
     results: dict[int, dict[str, dict[str, Any]]],
     checks: dict[int, str],
-    dense_check: dict[str, Any],
+    dense_check: dict[str, Any] | None,
 ) -> None:
     """Print the Markdown tables."""
     print(machine_line(args.threads, args.device, loaded))
@@ -544,9 +570,9 @@ def report(
     print(
         "\n| slide | pipeline ÷ naive speed | model in main ÷ pipeline time "
         "| pipeline ÷ max(read, model floor) | (read + model floor) ÷ max | "
-        "(pipeline − mask) ÷ max | dense ÷ pipeline time |"
+        "(pipeline − mask) ÷ max | dense ÷ pipeline time | pipeline ÷ baseline weights time |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for size, rows in results.items():
         pipe = rows["pipeline"]
         vs_naive = f"{_speed(pipe) / _speed(rows['naive']):.2f}×" if "naive" in rows else "—"
@@ -555,10 +581,12 @@ def report(
         model = min(rows[v]["seconds"] for v in ("model floor", "model floor, workers"))
         floor = max(read, model)
         no_mask = pipe["seconds"] - rows["tissue mask"]["seconds"]
+        dense = f"{rows['dense']['seconds'] / pipe['seconds']:.2f}×" if "dense" in rows else "—"
+        base = rows.get("pipeline, baseline weights")
+        vs_base = f"{pipe['seconds'] / base['seconds']:.2f}×" if base else "—"
         print(
             f"| {size:,} px | {vs_naive} | {main_model:.2f}× | {pipe['seconds'] / floor:.2f}× "
-            f"| {(read + model) / floor:.2f}× | {no_mask / floor:.2f}× "
-            f"| {rows['dense']['seconds'] / pipe['seconds']:.2f}× |"
+            f"| {(read + model) / floor:.2f}× | {no_mask / floor:.2f}× | {dense} | {vs_base} |"
         )
     memory = "; ".join(
         f"{size:,} px: {_mb(r['pipeline']['rss_main_mb'])} MB main RSS"
@@ -569,7 +597,12 @@ def report(
     for size, note in checks.items():
         if note:
             print(f"check {size:,} px: {note}")
+    if args.baseline_weights is not None:
+        base_model = load_weights(args.baseline_weights)
+        print(f"baseline weights: {base_model.card.model} (sha256 {base_model.sha256[:12]})")
     d = dense_check
+    if d is None:
+        return
     print(
         f"check {args.check_size:,} px: dense vs patch-by-patch stride-32 scan: max |Δp| = "
         f"{d['max_abs_diff']:.2e} over {d['cells']:,} cells"

@@ -256,7 +256,7 @@ def calibrate(
     ] = "train",
     tissue_cells: Annotated[
         int, typer.Option(min=100, help="Tissue cells of the simulated normal slides.")
-    ] = 10_000,
+    ] = 40_000,
     rate: Annotated[
         float,
         typer.Option(
@@ -435,7 +435,7 @@ def run(
             max=1.0,
             help="Seed threshold of a lesion: the probability one of its tiles must reach "
             "(default: the model's own, calibrated so that about 1% of simulated normal slides "
-            "of 10,000 tissue tiles are called positive). A lesion extends over neighbouring "
+            "of 40,000 tissue tiles are called positive). A lesion extends over neighbouring "
             "tiles at the model's tile threshold (or this value, if lower).",
             show_default=False,
         ),

@@ -31,7 +31,7 @@ from slidescan.distribution_check import (
     check_features,
     check_scale,
     combine,
-    embed_batches,
+    feature_batches,
     supports_features,
 )
 from slidescan.errors import SlidescanError, one_line
@@ -148,9 +148,7 @@ class Scanner:
         card = loaded.card
         # A lesion needs one tile at the seed threshold (calibrated on simulated normal slides)
         # and extends over neighbours at the tile threshold. --threshold replaces the seed.
-        seed = card.seed_threshold if card.seed_threshold is not None else card.threshold
-        self.seed_threshold = options.threshold if options.threshold is not None else seed
-        self.tile_threshold = min(card.threshold, self.seed_threshold)
+        self.seed_threshold, self.extent_threshold = card.lesion_thresholds(options.threshold)
         self.stride = options.stride
         # Fully convolutional models (torch or exported) give the stride-32 map in one pass;
         # others get it from overlapping tiles (9× the work of stride 96).
@@ -202,7 +200,7 @@ class Scanner:
             probability = writer.probability
             call = call_slide(
                 probability, seed_threshold=self.seed_threshold,
-                extent_threshold=self.tile_threshold, cell_mm=grid.stride * card.mpp / 1000.0,
+                extent_threshold=self.extent_threshold, cell_mm=grid.stride * card.mpp / 1000.0,
                 seed_cells=seed_cells_for(grid.stride, grid.patch_size),
             )  # fmt: skip
             distribution = combine(self._check_distribution(slide_path, grid, cells), scale_doubts)
@@ -252,7 +250,7 @@ class Scanner:
         try:
             tiles = (dataset[i][0] for i in range(len(dataset)))
             batches = (torch.cat(chunk) for chunk in _chunks(tiles, 64))
-            features = embed_batches(model, batches, normalizer)
+            features = feature_batches(model, batches, normalizer)
         except Exception as exc:
             raise SlidescanError(
                 f"{slide_path.name}: distribution check failed: {one_line(exc)}"
@@ -349,7 +347,7 @@ class Scanner:
             "engine": self.engine,
             "device": str(self.device),
             "seed_threshold": self.seed_threshold,
-            "tile_threshold": self.tile_threshold,
+            "extent_threshold": self.extent_threshold,
             "slidescan_version": __version__,
             "notice": RESEARCH_USE_NOTICE,
         }
@@ -391,7 +389,7 @@ class Scanner:
         tmp = overlay.with_name(f".{overlay.name}.partial.png")
         try:
             render_overlay(
-                image, probability, tmp, title=title, threshold=self.tile_threshold,
+                image, probability, tmp, title=title, threshold=self.extent_threshold,
                 thumbnail_extent=extent,
             )  # fmt: skip
         except BaseException:

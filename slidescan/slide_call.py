@@ -241,7 +241,7 @@ def calibrate_seed_threshold(
     *,
     extent_threshold: float,
     cell_mm: float,
-    tissue_cells: int = 10_000,
+    tissue_cells: int = 40_000,
     seed_cells: int = 1,
     target_rate: float = 0.01,
     slides: int = 400,

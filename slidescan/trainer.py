@@ -180,12 +180,9 @@ def _train(
         )
     holdout_ids: list[str] = []
     if val_data is None:
-        train_idx, val_idx = split_holdout(
-            len(train_data),
-            cfg.val_fraction,
-            cfg.seed,
-            groups=pixel_digests(train_data),  # type: ignore[arg-type]
-        )
+        n_items = len(train_data)  # type: ignore[arg-type]
+        groups = pixel_digests(train_data)
+        train_idx, val_idx = split_holdout(n_items, cfg.val_fraction, cfg.seed, groups=groups)
         ids = getattr(train_data, "ids", None)
         if ids is not None:
             holdout_ids = [str(ids[i]) for i in val_idx]

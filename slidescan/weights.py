@@ -41,12 +41,23 @@ class ModelCard:
     mpp: float = PCAM_MPP
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
-    threshold: float = 0.5  # tile threshold; also where a lesion's extent ends
-    seed_threshold: float | None = None  # a lesion needs a tile this high (slidescan.calibration)
+    threshold: float = 0.5  # tile threshold: patch predictions
+    # Lesions (slidescan.slide_call, calibrated by slidescan.calibration): tiles at the extent
+    # threshold (default: the tile threshold) around seed tiles at the seed threshold.
+    extent_threshold: float | None = None
+    seed_threshold: float | None = None
     training: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     slidescan_version: str = ""
+
+    def lesion_thresholds(self, seed: float | None = None) -> tuple[float, float]:
+        """(seed, extent) thresholds of the lesion finder; ``seed`` overrides the card's seed,
+        and the extent never exceeds the seed. Uncalibrated cards use the tile threshold."""
+        if seed is None:
+            seed = self.seed_threshold if self.seed_threshold is not None else self.threshold
+        extent = self.extent_threshold if self.extent_threshold is not None else self.threshold
+        return float(seed), float(min(extent, seed))
 
 
 @dataclass

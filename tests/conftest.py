@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from slidescan.data_paths import ENV_VAR, shared_data_dir
+from slidescan.errors import SlidescanError
+from slidescan.weights import LoadedModel, load_weights
 
 REQUIRE_ENV = "SLIDESCAN_REQUIRE_DATA"
+WEIGHTS_ENV = "SLIDESCAN_TEST_WEIGHTS"
 
 
 def _required() -> bool:
@@ -30,6 +33,22 @@ def data_dir() -> Path:
             pytest.fail(f"{reason}; {REQUIRE_ENV}=1 forbids skipping")
         pytest.skip(reason)
     return path
+
+
+@pytest.fixture(scope="session")
+def shipped() -> LoadedModel:
+    """The shipped model, or the weights file named by $SLIDESCAN_TEST_WEIGHTS (e.g. one being
+    trained, before it is shipped)."""
+    override = os.environ.get(WEIGHTS_ENV)
+    try:
+        return load_weights(Path(override)) if override else load_weights()
+    except SlidescanError as exc:
+        if "not found" not in str(exc):
+            raise
+        reason = f"{exc} (train the shipped model, or set {WEIGHTS_ENV})"
+        if _required():
+            pytest.fail(reason)
+        pytest.skip(reason)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -90,7 +90,7 @@ def test_run_options_reach_the_scan(slides: dict[str, Path], weights: Path, tmp_
     # Threshold 0: every scored tile is a seed, so the 7×7 cells of 46.7 µm are one lesion.
     assert "POSITIVE (micrometastasis" in result.stdout
     _, tissue, attrs = read_heatmap(out)
-    assert attrs["seed_threshold"] == 0.0 and attrs["tile_threshold"] == 0.0
+    assert attrs["seed_threshold"] == 0.0 and attrs["extent_threshold"] == 0.0
     assert attrs["min_tissue"] == 0.0 and attrs["stride"] == 48
     assert tissue.all() and tissue.shape == (7, 7)
     with Image.open(png) as image:

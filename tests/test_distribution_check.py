@@ -15,7 +15,7 @@ from slidescan.distribution_check import (
     check_features,
     check_scale,
     combine,
-    embed_batches,
+    feature_batches,
     fit_reference,
     supports_features,
 )
@@ -55,6 +55,10 @@ def test_slide_flag_follows_the_share_of_outlying_tiles() -> None:
     shifted = check_features(ref.distances(_gaussian(256, shift=2.0, seed=5)), ref.patch_threshold)
     assert shifted.flagged and shifted.outlier_fraction is not None
     assert shifted.outlier_fraction > 0.5 and "unlike the training patches" in shifted.describe()
+    # Few extreme tiles, but the whole sample sits far out: flagged by the median.
+    median_only = check_features(np.full(100, 0.9), 1.0)
+    assert median_only.flagged and median_only.outlier_fraction == 0.0
+    assert not check_features(np.full(100, 0.7), 1.0).flagged
     assert shifted.median_distance_ratio is not None and shifted.median_distance_ratio > 1
     assert check_features(np.array([]), 1.0) == DistributionCheck(False)
 
@@ -77,7 +81,7 @@ def test_colour_shifted_patches_are_flagged_and_more_so_when_stronger() -> None:
     model = create_model("pcamnet-v2").eval()  # untrained features still see colour
     assert supports_features(model) and not supports_features(create_model("pcamnet-s"))
     normalizer = Normalizer(ModelCard(model="pcamnet-v2"), torch.device("cpu"))
-    embed = lambda batch: embed_batches(model, [batch], normalizer)  # noqa: E731
+    embed = lambda batch: feature_batches(model, [batch], normalizer)  # noqa: E731
     ref = fit_reference(embed(_toy_batch(600, seed=0)), embed(_toy_batch(300, seed=1)))
     clean = _toy_batch(128, seed=2)
     verdicts = [

@@ -139,7 +139,7 @@ def test_heatmap_attributes(done: ScanResult, slides: dict[str, Path], weights: 
     assert attrs["weights_sha256"] == file_sha256(weights)
     assert attrs["slidescan_version"] == __version__
     # The model card's (no --threshold; an uncalibrated card seeds at its tile threshold).
-    assert attrs["seed_threshold"] == attrs["tile_threshold"] == 0.5
+    assert attrs["seed_threshold"] == attrs["extent_threshold"] == 0.5
     assert attrs["tiles_scanned"] == done.tiles
     assert attrs["wall_seconds"] >= 0
     assert attrs["call"]["category"] == done.call.category

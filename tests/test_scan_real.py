@@ -4,14 +4,13 @@ The ground truth comes from mosaics of labelled PatchCamelyon validation patches
 at exactly the model's 0.972 µm/px: heatmap cell (r, c) must be mosaic patch (r, c), cells of the
 tumour block must rank above the rest, and the slide calls must come out right.
 
-``SLIDESCAN_TEST_WEIGHTS=path.pt`` runs these tests against another weights file (e.g. while the
-shipped model is being retrained); by default they use the shipped ``load_weights()``.
+``SLIDESCAN_TEST_WEIGHTS=path.pt`` runs these tests against another weights file (the ``shipped``
+fixture of conftest.py).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +26,14 @@ from slidescan.inference import make_predictor, predict_probs
 from slidescan.metrics import roc_auc
 from slidescan.pipeline import Scanner, ScanOptions, ScanResult, is_complete
 from slidescan.tiling import TileGrid
-from slidescan.weights import LoadedModel, load_weights
+from slidescan.weights import LoadedModel
 
 pytestmark = pytest.mark.data
 
-WEIGHTS_ENV = "SLIDESCAN_TEST_WEIGHTS"
 PATCH = 96
 MOSAIC = 10  # cells a side
 TUMOUR_BLOCK = 4  # a 4×4 block of tumour patches
 SEED = 0
-
-
-@pytest.fixture(scope="module")
-def shipped() -> LoadedModel:
-    override = os.environ.get(WEIGHTS_ENV)
-    try:
-        return load_weights(Path(override)) if override else load_weights()
-    except SlidescanError as exc:
-        if "not found" not in str(exc):
-            raise
-        reason = f"{exc} (train the shipped model, or set {WEIGHTS_ENV})"
-        if os.environ.get("SLIDESCAN_REQUIRE_DATA", "") not in ("", "0"):
-            pytest.fail(reason)
-        pytest.skip(reason)
 
 
 def scan(loaded: LoadedModel, slide: Path, out: Path, **options: Any) -> ScanResult:

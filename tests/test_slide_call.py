@@ -124,7 +124,7 @@ def test_large_lesion_diameter_uses_the_outline_correctly() -> None:
     assert len(pts) >= len(main)
 
 
-def test_hysteresis_needs_a_seed_and_extends_to_the_tile_threshold() -> None:
+def test_hysteresis_needs_a_seed_and_extends_to_the_extent_threshold() -> None:
     grid = np.full((20, 20), BACKGROUND)
     grid[5, 2:12] = 0.6  # a run above the extent threshold, no seed: no lesion
     assert find_lesions(grid, cell_mm=0.1, **CALL) == []

@@ -127,7 +127,8 @@ def test_training_ends_calibrated_on_the_held_out_patches(trained) -> None:
     out, _ = trained
     loaded = load_weights(out)
     card = loaded.card
-    assert card.seed_threshold is not None and card.threshold <= card.seed_threshold <= 1
+    assert card.seed_threshold is not None and card.extent_threshold is not None
+    assert card.threshold <= card.extent_threshold <= card.seed_threshold <= 1
     cal = card.calibration
     assert cal["holdout_patches"] == card.training["n_val"] and cal["seed_cells"] == 3
     rates = cal["false_positive_rate_by_tissue_cells"]
@@ -138,7 +139,7 @@ def test_training_ends_calibrated_on_the_held_out_patches(trained) -> None:
     assert cal["feature_patch_threshold"] == pytest.approx(
         float(loaded.feature_reference["patch_threshold"])
     )
-    assert loaded.feature_reference["whiten"].shape == (384, 384)
+    assert loaded.feature_reference["whiten"].shape == (720, 720)
 
 
 def test_mean_std_are_training_channel_stats(trained, toy: PatchDataset) -> None:

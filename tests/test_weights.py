@@ -277,3 +277,12 @@ def test_missing_card_and_state_dict_keys(tmp_path: Path) -> None:
     torch.save({"format": FORMAT, "format_version": FORMAT_VERSION}, path)
     with pytest.raises(SlidescanError):
         load_weights(path)
+
+
+def test_lesion_thresholds_from_the_card() -> None:
+    plain = ModelCard(model="pcamnet-v2", threshold=0.4)
+    assert plain.lesion_thresholds() == (0.4, 0.4)  # uncalibrated: the tile threshold
+    card = ModelCard(model="pcamnet-v2", threshold=0.5, extent_threshold=0.75, seed_threshold=0.98)
+    assert card.lesion_thresholds() == (0.98, 0.75)
+    assert card.lesion_thresholds(0.9) == (0.9, 0.75)
+    assert card.lesion_thresholds(0.6) == (0.6, 0.6)  # the extent never exceeds the seed

@@ -69,7 +69,7 @@ class PCamNet(nn.Module):
 @register_model(
     "pcamnet-s",
     input_size=96,
-    description="padding-free stride-32 CNN, patchify stem, exact fast dense heatmaps (slidescan 0.1)",
+    description="padding-free stride-32 CNN, patchify stem, exact fast dense maps (slidescan 0.1)",
 )
 def pcamnet_s(**config: object) -> nn.Module:
     """slidescan's default model."""

@@ -14,9 +14,12 @@ Why it looks like this (measured in ``benchmarks/RESULTS.md`` §model ablation):
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from slidescan.models.registry import register_model
+
+_STATISTICS_AFTER = (0, 2, 4, 6)  # the last layer at 48², 24², 12² and 6²
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -41,15 +44,26 @@ class PCamNetV2(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(w[-1], 1)
 
-    def embed(self, x: Tensor) -> Tensor:
-        """Pooled features (N, C): what the head sees (used for out-of-distribution checks)."""
-        return self.pool(self.features(x)).flatten(1)
+    def feature_statistics(self, x: Tensor) -> Tensor:
+        """Per-channel mean and standard deviation of the activations at 48², 24², 12² and 6²
+        (N, 720): how the tissue looks at several scales, for the out-of-distribution check.
+
+        The pooled features the head sees are trained to ignore what does not change the
+        label (stain, tissue type); these earlier statistics keep it (other organs, other
+        preparations) while strong colour augmentation keeps them calm under stain shifts.
+        """
+        stats = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in _STATISTICS_AFTER:
+                stats += [x.mean(dim=(2, 3)), x.std(dim=(2, 3))]
+        return torch.cat(stats, dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (N,) for normalised 96×96 patches."""
         if tuple(x.shape[-2:]) != (96, 96):
             raise ValueError(f"expected 96×96 patches, got {tuple(x.shape[-2:])}")
-        return self.head(self.dropout(self.embed(x))).squeeze(1)
+        return self.head(self.dropout(self.pool(self.features(x)).flatten(1))).squeeze(1)
 
 
 @register_model(
