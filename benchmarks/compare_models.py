@@ -1,6 +1,6 @@
 """Side-by-side comparison of trained patch models: validation metrics, size and CPU speed.
 
-    python benchmarks/compare_models.py weights/pcamnet-s.pt runs/seed-cnn.pt \
+    python benchmarks/compare_models.py weights/pcamnet-v2.pt runs/seed-cnn.pt \
         [--data ../shared/data/pcam-jpeg] [--threads 2]
 
 For each weights file: parameters, AUC (95% CI), accuracy, sensitivity, specificity on the

@@ -1,6 +1,6 @@
 """CPU inference engines for the patch model, measured side by side in one run.
 
-    python benchmarks/cpu_inference.py [--weights weights/pcamnet-s.pt] [--batch 256] [--seconds 8]
+    python benchmarks/cpu_inference.py [--weights weights/pcamnet-v2.pt] [--batch 256] [--seconds 8]
 
 Every variant turns the same uint8 batch into probabilities (normalisation included, as in a
 scan): eager PyTorch NCHW under ``no_grad`` (how most scripts run a model); slidescan's torch

@@ -21,7 +21,7 @@ from slidescan.models import create_model
 FORMAT = "slidescan-weights"
 FORMAT_VERSION = 1
 PCAM_MPP = 0.972  # PatchCamelyon: level 2 of Camelyon16 slides scanned at ~0.243 µm/px
-SHIPPED_NAME = "pcamnet-s.pt"
+SHIPPED_NAME = "pcamnet-v2.pt"
 
 
 def shipped_weights_path() -> Path:

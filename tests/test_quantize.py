@@ -107,7 +107,7 @@ def test_quantize_refuses_too_few_patches(fp32_weights: Path, tmp_path: Path) ->
 
 def test_shipped_int8_engine_matches_float32_on_real_patches(data_dir: Path) -> None:
     loaded = load_weights()
-    assert loaded.int8_onnx is not None, "weights/pcamnet-s.pt should carry its int8 engine"
+    assert loaded.int8_onnx is not None, "the shipped weights should carry their int8 engine"
     valid = open_patch_dataset(data_dir / "pcam-jpeg", split="valid")
     idx = np.random.default_rng(0).choice(len(valid), 400, replace=False)
     x = torch.stack([valid[int(i)][0] for i in idx])
@@ -118,3 +118,6 @@ def test_shipped_int8_engine_matches_float32_on_real_patches(data_dir: Path) -> 
     p32 = predict_probs(fp32.model, x, fp32.normalizer).numpy()
     assert np.abs(p8 - p32).mean() < 0.01
     assert abs(roc_auc_score(labels, p8) - roc_auc_score(labels, p32)) < 0.005
+    # The logit layer stays float: probabilities are not coarsened to a few int8 levels (the
+    # first int8 engine gave 72 tiles of a slide 50 distinct values).
+    assert len(np.unique(p8)) >= 0.98 * len(p8)
