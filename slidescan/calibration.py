@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from slidescan.augment import dihedral
-from slidescan.distribution_check import fit_reference, supports_features
+from slidescan.distribution_check import feature_batches, fit_reference, supports_features
 from slidescan.errors import SlidescanError, one_line
 from slidescan.inference import Normalizer
 from slidescan.metrics import best_threshold, binary_metrics
@@ -100,19 +100,15 @@ def dihedral_probs(
     return torch.cat(labels).numpy(), torch.cat(probs, dim=1).float().numpy()
 
 
-@torch.inference_mode()
 def _features(
     model: Any, data: Dataset, normalizer: Normalizer, limit: int, seed: int
 ) -> torch.Tensor:
+    """Feature statistics of a seeded random ``limit`` patches of ``data``."""
     n = len(data)  # type: ignore[arg-type]
     pick = np.sort(np.random.default_rng(seed).permutation(n)[:limit])
     loader = DataLoader(Subset(data, pick.tolist()), batch_size=256, num_workers=2)
-    return torch.cat(
-        [
-            model.feature_statistics(normalizer(images)).float()
-            for images, _ in tqdm(loader, desc="features", unit="batch", leave=False)
-        ]  # fmt: skip
-    )
+    batches = (x for x, _ in tqdm(loader, desc="features", unit="batch", leave=False))
+    return feature_batches(model, batches, normalizer)
 
 
 def calibrate_weights(

@@ -38,7 +38,7 @@ from slidescan.errors import SlidescanError, one_line
 from slidescan.heatmap import HeatmapWriter, read_heatmap
 from slidescan.inference import Normalizer, make_predictor
 from slidescan.slide import Slide, open_slide
-from slidescan.slide_call import SlideCall, call_slide, seed_cells_for
+from slidescan.slide_call import CATEGORY_NAMES, SlideCall, call_slide, seed_cells_for
 from slidescan.slide_tiles import BlockBatches, SlideTileDataset, collate_blocks
 from slidescan.tiling import TileGrid, make_grid, tissue_fraction
 from slidescan.tissue import mask_thumbnail
@@ -248,9 +248,9 @@ class Scanner:
         model = self.loaded.model
         normalizer = Normalizer(self.loaded.card, next(model.parameters()).device)
         try:
-            tiles = (dataset[i][0] for i in range(len(dataset)))
-            batches = (torch.cat(chunk) for chunk in _chunks(tiles, 64))
-            features = feature_batches(model, batches, normalizer)
+            # At most `sample` tiles (~7 MB): read them all, score them 64 at a time.
+            tiles = torch.cat([dataset[i][0] for i in range(len(dataset))])
+            features = feature_batches(model, tiles.split(64), normalizer)
         except Exception as exc:
             raise SlidescanError(
                 f"{slide_path.name}: distribution check failed: {one_line(exc)}"
@@ -430,14 +430,6 @@ def verdict_text(call: SlideCall, distribution: DistributionCheck) -> str:
     return verdict
 
 
-CATEGORY_NAMES = {
-    "negative": "negative",
-    "itc": "isolated tumour cells",
-    "micrometastasis": "micrometastasis",
-    "macrometastasis": "macrometastasis",
-}
-
-
 def describe(result: ScanResult) -> str:
     """One line per slide for the terminal."""
     c = result.call
@@ -459,13 +451,3 @@ def _call_dict(call: SlideCall, grid: Any) -> dict[str, Any]:
         lesion["centroid_level0"] = [round(float(x), 1), round(float(y), 1)]
     return out
 
-
-def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

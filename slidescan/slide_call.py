@@ -35,7 +35,12 @@ from scipy import ndimage
 MACRO_MM = 2.0
 MICRO_MM = 0.2
 SEED_CELLS = 3  # seed tiles a lesion needs on the default stride-96 grid (see above)
-CATEGORIES = ("negative", "itc", "micrometastasis", "macrometastasis")
+CATEGORY_NAMES = {  # category → words for people
+    "negative": "negative",
+    "itc": "isolated tumour cells",
+    "micrometastasis": "micrometastasis",
+    "macrometastasis": "macrometastasis",
+}
 
 
 def seed_cells_for(stride: int, patch_size: int = 96) -> int:
