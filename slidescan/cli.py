@@ -132,6 +132,14 @@ def train(
             "brightness/contrast, blur), basic (dihedral + light HED) or none."
         ),
     ] = "strong",
+    ema: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=0.9999,
+            help="Validate and keep an exponential moving average of the weights with this "
+            "per-step decay (e.g. 0.998); 0 keeps the raw weights.",
+        ),
+    ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and augmentation.")] = 0,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run of the same settings.")
@@ -159,8 +167,8 @@ def train(
     val_data = open_patch_datasets(val, split="valid", resize=resize) if val else None
     cfg = TrainConfig(
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        schedule=schedule, val_fraction=val_fraction, augment=augment, seed=seed,
-        workers=workers, device=device, int8=int8,
+        schedule=schedule, val_fraction=val_fraction, augment=augment, ema=ema,
+        seed=seed, workers=workers, device=device, int8=int8,
     )  # fmt: skip
     description = train_data.description
     if val_data is not None:

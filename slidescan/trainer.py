@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
@@ -53,6 +54,7 @@ class TrainConfig:
     schedule: str = "cosine"
     val_fraction: float = 0.2
     augment: str = "strong"  # none, basic or strong (see slidescan.augment)
+    ema: float = 0.0  # per-step decay of an exponential moving average of the weights; 0 = off
     seed: int = 0
     workers: int = 2
     device: str = "auto"
@@ -209,6 +211,15 @@ def _train(
         optimizer, lambda s: _lr_factor(cfg.schedule, s, total_steps)
     )
 
+    if not 0.0 <= cfg.ema < 1.0:
+        raise SlidescanError(f"--ema must be in [0, 1), got {cfg.ema}")
+    # The average (BatchNorm statistics included) is what gets validated and saved: it smooths
+    # the last epochs' noise, which held-out AUC rewards on slides unlike the training ones.
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        if cfg.ema
+        else None
+    )
     first_epoch, best_auc, best_epoch, history = 0, -1.0, -1, []
     best_metrics: dict[str, Any] = {}
     ckpt_path = resume_path(out)
@@ -222,6 +233,8 @@ def _train(
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         first_epoch, best_auc, best_epoch = ckpt["epoch"] + 1, ckpt["best_auc"], ckpt["best_epoch"]
         history, best_metrics = ckpt["history"], ckpt["best_metrics"]
 
@@ -283,6 +296,8 @@ def _train(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             n = len(labels)
             seen += n
             loss_sum += float(loss.detach()) * n
@@ -295,9 +310,10 @@ def _train(
             # Without SyncBatchNorm (CPU) each rank's running statistics drifted apart: validate
             # and save exactly rank 0's model on every rank.
             broadcast_buffers(model, ctx)
-        model.eval()
+        scored = model if ema is None else ema.module
+        scored.eval()
         local = predict_dataset(
-            model, Subset(val_data, val_shard.tolist()), normalizer, workers=cfg.workers,
+            scored, Subset(val_data, val_shard.tolist()), normalizer, workers=cfg.workers,
             desc="validate", progress=ctx.is_main,
         )  # fmt: skip
         probs = gather_shards(local, len(val_data), ctx)  # type: ignore[arg-type]
@@ -336,11 +352,11 @@ def _train(
                 "processes": ctx.world_size,
             }
             if ctx.is_main:
-                save_weights(out, model, card)
+                save_weights(out, scored, card)
         if ctx.is_main:
             _save_checkpoint(
-                ckpt_path, model, optimizer, scheduler, scaler, cfg, epoch, best_auc, best_epoch,
-                history, best_metrics,
+                ckpt_path, model, ema, optimizer, scheduler, scaler, cfg, epoch, best_auc,
+                best_epoch, history, best_metrics,
             )  # fmt: skip
         barrier(ctx)
 
@@ -374,6 +390,7 @@ def _json_config(cfg: TrainConfig) -> dict[str, Any]:
 def _save_checkpoint(
     path: Path,
     model: nn.Module,
+    ema: AveragedModel | None,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: torch.amp.GradScaler,
@@ -386,6 +403,7 @@ def _save_checkpoint(
 ) -> None:
     state = {
         "model": model.state_dict(),
+        "ema": None if ema is None else ema.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),

@@ -167,10 +167,11 @@ class _Interrupted(Exception):
     pass
 
 
+@pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_resume_continues_and_matches_uninterrupted(
-    small_toy: PatchDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_toy: PatchDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema: float
 ) -> None:
-    cfg = _cfg(epochs=2, model_config=SMALL, lr=3e-3)  # with dropout: global RNG too
+    cfg = _cfg(epochs=2, model_config=SMALL, lr=3e-3, ema=ema)  # with dropout: global RNG too
     real_save = trainer_mod._save_checkpoint
     finals: dict[str, dict[str, torch.Tensor]] = {}
     epochs_run: list[int] = []
@@ -208,6 +209,29 @@ def test_resume_continues_and_matches_uninterrupted(
     assert resumed.best_epoch == full.best_epoch
     _assert_same_state(finals[str(resume_path(out))], final_full)
     _assert_same_state(_state(out), _state(tmp_path / "full.pt"))
+
+
+def test_ema_saves_the_average_not_the_last_step(small_toy: PatchDataset, tmp_path: Path) -> None:
+    out = tmp_path / "ema.pt"
+    cfg = _cfg(epochs=1, model_config=SMALL, lr=3e-3, ema=0.5)
+    real_save = trainer_mod._save_checkpoint
+    saved: dict = {}
+
+    def keep(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        bound = inspect.signature(real_save).bind(*args, **kwargs).arguments
+        saved["raw"] = {k: v.detach().clone() for k, v in bound["model"].state_dict().items()}
+        saved["ema"] = {k: v.detach().clone() for k, v in bound["ema"].module.state_dict().items()}
+        real_save(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_mod, "_save_checkpoint", keep)
+        train(small_toy, out, cfg)
+    weights = _state(out)
+    _assert_same_state(weights, saved["ema"])
+    conv = next(k for k in weights if k.endswith("weight") and weights[k].ndim == 4)
+    assert not torch.equal(weights[conv], saved["raw"][conv]), "EMA weights equal the last step"
+    with pytest.raises(SlidescanError, match="--ema"):
+        train(small_toy, tmp_path / "bad.pt", _cfg(model_config=SMALL, ema=1.0))
 
 
 def test_resume_without_checkpoint(small_toy: PatchDataset, tmp_path: Path) -> None:
