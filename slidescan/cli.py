@@ -135,7 +135,8 @@ def train(
     ema: Annotated[
         float,
         typer.Option(
-            min=0.0, max=0.9999,
+            min=0.0,
+            max=0.9999,
             help="Validate and keep an exponential moving average of the weights with this "
             "per-step decay (e.g. 0.998); 0 keeps the raw weights.",
         ),

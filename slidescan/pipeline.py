@@ -450,4 +450,3 @@ def _call_dict(call: SlideCall, grid: Any) -> dict[str, Any]:
         x, y = grid.cell_center_level0(lesion["row"], lesion["col"])
         lesion["centroid_level0"] = [round(float(x), 1), round(float(y), 1)]
     return out
-
