@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from slidescan.data_paths import shared_data_dir
-from slidescan.evaluation import evaluate
-from slidescan.inference import prepare_model
+from slidescan.engine.inference import prepare_model
+from slidescan.engine.weights import load_weights
+from slidescan.io.data_paths import shared_data_dir
+from slidescan.io.patch_data import open_patch_dataset
 from slidescan.models import count_parameters
-from slidescan.patch_data import open_patch_dataset
-from slidescan.weights import load_weights
+from slidescan.train.evaluation import evaluate
 
 
 def model_throughput(model: torch.nn.Module, batch: int = 256, seconds: float = 10.0) -> float:

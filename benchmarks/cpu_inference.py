@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from slidescan.inference import make_predictor, predict_probs
-from slidescan.weights import load_weights
+from slidescan.engine.inference import make_predictor, predict_probs
+from slidescan.engine.weights import load_weights
 
 
 def rate(fn: Callable[[], object], batch: int, seconds: float) -> float:

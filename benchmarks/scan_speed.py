@@ -55,15 +55,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from slidescan import __version__
-from slidescan.cell_scoring import CellScorer
-from slidescan.device import default_scan_batch, select_device
-from slidescan.heatmap import read_heatmap
-from slidescan.inference import Normalizer, make_predictor, predict_probs
-from slidescan.pipeline import Scanner, ScanOptions, plan_grid
-from slidescan.slide import open_slide
-from slidescan.slide_tiles import BlockBatches, SlideTileDataset
-from slidescan.tiling import TileGrid
-from slidescan.weights import LoadedModel, load_weights
+from slidescan.engine.cell_scoring import CellScorer
+from slidescan.engine.device import default_scan_batch, select_device
+from slidescan.engine.inference import Normalizer, make_predictor, predict_probs
+from slidescan.engine.weights import LoadedModel, load_weights
+from slidescan.io.heatmap import read_heatmap
+from slidescan.io.slide import open_slide
+from slidescan.scan.scanner import Scanner, ScanOptions, plan_grid
+from slidescan.scan.slide_tiles import BlockBatches, SlideTileDataset
+from slidescan.scan.tiling import TileGrid
 
 BLOCK = 8  # cells per block side: Scanner's default for stride-96 scans
 DENSE_STRIDE = 32

@@ -32,11 +32,11 @@ from PIL import Image
 from skimage.color import hed2rgb, hsv2rgb, rgb2hed, rgb2hsv
 from skimage.filters import gaussian
 
-from slidescan.data_paths import shared_data_dir
-from slidescan.inference import make_predictor, predict_probs
-from slidescan.metrics import roc_auc
-from slidescan.patch_data import open_patch_dataset
-from slidescan.weights import load_weights
+from slidescan.engine.inference import make_predictor, predict_probs
+from slidescan.engine.weights import load_weights
+from slidescan.io.data_paths import shared_data_dir
+from slidescan.io.patch_data import open_patch_dataset
+from slidescan.train.metrics import roc_auc
 
 Shift = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
 

@@ -20,9 +20,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from slidescan.data_paths import shared_data_dir
-from slidescan.pipeline import Scanner, ScanOptions, describe
-from slidescan.weights import load_weights
+from slidescan.engine.weights import load_weights
+from slidescan.io.data_paths import shared_data_dir
+from slidescan.scan.scanner import Scanner, ScanOptions, describe
 
 
 def find_slide(cache: Path) -> Path:

@@ -1,12 +1,84 @@
-"""slidescan: batch whole-slide scanning for lymph-node metastases (research use only)."""
+"""slidescan: batch whole-slide scanning for lymph-node metastases (research use only).
 
-from importlib.metadata import PackageNotFoundError, version
+The Python API, for notebooks and scripts (each name is imported on first use, so that
+``import slidescan`` stays light)::
 
-try:
-    __version__ = version("slidescan")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+    from slidescan import scan_slide
+    result = scan_slide("slide.svs", "slide.zarr", overlay="slide.png")
+    result.call.category, result.call.lesions, result.distribution.flagged
 
-RESEARCH_USE_NOTICE = (
-    "For research use only. Not a medical device; not for diagnosis or patient care."
-)
+Building blocks: ``load_weights``, ``Scanner`` and ``ScanOptions`` (one model, many slides),
+``run_batch`` and ``find_slides`` (directories), ``open_slide``, ``read_heatmap`` and
+``read_report`` (outputs), ``call_slide`` (the lesion call on any probability map),
+``open_patch_datasets``, ``TrainConfig`` and ``train`` (training), ``evaluate`` (patch metrics).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from slidescan.about import RESEARCH_USE_NOTICE, __version__
+
+_API = {
+    "scan_slide": "slidescan.scan.scanner",
+    "Scanner": "slidescan.scan.scanner",
+    "ScanOptions": "slidescan.scan.scanner",
+    "ScanResult": "slidescan.scan.scanner",
+    "run_batch": "slidescan.scan.batch",
+    "find_slides": "slidescan.scan.batch",
+    "call_slide": "slidescan.scan.slide_call",
+    "load_weights": "slidescan.engine.weights",
+    "open_slide": "slidescan.io.slide",
+    "read_heatmap": "slidescan.io.heatmap",
+    "read_report": "slidescan.io.outputs",
+    "open_patch_datasets": "slidescan.io.patch_data",
+    "TrainConfig": "slidescan.train.trainer",
+    "train": "slidescan.train.trainer",
+    "evaluate": "slidescan.train.evaluation",
+}
+
+__all__ = [
+    "RESEARCH_USE_NOTICE",
+    "Scanner",
+    "ScanOptions",
+    "ScanResult",
+    "TrainConfig",
+    "__version__",
+    "call_slide",
+    "evaluate",
+    "find_slides",
+    "load_weights",
+    "open_patch_datasets",
+    "open_slide",
+    "read_heatmap",
+    "read_report",
+    "run_batch",
+    "scan_slide",
+    "train",
+]
+
+if TYPE_CHECKING:
+    from slidescan.engine.weights import load_weights
+    from slidescan.io.heatmap import read_heatmap
+    from slidescan.io.outputs import read_report
+    from slidescan.io.patch_data import open_patch_datasets
+    from slidescan.io.slide import open_slide
+    from slidescan.scan.batch import find_slides, run_batch
+    from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult, scan_slide
+    from slidescan.scan.slide_call import call_slide
+    from slidescan.train.evaluation import evaluate
+    from slidescan.train.trainer import TrainConfig, train
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'slidescan' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

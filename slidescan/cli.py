@@ -12,12 +12,13 @@ import os
 import shlex
 import sys
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from slidescan import RESEARCH_USE_NOTICE, __version__
+from slidescan.about import RESEARCH_USE_NOTICE, __version__
 from slidescan.errors import SlidescanError, one_line
 
 app = typer.Typer(
@@ -78,11 +79,47 @@ DataArg = Annotated[
 ]
 WeightsOpt = Annotated[
     Path | None,
-    typer.Option(help="Weights file (default: the shipped pcamnet-s weights).", show_default=False),
+    typer.Option(
+        help="Weights file (default: the shipped pcamnet-v2 weights).", show_default=False
+    ),
 ]
+
+
+class Backend(str, Enum):
+    """Inference engines (``slidescan.engine.inference.BACKENDS``)."""
+
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+
+
+class Reader(str, Enum):
+    """Slide decoders (``slidescan.io.slide.READERS``)."""
+
+    auto = "auto"
+    openslide = "openslide"
+
+
+class Augment(str, Enum):
+    """Training augmentation levels (``slidescan.engine.augment.AUGMENT_LEVELS``)."""
+
+    strong = "strong"
+    basic = "basic"
+    none = "none"
+
+
+class Schedule(str, Enum):
+    """Learning-rate schedules of the trainer."""
+
+    cosine = "cosine"
+    constant = "constant"
+
+
+# Devices stay free text: cuda:N has no fixed list. The engine checks them.
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")]
 BackendOpt = Annotated[
-    str,
+    Backend,
     typer.Option(
         help="Inference engine: torch; onnx (ONNX Runtime float32, CPU only: torch's numbers); "
         "onnx-int8 (the int8 copy stored in the weights, CPU only: 2–3× faster, same "
@@ -123,15 +160,15 @@ def train(
         float, typer.Option(help="AdamW decoupled weight decay (0 = the tutorial's Adam).")
     ] = 0.0,
     schedule: Annotated[
-        str, typer.Option(help="Learning-rate schedule: cosine (with warm-up) or constant.")
-    ] = "cosine",
+        Schedule, typer.Option(help="Learning-rate schedule: cosine (with warm-up) or constant.")
+    ] = Schedule.cosine,
     augment: Annotated[
-        str,
+        Augment,
         typer.Option(
             help="Augmentation: strong (dihedral + strong HED, hue/saturation, "
             "brightness/contrast, blur), basic (dihedral + light HED) or none."
         ),
-    ] = "strong",
+    ] = Augment.strong,
     ema: Annotated[
         float,
         typer.Option(
@@ -154,21 +191,15 @@ def train(
     workers: WorkersOpt = 2,
 ) -> None:
     """Train a patch classifier and write a weights file with its model card."""
-    from slidescan.augment import AUGMENT_LEVELS
-    from slidescan.patch_data import open_patch_datasets
-    from slidescan.trainer import TrainConfig
-    from slidescan.trainer import train as run_training
+    from slidescan.io.patch_data import open_patch_datasets
+    from slidescan.train.trainer import TrainConfig
+    from slidescan.train.trainer import train as run_training
 
-    if augment not in AUGMENT_LEVELS:
-        levels = ", ".join(AUGMENT_LEVELS)
-        raise SlidescanError(f"--augment must be one of {levels}, got {augment!r}")
-    if schedule not in ("cosine", "constant"):
-        raise SlidescanError(f"--schedule must be cosine or constant, got {schedule!r}")
     train_data = open_patch_datasets(data, split=split, resize=resize)
     val_data = open_patch_datasets(val, split="valid", resize=resize) if val else None
     cfg = TrainConfig(
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        schedule=schedule, val_fraction=val_fraction, augment=augment, ema=ema,
+        schedule=schedule.value, val_fraction=val_fraction, augment=augment.value, ema=ema,
         seed=seed, workers=workers, device=device, int8=int8,
     )  # fmt: skip
     description = train_data.description
@@ -231,9 +262,9 @@ def quantize(
     int8 model follows float32 on as many other patches. `slidescan run` then uses it on the
     CPU (--backend auto); --backend onnx keeps float32. `slidescan train` does this itself.
     """
-    from slidescan.patch_data import open_patch_datasets
-    from slidescan.quantize import quantize_weights
-    from slidescan.weights import load_weights, save_weights
+    from slidescan.engine.quantize import quantize_weights
+    from slidescan.engine.weights import load_weights, save_weights
+    from slidescan.io.patch_data import open_patch_datasets
 
     loaded = load_weights(weights)
     dataset = open_patch_datasets(data, split=split, resize=resize)
@@ -285,9 +316,9 @@ def calibrate(
     """
     from torch.utils.data import Dataset
 
-    from slidescan.calibration import calibrate_weights, split_by_ids
-    from slidescan.patch_data import open_patch_datasets
-    from slidescan.weights import load_weights
+    from slidescan.engine.weights import load_weights
+    from slidescan.io.patch_data import open_patch_datasets
+    from slidescan.train.calibration import calibrate_weights, split_by_ids
 
     card = load_weights(weights).card
     dataset = open_patch_datasets(data, split=split, resize=resize)
@@ -326,20 +357,20 @@ def evaluate(
     batch_size: PatchBatchOpt = 256,
     resize: ResizeOpt = False,
     device: DeviceOpt = "auto",
-    backend: BackendOpt = "auto",
+    backend: BackendOpt = Backend.auto,
     workers: WorkersOpt = 2,
 ) -> None:
     """Measure a model on labelled patches: AUC (95% CI), accuracy, sensitivity, specificity…"""
-    from slidescan.evaluation import evaluate as run_evaluation
-    from slidescan.evaluation import write_evaluation_report
-    from slidescan.metrics import format_metrics
-    from slidescan.patch_data import open_patch_datasets
-    from slidescan.weights import load_weights
+    from slidescan.engine.weights import load_weights
+    from slidescan.io.patch_data import open_patch_datasets
+    from slidescan.train.evaluation import evaluate as run_evaluation
+    from slidescan.train.evaluation import write_evaluation_report
+    from slidescan.train.metrics import format_metrics
 
     loaded = load_weights(weights)
     dataset = open_patch_datasets(data, split=split, resize=resize)
     result = run_evaluation(
-        loaded, dataset, device=device, backend=backend, tta=tta, batch_size=batch_size,
+        loaded, dataset, device=device, backend=backend.value, tta=tta, batch_size=batch_size,
         workers=workers,
     )  # fmt: skip
     if report is not None:
@@ -380,17 +411,17 @@ def predict(
     batch_size: PatchBatchOpt = 256,
     resize: ResizeOpt = False,
     device: DeviceOpt = "auto",
-    backend: BackendOpt = "auto",
+    backend: BackendOpt = Backend.auto,
     workers: WorkersOpt = 2,
 ) -> None:
     """Tumour probability for each patch image, written to a CSV."""
-    from slidescan.predict import predict_patches
-    from slidescan.weights import load_weights
+    from slidescan.engine.predict import predict_patches
+    from slidescan.engine.weights import load_weights
 
     loaded = load_weights(weights)
     n = predict_patches(
         loaded, inputs, out, kaggle=kaggle, tta=tta, batch_size=batch_size, resize=resize,
-        device=device, backend=backend, workers=workers,
+        device=device, backend=backend.value, workers=workers,
     )  # fmt: skip
     typer.echo(f"{n} patches → {out}")
 
@@ -482,9 +513,9 @@ def run(
         ),
     ] = None,
     device: DeviceOpt = "auto",
-    backend: BackendOpt = "auto",
+    backend: BackendOpt = Backend.auto,
     reader: Annotated[
-        str,
+        Reader,
         typer.Option(
             help="Slide decoder: auto (tiled TIFF slides such as Aperio .svs decoded directly "
             "with tifffile + imagecodecs, several times faster, once a check tile per level "
@@ -492,7 +523,7 @@ def run(
             "At levels with a fractional downsample OpenSlide interpolates a sub-pixel offset "
             "that the direct reader rounds away.",
         ),
-    ] = "auto",
+    ] = Reader.auto,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -523,18 +554,17 @@ def run(
 
     A failing slide is recorded in summary.csv and the rest go on; exit code 1 if any failed.
     """
-    from slidescan.batch import find_slides, run_batch
-    from slidescan.pipeline import Scanner, ScanOptions, describe, is_complete
-    from slidescan.slide import check_reader
-    from slidescan.weights import load_weights
+    from slidescan.engine.weights import load_weights
+    from slidescan.io.outputs import is_complete
+    from slidescan.scan.batch import find_slides, run_batch
+    from slidescan.scan.scanner import Scanner, ScanOptions, describe
 
     if not input.exists():
         raise SlidescanError(f"{input}: no such file or directory")
-    check_reader(reader)  # before any slide of a directory is touched
     options = ScanOptions(
         mpp=mpp, stride=stride, min_tissue=min_tissue, batch_size=batch_size, workers=workers,
-        device=device, backend=backend, tta=tta, overwrite=overwrite, threshold=threshold,
-        dense=dense, reader=reader,
+        device=device, backend=backend.value, tta=tta, overwrite=overwrite, threshold=threshold,
+        dense=dense, reader=reader.value,
     )  # fmt: skip
     if input.is_dir():
         out_dir = out or Path("slidescan-results")
@@ -547,6 +577,8 @@ def run(
                 typer.echo(f"{outcome.slide}: FAILED  {outcome.error}", err=True)
             elif outcome.status == "skipped":
                 typer.echo(f"{outcome.slide}: already done (use --overwrite to redo)")
+            elif outcome.status == "busy":
+                typer.echo(f"{outcome.slide}: skipped, {outcome.error.split(': ', 1)[-1]}")
 
             elif outcome.status == "done" and scheduler:
                 flag = "" if outcome.reliable else f"  UNRELIABLE: {outcome.flags}"
@@ -556,7 +588,7 @@ def run(
                 )
 
         if scheduler:
-            from slidescan.cluster import dask_client, run_batch_on_cluster
+            from slidescan.scan.cluster import dask_client, run_batch_on_cluster
 
             load_weights(weights)  # fail here, once, rather than in every task
             with dask_client(scheduler) as client:
@@ -567,9 +599,8 @@ def run(
         else:
             scanner = Scanner(load_weights(weights), options)
             outcomes = run_batch(
-                slides, out_dir,
-                lambda s, h, o: _echo_result(scanner.scan(s, h, o), describe),
-                overwrite=overwrite, overlay_dir=overlay, on_outcome=report,
+                slides, out_dir, _EchoingScanner(scanner, describe), overwrite=overwrite,
+                overlay_dir=overlay, on_outcome=report,
             )  # fmt: skip
         failed = sum(o.status == "failed" for o in outcomes)
         typer.echo(
@@ -590,6 +621,19 @@ def run(
         raise SlidescanError(f"{heatmap} already exists (use --overwrite to redo it)")
     scanner = Scanner(load_weights(weights), options)
     _echo_result(scanner.scan(input, heatmap, overlay), describe)
+
+
+class _EchoingScanner:
+    """A scanner that prints each finished slide's line as it comes."""
+
+    def __init__(self, scanner: Any, describe: Callable[[Any], str]) -> None:
+        self.scanner, self.describe = scanner, describe
+
+    def fingerprint(self, slide_path: Path) -> str:
+        return self.scanner.fingerprint(slide_path)
+
+    def write(self, slide_path: Path, outputs: Any) -> Any:
+        return _echo_result(self.scanner.write(slide_path, outputs), self.describe)
 
 
 def _echo_result(result: Any, describe: Callable[[Any], str]) -> Any:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from slidescan.data_paths import ENV_VAR, shared_data_dir
+from slidescan.engine.weights import LoadedModel, load_weights
 from slidescan.errors import SlidescanError
-from slidescan.weights import LoadedModel, load_weights
+from slidescan.io.data_paths import ENV_VAR, shared_data_dir
 
 REQUIRE_ENV = "SLIDESCAN_REQUIRE_DATA"
 WEIGHTS_ENV = "SLIDESCAN_TEST_WEIGHTS"

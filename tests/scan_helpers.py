@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner, Result
 
 from slidescan.cli import app
+from slidescan.engine.weights import ModelCard, save_weights
 from slidescan.models import create_model
-from slidescan.weights import ModelCard, save_weights
 
 MODEL_MPP = 0.972
 SLIDE_MPP = 0.486  # scale 2: one model pixel is 2 level-0 pixels

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from slidescan.engine.inference import Predictor, make_predictor, predict_dense_probs, predict_probs
+from slidescan.engine.weights import LoadedModel
 from slidescan.errors import one_line
-from slidescan.inference import Predictor, make_predictor, predict_dense_probs, predict_probs
-from slidescan.weights import LoadedModel
 
 Item = tuple[Tensor, Tensor]
 _INHERITED: list[Predictor] = []  # the parent's predictors, in a forked worker
@@ -29,7 +29,7 @@ class ScoringError(RuntimeError):
 
 
 class CellScorer:
-    """Scores items of :class:`~slidescan.slide_tiles.SlideTileDataset`: ``(probs K, cells K×2)``.
+    """Scores tile-dataset items (``slidescan.scan.slide_tiles``): ``(probs K, cells K×2)``.
 
     ``predictor``: the main process's model. Any other process (a DataLoader worker) builds its
     own from ``loaded`` on the CPU with ``engine`` and one thread, as the workers themselves

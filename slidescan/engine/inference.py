@@ -12,10 +12,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from slidescan.augment import dihedral
-from slidescan.device import autocast, pin_memory, select_device
+from slidescan.engine.augment import dihedral
+from slidescan.engine.device import autocast, pin_memory, select_device
+from slidescan.engine.weights import LoadedModel, ModelCard
 from slidescan.errors import SlidescanError
-from slidescan.weights import LoadedModel, ModelCard
 
 
 class Normalizer:
@@ -66,7 +66,7 @@ class DenseModel(Protocol):
 
 def resolve_backend(loaded: LoadedModel, device: torch.device, backend: str) -> str:
     """The engine ``backend`` means for this model on this device (``auto`` resolved)."""
-    from slidescan.onnx_backend import onnx_available
+    from slidescan.engine.onnx_backend import onnx_available
 
     if backend not in BACKENDS:
         raise SlidescanError(f"unknown backend {backend!r} (use {', '.join(BACKENDS)})")
@@ -98,7 +98,7 @@ def make_predictor(
     accuracy of each: benchmarks/RESULTS.md. ``threads``: ONNX Runtime's thread count (default:
     torch's); the torch engine uses the process's torch threads.
     """
-    from slidescan.onnx_backend import OnnxModel, fp32_graph
+    from slidescan.engine.onnx_backend import OnnxModel, fp32_graph
 
     torch_device = select_device(device)
     engine = resolve_backend(loaded, torch_device, backend)

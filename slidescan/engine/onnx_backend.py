@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from slidescan.engine.weights import LoadedModel, ModelCard
 from slidescan.errors import SlidescanError, one_line
-from slidescan.weights import LoadedModel, ModelCard
 
 CALIBRATION_BATCH = 64
 

@@ -6,10 +6,10 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from slidescan.atomic import atomic_write
-from slidescan.inference import make_predictor, predict_dataset
-from slidescan.patch_data import open_unlabelled_patches
-from slidescan.weights import LoadedModel
+from slidescan.engine.inference import make_predictor, predict_dataset
+from slidescan.engine.weights import LoadedModel
+from slidescan.io.atomic import atomic_write
+from slidescan.io.patch_data import open_unlabelled_patches
 
 
 def predict_patches(

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from slidescan.engine.weights import LoadedModel
 from slidescan.errors import SlidescanError
-from slidescan.patch_data import PatchDataset
-from slidescan.weights import LoadedModel
+from slidescan.io.patch_data import PatchDataset
 
 
 @dataclass
@@ -35,7 +35,7 @@ def quantize_weights(
 ) -> tuple[bytes, Agreement]:
     """The int8 ONNX graph of ``loaded``, calibrated on ``patches`` random patches of
     ``dataset``, and its agreement with float32 on as many other patches."""
-    from slidescan.onnx_backend import OnnxModel, fp32_graph, onnx_available, quantize_int8
+    from slidescan.engine.onnx_backend import OnnxModel, fp32_graph, onnx_available, quantize_int8
 
     if not onnx_available():
         raise SlidescanError("quantizing needs onnxruntime and onnx (pip install onnxruntime onnx)")

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from slidescan.atomic import atomic_write
 from slidescan.errors import SlidescanError, one_line
+from slidescan.io.atomic import atomic_write
 from slidescan.models import create_model
 
 FORMAT = "slidescan-weights"
@@ -42,7 +42,7 @@ class ModelCard:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     threshold: float = 0.5  # tile threshold: patch predictions
-    # Lesions (slidescan.slide_call, calibrated by slidescan.calibration): tiles at the extent
+    # Lesions (scan.slide_call, calibrated by train.calibration): tiles at the extent
     # threshold (default: the tile threshold) around seed tiles at the seed threshold.
     extent_threshold: float | None = None
     seed_threshold: float | None = None
@@ -69,7 +69,7 @@ class LoadedModel:
     sha256: str
     path: Path | None
     int8_onnx: bytes | None = None  # the CPU engine's int8 graph, when the file carries one
-    # The training patches' feature cloud (slidescan.distribution_check), when calibrated.
+    # The training patches' feature cloud (slidescan.scan.distribution_check), when calibrated.
     feature_reference: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     fp32_onnx: bytes | None = field(default=None, repr=False)  # see onnx_backend.fp32_graph
 
@@ -88,7 +88,7 @@ def save_weights(
     file as a uint8 tensor so the one file stays the one source of truth.
     ``feature_reference``: tensors of the out-of-distribution check (``distribution_check``).
     """
-    from slidescan import __version__
+    from slidescan.about import __version__
 
     card.slidescan_version = card.slidescan_version or __version__
     payload = {

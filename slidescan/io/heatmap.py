@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 
 from slidescan.errors import SlidescanError
-from slidescan.heatmap_format import (
+from slidescan.io.heatmap_format import (
     ATTR_FORMAT,
     ATTR_FORMAT_VERSION,
     FORMAT_NAME,

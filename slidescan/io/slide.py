@@ -8,7 +8,7 @@ Output pixel ``(i, j)`` of a resampled read covers the source interval ``[x0 + j
 Two backends sit behind :class:`Slide`: OpenSlide for every format it reads, and a whole-image
 fallback (tifffile for TIFF, PIL for everything else) for plain images such as stripped TIFFs,
 PNGs and JPEGs. For tiled TIFF slides (Aperio SVS, generic TIFF) the OpenSlide backend hands pixel
-decoding to :mod:`slidescan.tiff_reader`, which is several times faster for the same pixels.
+decoding to :mod:`slidescan.io.tiff_reader`, which is several times faster for the same pixels.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import openslide
 from PIL import Image, ImageOps
 
 from slidescan.errors import SlidescanError, one_line
-from slidescan.tiff_reader import TiffTileReader, open_tiff_reader
+from slidescan.io.tiff_reader import TiffTileReader, open_tiff_reader
 
 # Plain images are loaded whole; beyond this a pyramid is the only sane way to read them.
 MAX_FALLBACK_PIXELS = 20_000 * 20_000
@@ -204,7 +204,7 @@ def open_slide(path: str | Path, *, mpp: float | None = None, reader: str = "aut
     """OpenSlide for every format it reads; plain TIFF/PNG/JPEG images via a fallback backend
     (PIL or tifffile) behind the same class; ``mpp`` overrides metadata.
 
-    ``reader="auto"`` lets tiled TIFF slides be decoded directly (:mod:`slidescan.tiff_reader`);
+    ``reader="auto"`` lets tiled TIFF slides be decoded directly (:mod:`slidescan.io.tiff_reader`);
     ``"openslide"`` keeps every pixel on OpenSlide's decoder.
     """
     check_reader(reader)

@@ -9,7 +9,7 @@ Why it looks like this (measured in ``benchmarks/RESULTS.md`` §model ablation):
   convolution runs at the full 96×96 (the cost that dominates CPU inference), and every stage costs
   about the same number of multiply-adds (~75 M per patch in all, ~2.4 M parameters).
 - **BatchNorm + ReLU, dropout before the linear head.** Trained with strong colour augmentation
-  (``slidescan.augment``), AdamW and a cosine schedule.
+  (``slidescan.engine.augment``), AdamW and a cosine schedule.
 """
 
 from __future__ import annotations

@@ -7,12 +7,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from tqdm.auto import tqdm
 
-from slidescan.atomic import atomic_write
 from slidescan.errors import SlidescanError, one_line
-from slidescan.pipeline import ScanResult, is_complete, read_report, report_path
+from slidescan.io.atomic import atomic_write
+from slidescan.io.outputs import OutputBusy, SlideOutputs, read_report
+from slidescan.scan.scanner import ScanResult
 
 # What OpenSlide reads, plus plain images for the fallback reader.
 SLIDE_SUFFIXES = frozenset(
@@ -30,7 +32,9 @@ class SlideOutcome:
     """One row of summary.csv."""
 
     slide: str
-    status: str  # done | skipped (already complete) | failed
+    # done | redone (an earlier result made with other settings, or damaged, was replaced) |
+    # skipped (complete, same settings) | busy (another run is writing it) | failed
+    status: str
     positive: bool | None = None
     category: str = ""
     largest_lesion_mm: float | None = None
@@ -78,11 +82,6 @@ def find_slides(folder: Path) -> list[Path]:
     )
 
 
-def heatmap_for(slide: Path, out_dir: Path) -> Path:
-    """Output path of a slide in a batch: ``OUT/<slide name without suffix>.zarr``."""
-    return out_dir / f"{slide.stem}.zarr"
-
-
 def outcome_from_result(result: ScanResult) -> SlideOutcome:
     """A finished scan as a summary row."""
     call, check = result.call, result.distribution
@@ -120,7 +119,16 @@ def write_summary(path: Path, outcomes: Iterable[SlideOutcome]) -> None:
         writer.writerows(o.row() for o in outcomes)
 
 
-ScanOne = Callable[[Path, Path, Path | None], ScanResult]
+class SlideScanner(Protocol):
+    """What a batch needs of a scanner (:class:`slidescan.scan.scanner.Scanner`)."""
+
+    def fingerprint(self, slide_path: Path) -> str:
+        """The fingerprint a scan of ``slide_path`` would record."""
+        ...
+
+    def write(self, slide_path: Path, outputs: SlideOutputs) -> ScanResult:
+        """Scan one slide into ``outputs`` (whose lock the caller holds)."""
+        ...
 
 
 def duplicate_outputs(slides: list[Path], out_dir: Path) -> dict[Path, str]:
@@ -129,7 +137,7 @@ def duplicate_outputs(slides: list[Path], out_dir: Path) -> dict[Path, str]:
     claimed: dict[Path, str] = {}
     errors = {}
     for slide in slides:
-        heatmap = heatmap_for(slide, out_dir)
+        heatmap = SlideOutputs.in_folder(slide, out_dir).heatmap
         owner = claimed.setdefault(heatmap, slide.name)
         if owner != slide.name:
             errors[slide] = (
@@ -141,24 +149,29 @@ def duplicate_outputs(slides: list[Path], out_dir: Path) -> dict[Path, str]:
 
 def process_slide(
     slide: Path,
-    out_dir: Path,
-    scan_one: ScanOne,
+    outputs: SlideOutputs,
+    scanner: SlideScanner,
     *,
     overwrite: bool = False,
-    overlay_dir: Path | None = None,
 ) -> SlideOutcome:
-    """Scan one slide of a batch (or take its earlier complete result); failures become rows."""
-    heatmap = heatmap_for(slide, out_dir)
-    overlay = overlay_dir / f"{slide.stem}.png" if overlay_dir else None
+    """Scan one slide of a batch, or take its earlier result when it is complete, made with the
+    same settings (fingerprint) and has every output asked for. Failures become rows."""
     start = time.perf_counter()
     try:
-        if is_complete(heatmap) and not overwrite:
-            previous = outcome_from_previous(slide, heatmap)
-            if previous is not None:
-                return previous
-            # A damaged report: the result is not trustworthy, so the slide is scanned again.
-            report_path(heatmap).unlink()
-        return outcome_from_result(scan_one(slide, heatmap, overlay))
+        # Decided under the lock: a run that finished the slide a moment ago is seen here.
+        with outputs.locked():
+            status = "done"
+            if outputs.is_complete() and not overwrite:
+                if outputs.matches(scanner.fingerprint(slide)) and not outputs.overlay_missing():
+                    previous = outcome_from_previous(slide, outputs.heatmap)
+                    if previous is not None:
+                        return previous
+                status = "redone"
+            outcome = outcome_from_result(scanner.write(slide, outputs))
+        outcome.status = status
+        return outcome
+    except OutputBusy as exc:
+        return SlideOutcome(slide=slide.name, status="busy", error=one_line(exc))
     except Exception as exc:  # any failure is this slide's, never the whole batch's
         return SlideOutcome(
             slide=slide.name, status="failed", seconds=round(time.perf_counter() - start, 2),
@@ -174,13 +187,13 @@ def failed(slide: Path, error: str) -> SlideOutcome:
 def run_batch(
     slides: list[Path],
     out_dir: Path,
-    scan_one: ScanOne,
+    scanner: SlideScanner,
     *,
     overwrite: bool = False,
     overlay_dir: Path | None = None,
     on_outcome: Callable[[SlideOutcome], None] | None = None,
 ) -> list[SlideOutcome]:
-    """Scan each slide into ``out_dir``; skip complete outputs unless ``overwrite``.
+    """Scan each slide into ``out_dir``; skip results of the same settings unless ``overwrite``.
 
     Failures are recorded (status ``failed`` with the error) and the batch goes on; summary.csv
     is rewritten after every slide so a killed batch still leaves an up-to-date summary.
@@ -193,9 +206,8 @@ def run_batch(
         if slide in duplicates:
             outcome = failed(slide, duplicates[slide])
         else:
-            outcome = process_slide(
-                slide, out_dir, scan_one, overwrite=overwrite, overlay_dir=overlay_dir
-            )
+            outputs = SlideOutputs.in_folder(slide, out_dir, overlay_dir)
+            outcome = process_slide(slide, outputs, scanner, overwrite=overwrite)
         outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome)

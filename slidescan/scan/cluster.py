@@ -23,17 +23,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slidescan.batch import (
+from slidescan.errors import SlidescanError, one_line
+from slidescan.io.outputs import SlideOutputs
+from slidescan.scan.batch import (
     SlideOutcome,
     duplicate_outputs,
     failed,
-    heatmap_for,
-    outcome_from_previous,
     process_slide,
     write_summary,
 )
-from slidescan.errors import SlidescanError, one_line
-from slidescan.pipeline import Scanner, ScanOptions, is_complete
+from slidescan.scan.scanner import Scanner, ScanOptions
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -82,7 +81,7 @@ def _worker_scanner(weights: str | None, options: ScanOptions) -> Scanner:
     key = (weights, options)
     with _SCANNERS_LOCK:
         if key not in _SCANNERS:
-            from slidescan.weights import load_weights
+            from slidescan.engine.weights import load_weights
 
             _SCANNERS[key] = Scanner(load_weights(Path(weights) if weights else None), options)
         return _SCANNERS[key]
@@ -98,10 +97,10 @@ def scan_task(
         options = dataclasses.replace(options, workers=0)
     options = dataclasses.replace(options, progress=False)
     scanner = _worker_scanner(weights, options)
-    return process_slide(
-        Path(slide), Path(out_dir), scanner.scan, overwrite=options.overwrite,
-        overlay_dir=Path(overlay_dir) if overlay_dir else None,
-    )  # fmt: skip
+    outputs = SlideOutputs.in_folder(
+        Path(slide), Path(out_dir), Path(overlay_dir) if overlay_dir else None
+    )
+    return process_slide(Path(slide), outputs, scanner, overwrite=options.overwrite)
 
 
 def run_batch_on_cluster(
@@ -114,7 +113,10 @@ def run_batch_on_cluster(
     overlay_dir: Path | None = None,
     on_outcome: Callable[[SlideOutcome], None] | None = None,
 ) -> list[SlideOutcome]:
-    """Like :func:`slidescan.batch.run_batch`, with one Dask task per slide still to scan."""
+    """Like :func:`slidescan.scan.batch.run_batch`, with one Dask task per slide.
+
+    Tasks of finished slides only compare fingerprints: whether a result matches depends on the
+    engine the worker's device gets, which only the worker knows."""
     from distributed import as_completed
     from tqdm.auto import tqdm
 
@@ -123,20 +125,12 @@ def run_batch_on_cluster(
     todo = []
     duplicates = duplicate_outputs(slides, out_dir)
     for slide in slides:
-        heatmap = heatmap_for(slide, out_dir)
         if slide in duplicates:
             outcomes[slide] = failed(slide, duplicates[slide])
-        elif (
-            is_complete(heatmap)
-            and not options.overwrite
-            and (previous := outcome_from_previous(slide, heatmap)) is not None
-        ):
-            outcomes[slide] = previous
+            if on_outcome:
+                on_outcome(outcomes[slide])
         else:
             todo.append(slide)
-            continue
-        if on_outcome:
-            on_outcome(outcomes[slide])
     futures = {
         client.submit(
             scan_task, str(s.resolve()), str(out_dir.resolve()),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slidescan import RESEARCH_USE_NOTICE
+from slidescan.about import RESEARCH_USE_NOTICE
 
 Extent = tuple[float, float, float, float]
 

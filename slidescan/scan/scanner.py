@@ -1,15 +1,13 @@
 """Scan one slide: reader → tissue mask → tile grid → DataLoader → model → zarr heatmap → call.
 
-Outputs are written under temporary names and renamed only when complete, so an interrupted scan
-never leaves anything that looks finished. The JSON report is renamed last: its presence marks a
-complete result.
+Outputs go through :mod:`slidescan.io.outputs`: written under this run's own temporary names while
+the slide's lock is held, then renamed into place, the JSON report last. An interrupted scan never
+leaves anything that looks finished, and every report carries the fingerprint of its settings.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,11 +19,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from slidescan import RESEARCH_USE_NOTICE, __version__
-from slidescan.atomic import partial_path
-from slidescan.cell_scoring import CellScorer, ScoringError
-from slidescan.device import default_scan_batch, default_scan_workers, pin_memory
-from slidescan.distribution_check import (
+from slidescan.about import RESEARCH_USE_NOTICE, __version__
+from slidescan.engine.cell_scoring import CellScorer, ScoringError
+from slidescan.engine.device import default_scan_batch, default_scan_workers, pin_memory
+from slidescan.engine.inference import Normalizer, make_predictor
+from slidescan.engine.weights import LoadedModel, ModelCard
+from slidescan.errors import SlidescanError, one_line
+from slidescan.io.heatmap import HeatmapWriter
+from slidescan.io.outputs import SlideOutputs, Staging, fingerprint
+from slidescan.io.slide import Slide, open_slide
+from slidescan.scan.distribution_check import (
     DistributionCheck,
     FeatureReference,
     check_features,
@@ -34,15 +37,10 @@ from slidescan.distribution_check import (
     feature_batches,
     supports_features,
 )
-from slidescan.errors import SlidescanError, one_line
-from slidescan.heatmap import HeatmapWriter, read_heatmap
-from slidescan.inference import Normalizer, make_predictor
-from slidescan.slide import Slide, open_slide
-from slidescan.slide_call import CATEGORY_NAMES, SlideCall, call_slide, seed_cells_for
-from slidescan.slide_tiles import BlockBatches, SlideTileDataset, collate_blocks
-from slidescan.tiling import TileGrid, make_grid, tissue_fraction
-from slidescan.tissue import mask_thumbnail
-from slidescan.weights import LoadedModel, ModelCard
+from slidescan.scan.slide_call import CATEGORY_NAMES, SlideCall, call_slide, seed_cells_for
+from slidescan.scan.slide_tiles import BlockBatches, SlideTileDataset, collate_blocks
+from slidescan.scan.tiling import TileGrid, make_grid, tissue_fraction
+from slidescan.scan.tissue import mask_thumbnail
 
 
 @dataclass(frozen=True)
@@ -93,42 +91,6 @@ def plan_grid(
     return grid, tissue_fraction(mask, mask_ds, grid) >= min_tissue
 
 
-def report_path(heatmap: Path) -> Path:
-    """The JSON report written beside a heatmap: ``x.zarr`` → ``x.json``."""
-    return heatmap.with_suffix(".json")
-
-
-def is_complete(heatmap: Path) -> bool:
-    """True when a previous scan finished: both the heatmap and its report exist."""
-    return heatmap.is_dir() and report_path(heatmap).is_file()
-
-
-def read_report(heatmap: Path) -> dict[str, Any]:
-    """The JSON report of a completed scan."""
-    try:
-        return json.loads(report_path(heatmap).read_text())
-    except (OSError, ValueError) as exc:
-        raise SlidescanError(f"{report_path(heatmap)}: unreadable report ({exc})") from None
-
-
-def _interrupted(heatmap: Path) -> bool:
-    """A slidescan heatmap whose report was never written: a scan killed between the renames."""
-    if not heatmap.is_dir() or report_path(heatmap).exists():
-        return False
-    try:
-        read_heatmap(heatmap)
-    except SlidescanError:
-        return False  # not ours: never delete it without overwrite
-    return True
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
 class Scanner:
     """A model on a device, ready to scan any number of slides."""
 
@@ -170,68 +132,102 @@ class Scanner:
         dense_block = 64 if self.device.type == "cuda" else 32
         self.block = options.block or (dense_block if self.dense else 8)
 
+    def settings(self) -> dict[str, Any]:
+        """Everything besides the slide that changes a result (the fingerprint's input)."""
+        card, opts = self.loaded.card, self.options
+        return {
+            "weights_sha256": self.loaded.sha256,
+            "model": card.model,
+            "engine": self.engine,
+            "mpp_override": opts.mpp,
+            "reader": opts.reader,
+            "stride": self.stride or card.input_size,
+            "dense": opts.dense,
+            "tta": opts.tta,
+            "min_tissue": opts.min_tissue,
+            "seed_threshold": self.seed_threshold,
+            "extent_threshold": self.extent_threshold,
+            "slidescan_version": __version__,
+        }
+
+    def fingerprint(self, slide_path: Path) -> str:
+        """The fingerprint a scan of ``slide_path`` with these settings records."""
+        size = slide_path.stat().st_size
+        return fingerprint({**self.settings(), "slide": slide_path.name, "slide_bytes": size})
+
     def scan(self, slide_path: Path, out: Path, overlay: Path | None = None) -> ScanResult:
-        """Scan ``slide_path`` into the zarr heatmap ``out`` (+ JSON report, optional overlay)."""
-        opts = self.options
-        if out.exists() and not opts.overwrite and not _interrupted(out):
-            raise SlidescanError(f"{out} already exists (use --overwrite to redo it)")
-        if report_path(out).exists() and not out.exists() and not opts.overwrite:
-            raise SlidescanError(
-                f"{report_path(out)} exists and would be replaced (use --overwrite)"
-            )
+        """Scan ``slide_path`` into the zarr heatmap ``out`` (+ JSON report, optional overlay).
+
+        An existing result is replaced only with ``--overwrite``; one left by an interrupted scan
+        always is. Another run writing ``out`` raises ``OutputBusy``.
+        """
+        outputs = SlideOutputs(out, overlay)
+        with outputs.locked():
+            if not self.options.overwrite:
+                if out.exists() and not outputs.interrupted():
+                    raise SlidescanError(f"{out} already exists (use --overwrite to redo it)")
+                if outputs.report.exists() and not out.exists():
+                    raise SlidescanError(
+                        f"{outputs.report} exists and would be replaced (use --overwrite)"
+                    )
+            return self.write(slide_path, outputs)
+
+    def write(self, slide_path: Path, outputs: SlideOutputs) -> ScanResult:
+        """Scan ``slide_path`` into ``outputs``, replacing what is there; the caller holds
+        ``outputs.locked()``."""
         start = time.perf_counter()
-        card = self.loaded.card
-        tmp = partial_path(out)
-        tmp_report = partial_path(report_path(out))
-        _remove(tmp)
-        _remove(tmp_report)
-        try:
-            with open_slide(slide_path, mpp=opts.mpp, reader=opts.reader) as slide:
-                grid, tissue = plan_grid(slide, card, self.stride, opts.min_tissue)
-                cells = np.argwhere(tissue)
-                attrs = self._attrs(slide_path, slide, grid)
-                # Each worker would hold its own copy of a plain image: read it here instead.
-                workers = 0 if slide.in_memory else self.workers
-                thumb = slide.thumbnail(1024) if overlay is not None else None
-                scale_doubts = check_scale(slide.mpp, card.mpp)
-            writer = HeatmapWriter(tmp, grid.shape, attrs=attrs, overwrite=True)
-            writer.write_tissue(tissue)
-            self._infer(slide_path, grid, cells, writer, workers)
-            probability = writer.probability
-            call = call_slide(
-                probability, seed_threshold=self.seed_threshold,
-                extent_threshold=self.extent_threshold, cell_mm=grid.stride * card.mpp / 1000.0,
-                seed_cells=seed_cells_for(grid.stride, grid.patch_size),
-            )  # fmt: skip
-            distribution = combine(self._check_distribution(slide_path, grid, cells), scale_doubts)
-            seconds = time.perf_counter() - start
-            summary = {
-                "call": _call_dict(call, grid),
-                "distribution": distribution.to_dict(),
-                "reliable": not distribution.flagged,
-                "tiles_scanned": len(cells),
-                "wall_seconds": round(seconds, 3),
-            }
-            writer.update_attrs(**summary)
-            writer.close()
-            report = self._report(slide_path, out, attrs, summary)
-            overlay_png = None
-            if overlay is not None and thumb is not None:
-                overlay_png = self._overlay(
-                    thumb, probability, grid, slide_path, call, distribution, overlay
-                )
-        except BaseException:
-            _remove(tmp)
-            _remove(tmp_report)
-            raise
-        # Replaced: an existing result (with overwrite) or an interrupted one's heatmap.
-        _remove(report_path(out))
-        _remove(out)
-        os.replace(tmp, out)
-        os.replace(report, report_path(out))  # last: its presence marks completion
+        with outputs.staged() as staging:
+            result = self._scan_into(slide_path, outputs, staging, start)
+            staging.commit()
+        return result
+
+    def _scan_into(
+        self, slide_path: Path, outputs: SlideOutputs, staging: Staging, start: float
+    ) -> ScanResult:
+        opts, card = self.options, self.loaded.card
+        with open_slide(slide_path, mpp=opts.mpp, reader=opts.reader) as slide:
+            grid, tissue = plan_grid(slide, card, self.stride, opts.min_tissue)
+            cells = np.argwhere(tissue)
+            attrs = self._attrs(slide_path, slide, grid)
+            # Each worker would hold its own copy of a plain image: read it here instead.
+            workers = 0 if slide.in_memory else self.workers
+            thumb = slide.thumbnail(1024) if outputs.overlay is not None else None
+            scale_doubts = check_scale(slide.mpp, card.mpp)
+        writer = HeatmapWriter(staging.heatmap, grid.shape, attrs=attrs, overwrite=True)
+        writer.write_tissue(tissue)
+        self._infer(slide_path, grid, cells, writer, workers)
+        probability = writer.probability
+        call = call_slide(
+            probability, seed_threshold=self.seed_threshold,
+            extent_threshold=self.extent_threshold, cell_mm=grid.stride * card.mpp / 1000.0,
+            seed_cells=seed_cells_for(grid.stride, grid.patch_size),
+        )  # fmt: skip
+        distribution = combine(self._check_distribution(slide_path, grid, cells), scale_doubts)
+        seconds = time.perf_counter() - start
+        summary = {
+            "call": _call_dict(call, grid),
+            "distribution": distribution.to_dict(),
+            "reliable": not distribution.flagged,
+            "tiles_scanned": len(cells),
+            "wall_seconds": round(seconds, 3),
+            "fingerprint": self.fingerprint(slide_path),
+        }
+        writer.update_attrs(**summary)
+        writer.close()
+        report = {
+            "notice": RESEARCH_USE_NOTICE,
+            "slide": slide_path.name,
+            "heatmap": outputs.heatmap.name,
+            **summary,
+            "settings": self.settings(),
+            "attributes": attrs,
+        }
+        staging.report.write_text(json.dumps(report, indent=2) + "\n")
+        if thumb is not None and staging.overlay is not None:
+            self._overlay(thumb, probability, grid, slide_path, call, distribution, staging.overlay)
         return ScanResult(
-            slide_path, out, report_path(out), call, len(cells), seconds, overlay_png,
-            distribution,
+            slide_path, outputs.heatmap, outputs.report, call, len(cells), seconds,
+            outputs.overlay, distribution,
         )  # fmt: skip
 
     def _check_distribution(
@@ -322,6 +318,7 @@ class Scanner:
             "slide_path": str(slide_path.resolve()),
             "slide_dimensions": list(slide.dimensions),
             "slide_mpp": slide.mpp,
+            "slide_mpp_source": "--mpp" if self.options.mpp else "slide metadata",
             "slide_reader": slide.reader,
             "mpp": card.mpp,
             "level": level,
@@ -352,20 +349,6 @@ class Scanner:
             "notice": RESEARCH_USE_NOTICE,
         }
 
-    def _report(
-        self, slide_path: Path, out: Path, attrs: dict[str, Any], summary: dict[str, Any]
-    ) -> Path:
-        report = {
-            "notice": RESEARCH_USE_NOTICE,
-            "slide": slide_path.name,
-            "heatmap": out.name,
-            **summary,
-            "attributes": attrs,
-        }
-        tmp = partial_path(report_path(out))
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        return tmp
-
     def _overlay(
         self,
         thumb: tuple[np.ndarray, float],
@@ -375,8 +358,8 @@ class Scanner:
         call: SlideCall,
         distribution: DistributionCheck,
         overlay: Path,
-    ) -> Path:
-        from slidescan.overlay import grid_extent_in_thumbnail, render_overlay
+    ) -> None:
+        from slidescan.scan.overlay import grid_extent_in_thumbnail, render_overlay
 
         image, downsample = thumb
         # A cell shows the central stride×stride square of its patch.
@@ -386,17 +369,10 @@ class Scanner:
         )
         title = f"{slide_path.name}: {verdict_text(call, distribution)}"
         overlay.parent.mkdir(parents=True, exist_ok=True)
-        tmp = overlay.with_name(f".{overlay.name}.partial.png")
-        try:
-            render_overlay(
-                image, probability, tmp, title=title, threshold=self.extent_threshold,
-                thumbnail_extent=extent,
-            )  # fmt: skip
-        except BaseException:
-            _remove(tmp)
-            raise
-        os.replace(tmp, overlay)
-        return overlay
+        render_overlay(
+            image, probability, overlay, title=title, threshold=self.extent_threshold,
+            thumbnail_extent=extent,
+        )  # fmt: skip
 
 
 def _reading(
@@ -450,3 +426,21 @@ def _call_dict(call: SlideCall, grid: Any) -> dict[str, Any]:
         x, y = grid.cell_center_level0(lesion["row"], lesion["col"])
         lesion["centroid_level0"] = [round(float(x), 1), round(float(y), 1)]
     return out
+
+
+def scan_slide(
+    slide: str | Path,
+    out: str | Path,
+    *,
+    weights: str | Path | None = None,
+    overlay: str | Path | None = None,
+    **options: Any,
+) -> ScanResult:
+    """Scan one slide with the shipped (or given) weights: ``slidescan run`` from Python.
+
+    ``options`` are :class:`ScanOptions` fields (``mpp=``, ``dense=``, ``overwrite=``, ...).
+    """
+    from slidescan.engine.weights import load_weights
+
+    scanner = Scanner(load_weights(Path(weights) if weights else None), ScanOptions(**options))
+    return scanner.scan(Path(slide), Path(out), Path(overlay) if overlay else None)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
-from slidescan.slide import Slide, open_slide
-from slidescan.tiling import TileGrid
+from slidescan.io.slide import Slide, open_slide
+from slidescan.scan.tiling import TileGrid
 
 
 class SlideTileDataset(Dataset):

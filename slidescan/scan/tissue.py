@@ -14,7 +14,7 @@ import numpy as np
 from skimage import filters, measure, morphology
 
 if TYPE_CHECKING:
-    from slidescan.slide import Slide
+    from slidescan.io.slide import Slide
 
 # Otsu on saturation splits tissue from glass; clamping keeps it sane on all-glass images
 # (threshold would land in noise) and all-tissue images (it would split pink from purple).

@@ -26,13 +26,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from slidescan.augment import dihedral
-from slidescan.distribution_check import feature_batches, fit_reference, supports_features
+from slidescan.engine.augment import dihedral
+from slidescan.engine.inference import Normalizer
+from slidescan.engine.weights import load_weights, save_weights
 from slidescan.errors import SlidescanError, one_line
-from slidescan.inference import Normalizer
-from slidescan.metrics import best_threshold, binary_metrics
-from slidescan.slide_call import SEED_CELLS, calibrate_seed_threshold, false_positive_rate
-from slidescan.weights import load_weights, save_weights
+from slidescan.scan.distribution_check import feature_batches, fit_reference, supports_features
+from slidescan.scan.slide_call import SEED_CELLS, calibrate_seed_threshold, false_positive_rate
+from slidescan.train.metrics import best_threshold, binary_metrics
 
 # Simulated normal slides of 40,000 tissue cells of 93 µm (~350 mm² of tissue: several large
 # nodes). Deliberately larger than most slides: normal tiles of unseen slides are confidently
@@ -191,8 +191,8 @@ def calibrate_weights(
 
 
 def _int8(loaded: Any, train_data: Dataset, seed: int) -> tuple[bytes | None, str]:
-    from slidescan.onnx_backend import onnx_available
-    from slidescan.quantize import quantize_weights
+    from slidescan.engine.onnx_backend import onnx_available
+    from slidescan.engine.quantize import quantize_weights
 
     if not onnx_available():
         return None, "int8 engine skipped: onnxruntime/onnx not installed"

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from slidescan.device import select_device
+from slidescan.engine.device import select_device
 
 
 @dataclass(frozen=True)

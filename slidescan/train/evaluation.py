@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from slidescan.inference import make_predictor, predict_dataset
-from slidescan.metrics import BinaryMetrics, binary_metrics
-from slidescan.patch_data import PatchDataset
-from slidescan.weights import LoadedModel
+from slidescan.engine.inference import make_predictor, predict_dataset
+from slidescan.engine.weights import LoadedModel
+from slidescan.io.patch_data import PatchDataset
+from slidescan.train.metrics import BinaryMetrics, binary_metrics
 
 
 @dataclass
@@ -62,7 +62,7 @@ def write_evaluation_report(
     out_dir: Path, result: Evaluation, dataset: PatchDataset, title: str
 ) -> list[Path]:
     """ROC, calibration, confusion-matrix and example-patch figures plus metrics.json."""
-    from slidescan.report import write_report
+    from slidescan.train.report import write_report
 
     return write_report(
         out_dir, result.labels, result.probs, result.metrics, PatchImages(dataset), title=title

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slidescan.weights import PCAM_MPP
+from slidescan.engine.weights import PCAM_MPP
 
 CELL = 96
 

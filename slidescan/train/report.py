@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from slidescan.metrics import BinaryMetrics, reliability_bins, roc_curve
+from slidescan.train.metrics import BinaryMetrics, reliability_bins, roc_curve
 
 
 class Images(Protocol):
@@ -246,7 +246,7 @@ def write_report(
 
     ``images`` is N×H×W×3 uint8 (an array, or any lazy sequence: only the ~24 shown are
     indexed), aligned with ``labels``/``probs``; ``metrics`` should come
-    from :func:`slidescan.metrics.binary_metrics` on the same cases.
+    from :func:`slidescan.train.metrics.binary_metrics` on the same cases.
     """
     labels = np.asarray(labels).astype(np.int64)
     probs = np.asarray(probs, dtype=np.float64)

@@ -18,10 +18,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from slidescan.atomic import atomic_write
-from slidescan.augment import augment_batch
-from slidescan.device import autocast, pin_memory
-from slidescan.distributed import (
+from slidescan.engine.augment import augment_batch
+from slidescan.engine.device import autocast, pin_memory
+from slidescan.engine.inference import Normalizer, predict_dataset, prepare_model
+from slidescan.engine.weights import ModelCard, save_weights
+from slidescan.errors import SlidescanError, one_line
+from slidescan.io.atomic import atomic_write
+from slidescan.models import DEFAULT_MODEL, count_parameters, create_model
+from slidescan.train.distributed import (
     DistContext,
     barrier,
     broadcast_buffers,
@@ -31,11 +35,7 @@ from slidescan.distributed import (
     shutdown,
     sum_across,
 )
-from slidescan.errors import SlidescanError, one_line
-from slidescan.inference import Normalizer, predict_dataset, prepare_model
-from slidescan.metrics import best_threshold, binary_metrics
-from slidescan.models import DEFAULT_MODEL, count_parameters, create_model
-from slidescan.weights import ModelCard, save_weights
+from slidescan.train.metrics import best_threshold, binary_metrics
 
 
 @dataclass
@@ -53,12 +53,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     val_fraction: float = 0.2
-    augment: str = "strong"  # none, basic or strong (see slidescan.augment)
+    augment: str = "strong"  # none, basic or strong (see slidescan.engine.augment)
     ema: float = 0.0  # per-step decay of an exponential moving average of the weights; 0 = off
     seed: int = 0
     workers: int = 2
     device: str = "auto"
-    int8: bool = True  # also store an int8 CPU engine (see slidescan.quantize)
+    int8: bool = True  # also store an int8 CPU engine (see slidescan.engine.quantize)
 
 
 @dataclass
@@ -369,7 +369,7 @@ def _train(
 
 def _calibrate(out: Path, train_data: Dataset, val_data: Dataset, *, int8: bool, seed: int) -> None:
     """Thresholds, distribution reference and int8 engine from the held-out patches."""
-    from slidescan.calibration import calibrate_weights
+    from slidescan.train.calibration import calibrate_weights
 
     try:
         result = calibrate_weights(out, train_data, val_data, int8=int8, seed=seed)

@@ -17,10 +17,10 @@ from torch._utils import ExceptionWrapper
 from typer.testing import Result
 
 from slidescan.cli import one_line
+from slidescan.engine.weights import load_weights
 from slidescan.errors import SlidescanError
+from slidescan.io.patch_data import read_patch_image
 from slidescan.models import count_parameters, create_model, list_models
-from slidescan.patch_data import read_patch_image
-from slidescan.weights import load_weights
 
 N_PER_CLASS = 20
 
@@ -253,7 +253,7 @@ def test_predict_backends_agree(trained: tuple[Path, Result], toy: Path, tmp_pat
     assert probs["torch"].keys() == probs["onnx"].keys()
     assert max(abs(probs["torch"][k] - probs["onnx"][k]) for k in probs["torch"]) < 1e-4
     bad = invoke("predict", toy, "--weights", weights, "--backend", "tensorrt", *FAST)
-    _assert_one_error_line(bad, "unknown backend")
+    _assert_usage_error(bad, "--backend", "tensorrt", "onnx-int8")
 
 
 def test_predict_single_file(trained: tuple[Path, Result], toy: Path, tmp_path: Path) -> None:
@@ -374,16 +374,48 @@ def test_non_slidescan_weights(command: str, toy: Path, junk_weights: Path) -> N
     _assert_one_error_line(result, str(junk_weights), "not a slidescan weights file")
 
 
+def _assert_usage_error(result: Result, *needles: str) -> None:
+    """A bad choice: click's usage error (exit 2) naming the option, the value and the choices."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    for needle in needles:
+        assert needle in text, (needle, text)
+
+
 def test_missing_weights_file(toy: Path, tmp_path: Path) -> None:
     result = invoke("evaluate", toy, "--weights", tmp_path / "gone.pt", *FAST)
     _assert_one_error_line(result, "gone.pt", "not found")
 
 
 @pytest.mark.parametrize(
+    "option, choices",
+    [(["--schedule", "linear"], ["cosine", "constant"]), (["--augment", "max"], ["strong"])],
+)
+def test_train_bad_choices_list_the_choices(
+    option: list[str], choices: list[str], toy: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "w.pt"
+    result = invoke("train", toy, "--out", out, "--epochs", "1", *option)
+    _assert_usage_error(result, option[0], option[1], *choices)
+    assert not out.exists()
+
+
+def test_cli_choices_are_the_library_choices() -> None:
+    from slidescan.cli import Augment, Backend, Reader
+    from slidescan.engine.augment import AUGMENT_LEVELS
+    from slidescan.engine.inference import BACKENDS
+    from slidescan.io.slide import READERS
+
+    assert {b.value for b in Backend} == set(BACKENDS)
+    assert {r.value for r in Reader} == set(READERS)
+    assert {a.value for a in Augment} == set(AUGMENT_LEVELS)
+
+
+@pytest.mark.parametrize(
     "option, needle",
     [
         (["--model", "resnet-9000"], "unknown model"),
-        (["--schedule", "linear"], "--schedule"),
         (["--device", "warp-drive"], "unknown device"),
     ],
 )

@@ -18,8 +18,8 @@ from slide_fixtures import (
 )
 from typer.testing import Result
 
-from slidescan.heatmap import read_heatmap
-from slidescan.pipeline import is_complete, read_report
+from slidescan.io.heatmap import read_heatmap
+from slidescan.io.outputs import is_complete, read_report
 
 
 @pytest.fixture(scope="module")

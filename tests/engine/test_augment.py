@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slidescan.augment import (
+from slidescan.engine.augment import (
     augment_batch,
     brightness_contrast_jitter,
     dihedral,

@@ -11,10 +11,10 @@ import torch
 from scan_helpers import write_untrained_weights
 from torch.utils.data import DataLoader
 
-from slidescan import device, onnx_backend
-from slidescan.cell_scoring import CellScorer, ScoringError
-from slidescan.inference import make_predictor, predict_probs
-from slidescan.weights import LoadedModel, load_weights
+from slidescan.engine import device, onnx_backend
+from slidescan.engine.cell_scoring import CellScorer, ScoringError
+from slidescan.engine.inference import make_predictor, predict_probs
+from slidescan.engine.weights import LoadedModel, load_weights
 
 
 @pytest.fixture(scope="module")

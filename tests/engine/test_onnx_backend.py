@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from slidescan.errors import SlidescanError
-from slidescan.inference import (
+from slidescan.engine.inference import (
     make_predictor,
     predict_dense_probs,
     predict_logits,
     predict_probs,
 )
+from slidescan.engine.weights import ModelCard, load_weights, save_weights
+from slidescan.errors import SlidescanError
 from slidescan.models import create_model
-from slidescan.weights import ModelCard, load_weights, save_weights
 
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (a slidescan dependency)")
 

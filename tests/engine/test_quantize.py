@@ -12,12 +12,12 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from slidescan.cli import app
+from slidescan.engine.inference import make_predictor, predict_dense_probs, predict_probs
+from slidescan.engine.quantize import quantize_weights
+from slidescan.engine.weights import ModelCard, load_weights, save_weights
 from slidescan.errors import SlidescanError
-from slidescan.inference import make_predictor, predict_dense_probs, predict_probs
+from slidescan.io.patch_data import open_patch_dataset
 from slidescan.models import create_model
-from slidescan.patch_data import open_patch_dataset
-from slidescan.quantize import quantize_weights
-from slidescan.weights import ModelCard, load_weights, save_weights
 
 
 @pytest.fixture(scope="module")

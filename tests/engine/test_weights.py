@@ -12,9 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from slidescan.errors import SlidescanError
-from slidescan.models import create_model
-from slidescan.weights import (
+from slidescan.engine.weights import (
     FORMAT,
     FORMAT_VERSION,
     PCAM_MPP,
@@ -23,6 +21,8 @@ from slidescan.weights import (
     load_weights,
     save_weights,
 )
+from slidescan.errors import SlidescanError
+from slidescan.models import create_model
 
 SMALL = {"width": 8}  # a pcamnet-s with few channels: fast, and exercises the card's config
 

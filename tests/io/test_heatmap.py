@@ -9,8 +9,8 @@ import pytest
 import zarr
 
 from slidescan.errors import SlidescanError
-from slidescan.heatmap import HeatmapWriter, read_heatmap
-from slidescan.heatmap_format import FORMAT_NAME, FORMAT_VERSION, PROBABILITY_KEY, TISSUE_KEY
+from slidescan.io.heatmap import HeatmapWriter, read_heatmap
+from slidescan.io.heatmap_format import FORMAT_NAME, FORMAT_VERSION, PROBABILITY_KEY, TISSUE_KEY
 
 SHAPE = (10, 13)
 CHUNKS = (4, 5)  # small chunks so a 10x13 grid has ragged edge chunks to cross

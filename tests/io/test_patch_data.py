@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from slidescan.errors import SlidescanError
-from slidescan.patch_data import (
+from slidescan.io.patch_data import (
     CACHE_ENV_VAR,
     PATCH_SIZE,
     PatchDataset,

@@ -18,9 +18,9 @@ from slide_fixtures import (
     write_truncated,
 )
 
-import slidescan.slide as slide_module
+import slidescan.io.slide as slide_module
 from slidescan.errors import SlidescanError
-from slidescan.slide import open_slide
+from slidescan.io.slide import open_slide
 
 MPP = 0.25
 SQUARE_UM = 100.0

@@ -10,8 +10,8 @@ import pytest
 from slide_fixtures import tissue_image, write_pyramid
 
 from slidescan.errors import SlidescanError
-from slidescan.slide import open_slide
-from slidescan.tiff_reader import open_tiff_reader
+from slidescan.io.slide import open_slide
+from slidescan.io.tiff_reader import open_tiff_reader
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,11 @@ from slide_fixtures import (
 )
 from typer.testing import Result
 
-from slidescan.batch import SUMMARY_FIELDS, find_slides, run_batch
-from slidescan.heatmap import read_heatmap
-from slidescan.pipeline import Scanner, ScanOptions, ScanResult, is_complete, read_report
-from slidescan.weights import load_weights
+from slidescan.engine.weights import load_weights
+from slidescan.io.heatmap import read_heatmap
+from slidescan.io.outputs import SlideOutputs, is_complete, read_report
+from slidescan.scan.batch import SUMMARY_FIELDS, find_slides, run_batch
+from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult
 
 GOOD = ["a_good.tif", "b_good.tif"]
 BAD = ["c_truncated.tif", "d_noise.svs"]
@@ -66,16 +69,19 @@ def good_dir(tmp_path_factory: pytest.TempPathFactory, slide_dir: Path) -> Path:
 
 
 class CountingScanner:
-    """scan_one for run_batch that records which slides were actually scanned."""
+    """A scanner for run_batch that records which slides were actually scanned."""
 
     def __init__(self, weights: Path, **options: Any) -> None:
         opts = {"workers": 0, "device": "cpu", "progress": False, **options}
         self.scanner = Scanner(load_weights(weights), ScanOptions(**opts))
         self.scanned: list[str] = []
 
-    def __call__(self, slide: Path, heatmap: Path, overlay: Path | None) -> ScanResult:
+    def fingerprint(self, slide: Path) -> str:
+        return self.scanner.fingerprint(slide)
+
+    def write(self, slide: Path, outputs: SlideOutputs) -> ScanResult:
         self.scanned.append(slide.name)
-        return self.scanner.scan(slide, heatmap, overlay)
+        return self.scanner.write(slide, outputs)
 
 
 def read_summary(out_dir: Path) -> dict[str, dict[str, str]]:
@@ -188,6 +194,70 @@ def test_interrupted_slides_are_redone(good_dir: Path, weights: Path, tmp_path: 
     assert [o.status for o in outcomes] == ["done", "done"]
     assert outputs(out) == EXPECTED_OUTPUTS
     assert all(is_complete(out / f"{name[:-4]}.zarr") for name in GOOD)
+
+
+@pytest.mark.parametrize(
+    "changed", [{"stride": 48}, {"threshold": 0.25}, {"tta": True}, {"mpp": SLIDE_MPP}]
+)
+def test_rerun_with_other_settings_is_redone(
+    good_dir: Path, weights: Path, tmp_path: Path, changed: dict[str, Any]
+) -> None:
+    out = tmp_path / "results"
+    run_batch(find_slides(good_dir), out, CountingScanner(weights))
+    other = CountingScanner(weights, **changed)
+    outcomes = run_batch(find_slides(good_dir), out, other)
+    assert other.scanned == GOOD, "a result made with other settings must not be kept"
+    assert [o.status for o in outcomes] == ["redone", "redone"]
+    assert [r["status"] for r in read_summary(out).values()] == ["redone", "redone"]
+    same = CountingScanner(weights, **changed)
+    assert [o.status for o in run_batch(find_slides(good_dir), out, same)] == ["skipped"] * 2
+    assert same.scanned == []
+    assert outputs(out) == EXPECTED_OUTPUTS
+
+
+def test_other_weights_redo_and_reports_name_their_fingerprint(
+    good_dir: Path, weights: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "results"
+    run_batch(find_slides(good_dir), out, CountingScanner(weights))
+    first = read_report(out / "a_good.zarr")
+    assert first["settings"]["weights_sha256"] == load_weights(weights).sha256
+    other_weights = write_untrained_weights(tmp_path / "other.pt", seed=1)
+    other = CountingScanner(other_weights)
+    run_batch(find_slides(good_dir), out, other)
+    assert other.scanned == GOOD
+    second = read_report(out / "a_good.zarr")
+    assert second["fingerprint"] != first["fingerprint"]
+    assert read_heatmap(out / "a_good.zarr")[2]["fingerprint"] == second["fingerprint"]
+
+
+def test_rerun_makes_missing_overlays(good_dir: Path, weights: Path, tmp_path: Path) -> None:
+    out, overlays = tmp_path / "results", tmp_path / "overlays"
+    run_batch(find_slides(good_dir), out, CountingScanner(weights))
+    again = CountingScanner(weights)
+    outcomes = run_batch(find_slides(good_dir), out, again, overlay_dir=overlays)
+    assert again.scanned == GOOD and [o.status for o in outcomes] == ["redone", "redone"]
+    assert sorted(p.name for p in overlays.iterdir()) == ["a_good.png", "b_good.png"]
+    (overlays / "b_good.png").unlink()  # deleted by hand: made again, the other kept
+    third = CountingScanner(weights)
+    outcomes = run_batch(find_slides(good_dir), out, third, overlay_dir=overlays)
+    assert third.scanned == ["b_good.tif"]
+    assert [o.status for o in outcomes] == ["skipped", "redone"]
+    assert sorted(p.name for p in overlays.iterdir()) == ["a_good.png", "b_good.png"]
+
+
+def test_slide_locked_by_a_live_run_is_left_alone(
+    good_dir: Path, weights: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "results"
+    out.mkdir()
+    holder = {"host": "elsewhere", "pid": 4242, "started": time.time()}
+    (out / ".a_good.zarr.lock").write_text(json.dumps(holder))
+    scanner = CountingScanner(weights)
+    outcomes = run_batch(find_slides(good_dir), out, scanner)
+    assert [o.status for o in outcomes] == ["busy", "done"]
+    assert "elsewhere pid 4242" in outcomes[0].error
+    assert not (out / "a_good.zarr").exists() and (out / ".a_good.zarr.lock").exists()
 
 
 def test_same_stem_slides_do_not_share_an_output(

@@ -13,7 +13,7 @@ from slide_fixtures import square_image, write_pyramid, write_random_bytes
 from typer.testing import CliRunner
 
 from slidescan.cli import app
-from slidescan.heatmap import read_heatmap
+from slidescan.io.heatmap import read_heatmap
 
 
 @pytest.fixture(scope="module")

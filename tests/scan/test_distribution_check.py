@@ -8,7 +8,10 @@ import pytest
 import torch
 from patch_fixtures import toy_patch
 
-from slidescan.distribution_check import (
+from slidescan.engine.inference import Normalizer
+from slidescan.engine.weights import ModelCard
+from slidescan.models import create_model
+from slidescan.scan.distribution_check import (
     SLIDE_OUTLIER_FRACTION,
     DistributionCheck,
     FeatureReference,
@@ -19,9 +22,6 @@ from slidescan.distribution_check import (
     fit_reference,
     supports_features,
 )
-from slidescan.inference import Normalizer
-from slidescan.models import create_model
-from slidescan.weights import ModelCard
 
 
 def _gaussian(n: int, dim: int = 16, shift: float = 0.0, seed: int = 0) -> torch.Tensor:

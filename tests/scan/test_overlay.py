@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from slidescan.overlay import grid_extent_in_thumbnail, render_overlay
+from slidescan.scan.overlay import grid_extent_in_thumbnail, render_overlay
 
 
 def _thumbnail(height: int = 150, width: int = 200) -> np.ndarray:

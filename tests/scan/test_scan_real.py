@@ -20,13 +20,14 @@ import torch
 from PIL import Image
 from slide_fixtures import write_pyramid
 
+from slidescan.engine.inference import make_predictor, predict_probs
+from slidescan.engine.weights import LoadedModel
 from slidescan.errors import SlidescanError
-from slidescan.heatmap import read_heatmap
-from slidescan.inference import make_predictor, predict_probs
-from slidescan.metrics import roc_auc
-from slidescan.pipeline import Scanner, ScanOptions, ScanResult, is_complete
-from slidescan.tiling import TileGrid
-from slidescan.weights import LoadedModel
+from slidescan.io.heatmap import read_heatmap
+from slidescan.io.outputs import is_complete
+from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult
+from slidescan.scan.tiling import TileGrid
+from slidescan.train.metrics import roc_auc
 
 pytestmark = pytest.mark.data
 

@@ -27,25 +27,24 @@ from slide_fixtures import (
     write_truncated,
 )
 
-import slidescan.cell_scoring as cell_scoring
+import slidescan.engine.cell_scoring as cell_scoring
 from slidescan import RESEARCH_USE_NOTICE, __version__
+from slidescan.engine.weights import ModelCard, file_sha256, load_weights, save_weights
 from slidescan.errors import SlidescanError
-from slidescan.heatmap import read_heatmap
+from slidescan.io.heatmap import read_heatmap
+from slidescan.io.outputs import is_complete, read_report, report_path
+from slidescan.io.slide import Slide, open_slide
 from slidescan.models import create_model
-from slidescan.pipeline import (
+from slidescan.scan.scanner import (
     Scanner,
     ScanOptions,
     ScanResult,
     describe,
-    is_complete,
-    read_report,
-    report_path,
+    scan_slide,
 )
-from slidescan.slide import Slide, open_slide
-from slidescan.slide_tiles import SlideTileDataset
-from slidescan.tiling import TileGrid, tissue_fraction
-from slidescan.tissue import mask_thumbnail
-from slidescan.weights import ModelCard, file_sha256, load_weights, save_weights
+from slidescan.scan.slide_tiles import SlideTileDataset
+from slidescan.scan.tiling import TileGrid, tissue_fraction
+from slidescan.scan.tissue import mask_thumbnail
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +105,18 @@ def test_outputs_exist_and_are_complete(done: ScanResult) -> None:
     assert done.report == report_path(done.heatmap) == folder / "tissue.json"
     assert is_complete(done.heatmap)
     assert done.tiles > 0 and done.seconds > 0
+
+
+def test_scan_slide_is_the_one_call_python_api(
+    tmp_path: Path, weights: Path, slides: dict[str, Path]
+) -> None:
+    out = tmp_path / "api.zarr"
+    result = scan_slide(
+        str(slides["square"]), str(out), weights=weights, workers=0, device="cpu", progress=False
+    )
+    assert result.heatmap == out and is_complete(out)
+    assert result.tiles == 4  # the 2×2-cell square
+    assert read_report(out)["settings"]["weights_sha256"] == load_weights(weights).sha256
 
 
 def test_heatmap_nan_exactly_off_tissue(done: ScanResult, slides: dict[str, Path]) -> None:
@@ -446,7 +457,7 @@ def test_failure_in_overlay_leaves_nothing(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("slidescan.overlay.render_overlay", broken)
+    monkeypatch.setattr("slidescan.scan.overlay.render_overlay", broken)
     with pytest.raises(OSError, match="disk full"):
         scan(weights, slides["square"], tmp_path / "x.zarr", overlay=tmp_path / "x.png")
     assert leftovers(tmp_path) == []

@@ -9,8 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from slidescan.mosaic import cell_mm, lesion_layout
-from slidescan.slide_call import (
+from slidescan.scan.slide_call import (
     SEED_CELLS,
     calibrate_seed_threshold,
     call_slide,
@@ -20,6 +19,7 @@ from slidescan.slide_call import (
     seed_cells_for,
     slide_critical_seed,
 )
+from slidescan.train.mosaic import cell_mm, lesion_layout
 
 BACKGROUND = 0.05
 

@@ -3,7 +3,7 @@
 metastases are found with the right category and size, and slides unlike the training data are
 not called positive without a warning.
 
-Heatmap mosaics (``slidescan.mosaic.probability_mosaic``) give several seeds cheaply; two
+Heatmap mosaics (``slidescan.train.mosaic.probability_mosaic``) give several seeds cheaply; two
 mosaics also go through the whole scan pipeline as pyramidal TIFFs.
 """
 
@@ -16,13 +16,19 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from slidescan.calibration import dihedral_probs
-from slidescan.inference import Normalizer
-from slidescan.mosaic import cell_mm, image_mosaic, lesion_layout, probability_mosaic, write_slide
-from slidescan.patch_data import open_patch_dataset
-from slidescan.pipeline import Scanner, ScanOptions
-from slidescan.slide_call import SEED_CELLS, call_slide
-from slidescan.weights import LoadedModel
+from slidescan.engine.inference import Normalizer
+from slidescan.engine.weights import LoadedModel
+from slidescan.io.patch_data import open_patch_dataset
+from slidescan.scan.scanner import Scanner, ScanOptions
+from slidescan.scan.slide_call import SEED_CELLS, call_slide
+from slidescan.train.calibration import dihedral_probs
+from slidescan.train.mosaic import (
+    cell_mm,
+    image_mosaic,
+    lesion_layout,
+    probability_mosaic,
+    write_slide,
+)
 
 pytestmark = pytest.mark.data
 
@@ -136,7 +142,7 @@ def test_scanned_macrometastasis_is_found_in_place(scanned: dict) -> None:
     call = result.call
     assert call.positive and call.category == "macrometastasis"
     assert not result.distribution.flagged
-    from slidescan.pipeline import read_report
+    from slidescan.io.outputs import read_report
 
     lesion = read_report(result.heatmap)["call"]["lesions"][0]
     cy, cx = layout.centre

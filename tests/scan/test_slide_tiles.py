@@ -11,9 +11,9 @@ import torch
 from slide_fixtures import tissue_image, write_pyramid
 from torch.utils.data import DataLoader
 
-from slidescan.slide import open_slide
-from slidescan.slide_tiles import BlockBatches, SlideTileDataset, collate_blocks
-from slidescan.tiling import TileGrid, make_grid
+from slidescan.io.slide import open_slide
+from slidescan.scan.slide_tiles import BlockBatches, SlideTileDataset, collate_blocks
+from slidescan.scan.tiling import TileGrid, make_grid
 
 TARGET = 0.972
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from slide_fixtures import square_image, write_pyramid
 
-from slidescan.slide import open_slide
-from slidescan.tiling import TileGrid, make_grid, tissue_fraction
+from slidescan.io.slide import open_slide
+from slidescan.scan.tiling import TileGrid, make_grid, tissue_fraction
 
 TARGET = 0.972
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from slide_fixtures import add_pen_marks, tissue_image, write_pyramid
 
-from slidescan.slide import open_slide
-from slidescan.tissue import mask_thumbnail, tissue_mask
+from slidescan.io.slide import open_slide
+from slidescan.scan.tissue import mask_thumbnail, tissue_mask
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -102,7 +102,7 @@ def test_colour_channels_match_skimage_hsv() -> None:
     # HSV as skimage defines it.
     from skimage.color import rgb2hsv
 
-    from slidescan.tissue import _hue, _saturation
+    from slidescan.scan.tissue import _hue, _saturation
 
     rgb = np.random.default_rng(0).integers(0, 256, (20_000, 3), dtype=np.uint8)
     rgb[:4] = [[0, 0, 0], [255, 255, 255], [7, 7, 7], [0, 0, 200]]  # black, white, grey, blue

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from slidescan.distributed import DistContext, gather_shards, shard_indices
-from slidescan.weights import load_weights
+from slidescan.engine.weights import load_weights
+from slidescan.train.distributed import DistContext, gather_shards, shard_indices
 
 
 def _free_port() -> int:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from slidescan.metrics import (
+from slidescan.train.metrics import (
     BinaryMetrics,
     best_threshold,
     binary_metrics,

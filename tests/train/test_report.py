@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from slidescan.metrics import binary_metrics
-from slidescan.report import select_examples, write_report
+from slidescan.train.metrics import binary_metrics
+from slidescan.train.report import select_examples, write_report
 
 FIGURES = ("roc.png", "calibration.png", "confusion.png")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slidescan.evaluation import evaluate
-from slidescan.patch_data import ImageFilePatchDataset, PatchDataset, open_patch_dataset
-from slidescan.weights import PCAM_MPP, LoadedModel, load_weights, shipped_weights_path
+from slidescan.engine.weights import PCAM_MPP, LoadedModel, load_weights, shipped_weights_path
+from slidescan.io.patch_data import ImageFilePatchDataset, PatchDataset, open_patch_dataset
+from slidescan.train.evaluation import evaluate
 
 PER_CLASS = 200
 SAMPLE_SEED = 2024

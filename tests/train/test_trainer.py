@@ -11,12 +11,13 @@ import torch
 from patch_fixtures import write_toy_set
 from sklearn.metrics import roc_auc_score
 
-import slidescan.trainer as trainer_mod
+import slidescan.train.trainer as trainer_mod
+from slidescan.engine.inference import make_predictor, predict_probs
+from slidescan.engine.weights import load_weights
 from slidescan.errors import SlidescanError
-from slidescan.inference import make_predictor, predict_probs
+from slidescan.io.patch_data import PatchDataset, open_patch_dataset
 from slidescan.models import DEFAULT_MODEL
-from slidescan.patch_data import PatchDataset, open_patch_dataset
-from slidescan.trainer import (
+from slidescan.train.trainer import (
     TrainConfig,
     channel_stats,
     pixel_digests,
@@ -24,7 +25,6 @@ from slidescan.trainer import (
     split_holdout,
     train,
 )
-from slidescan.weights import load_weights
 
 SMALL = {"width": 16}  # pcamnet-s with fewer channels: keeps the reproducibility runs quick
 
