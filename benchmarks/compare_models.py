@@ -20,7 +20,7 @@ import torch
 from slidescan.engine.inference import prepare_model
 from slidescan.engine.weights import load_weights
 from slidescan.io.data_paths import shared_data_dir
-from slidescan.io.patch_data import open_patch_dataset
+from slidescan.io.patches import open_patch_dataset
 from slidescan.models import count_parameters
 from slidescan.train.evaluation import evaluate
 

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from slidescan.engine.inference import Normalizer
 from slidescan.engine.weights import load_weights
 from slidescan.io.data_paths import shared_data_dir
-from slidescan.io.patch_data import open_patch_dataset
+from slidescan.io.patches import open_patch_dataset
 from slidescan.scan.scanner import Scanner, ScanOptions
 from slidescan.scan.slide_call import SEED_CELLS, call_slide
 from slidescan.train.calibration import dihedral_probs

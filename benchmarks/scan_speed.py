@@ -110,23 +110,14 @@ def _model(job: Job) -> tuple[LoadedModel, torch.nn.Module, Normalizer]:
     return loaded, predictor.model, predictor.normalizer
 
 
-class MainProcessModelScanner(Scanner):
-    """The pipeline as a GPU runs it, on the CPU: workers only read, the main process scores."""
-
-    def _scores_in_workers(self, workers: int) -> bool:
-        return False
-
-
-def _scan(
-    job: Job, slide: str, out: str, scanner_type: type[Scanner] = Scanner, **options: Any
-) -> tuple[int, float]:
+def _scan(job: Job, slide: str, out: str, **options: Any) -> tuple[int, float]:
     """(tiles, seconds) of one ``Scanner.scan``; the Scanner is built outside the timing."""
     loaded = load_weights(Path(job.weights) if job.weights else None)
     opts = ScanOptions(
         workers=job.workers, batch_size=job.batch_size, device=job.device,
         overwrite=True, progress=False, **options,
     )  # fmt: skip
-    scanner = scanner_type(loaded, opts)
+    scanner = Scanner(loaded, opts)
     start = time.perf_counter()
     result = scanner.scan(Path(slide), Path(out))
     return result.tiles, time.perf_counter() - start
@@ -148,7 +139,7 @@ def run_pipeline_baseline(job: Job) -> dict[str, Any]:
 
 def run_pipeline_main_model(job: Job) -> dict[str, Any]:
     """The full stride-96 scan with the model in the main process (the GPU layout)."""
-    tiles, seconds = _scan(job, job.slide, job.out, MainProcessModelScanner)
+    tiles, seconds = _scan(job, job.slide, job.out, runner="main")
     return {"tiles": tiles, "seconds": seconds}
 
 

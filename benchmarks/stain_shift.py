@@ -35,7 +35,7 @@ from skimage.filters import gaussian
 from slidescan.engine.inference import make_predictor, predict_probs
 from slidescan.engine.weights import load_weights
 from slidescan.io.data_paths import shared_data_dir
-from slidescan.io.patch_data import open_patch_dataset
+from slidescan.io.patches import open_patch_dataset
 from slidescan.train.metrics import roc_auc
 
 Shift = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]

@@ -8,7 +8,8 @@ The Python API, for notebooks and scripts (each name is imported on first use, s
     result.call.category, result.call.lesions, result.distribution.flagged
 
 Building blocks: ``load_weights``, ``Scanner`` and ``ScanOptions`` (one model, many slides),
-``run_batch`` and ``find_slides`` (directories), ``open_slide``, ``read_heatmap`` and
+``scan_directory`` (a folder of slides, here or on a Dask cluster), ``run_batch`` and
+``find_slides``, ``open_slide``, ``read_heatmap`` and
 ``read_report`` (outputs), ``call_slide`` (the lesion call on any probability map),
 ``open_patch_datasets``, ``TrainConfig`` and ``train`` (training), ``evaluate`` (patch metrics).
 """
@@ -26,13 +27,14 @@ _API = {
     "ScanOptions": "slidescan.scan.scanner",
     "ScanResult": "slidescan.scan.scanner",
     "run_batch": "slidescan.scan.batch",
+    "scan_directory": "slidescan.scan.batch",
     "find_slides": "slidescan.scan.batch",
     "call_slide": "slidescan.scan.slide_call",
     "load_weights": "slidescan.engine.weights",
     "open_slide": "slidescan.io.slide",
     "read_heatmap": "slidescan.io.heatmap",
     "read_report": "slidescan.io.outputs",
-    "open_patch_datasets": "slidescan.io.patch_data",
+    "open_patch_datasets": "slidescan.io.patches",
     "TrainConfig": "slidescan.train.trainer",
     "train": "slidescan.train.trainer",
     "evaluate": "slidescan.train.evaluation",
@@ -54,6 +56,7 @@ __all__ = [
     "read_heatmap",
     "read_report",
     "run_batch",
+    "scan_directory",
     "scan_slide",
     "train",
 ]
@@ -62,9 +65,9 @@ if TYPE_CHECKING:
     from slidescan.engine.weights import load_weights
     from slidescan.io.heatmap import read_heatmap
     from slidescan.io.outputs import read_report
-    from slidescan.io.patch_data import open_patch_datasets
+    from slidescan.io.patches import open_patch_datasets
     from slidescan.io.slide import open_slide
-    from slidescan.scan.batch import find_slides, run_batch
+    from slidescan.scan.batch import find_slides, run_batch, scan_directory
     from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult, scan_slide
     from slidescan.scan.slide_call import call_slide
     from slidescan.train.evaluation import evaluate

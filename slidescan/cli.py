@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -191,7 +192,7 @@ def train(
     workers: WorkersOpt = 2,
 ) -> None:
     """Train a patch classifier and write a weights file with its model card."""
-    from slidescan.io.patch_data import open_patch_datasets
+    from slidescan.io.patches import open_patch_datasets
     from slidescan.train.trainer import TrainConfig
     from slidescan.train.trainer import train as run_training
 
@@ -264,7 +265,7 @@ def quantize(
     """
     from slidescan.engine.quantize import quantize_weights
     from slidescan.engine.weights import load_weights, save_weights
-    from slidescan.io.patch_data import open_patch_datasets
+    from slidescan.io.patches import open_patch_datasets
 
     loaded = load_weights(weights)
     dataset = open_patch_datasets(data, split=split, resize=resize)
@@ -317,7 +318,7 @@ def calibrate(
     from torch.utils.data import Dataset
 
     from slidescan.engine.weights import load_weights
-    from slidescan.io.patch_data import open_patch_datasets
+    from slidescan.io.patches import open_patch_datasets
     from slidescan.train.calibration import calibrate_weights, split_by_ids
 
     card = load_weights(weights).card
@@ -362,7 +363,7 @@ def evaluate(
 ) -> None:
     """Measure a model on labelled patches: AUC (95% CI), accuracy, sensitivity, specificity…"""
     from slidescan.engine.weights import load_weights
-    from slidescan.io.patch_data import open_patch_datasets
+    from slidescan.io.patches import open_patch_datasets
     from slidescan.train.evaluation import evaluate as run_evaluation
     from slidescan.train.evaluation import write_evaluation_report
     from slidescan.train.metrics import format_metrics
@@ -554,10 +555,9 @@ def run(
 
     A failing slide is recorded in summary.csv and the rest go on; exit code 1 if any failed.
     """
-    from slidescan.engine.weights import load_weights
     from slidescan.io.outputs import is_complete
-    from slidescan.scan.batch import find_slides, run_batch
-    from slidescan.scan.scanner import Scanner, ScanOptions, describe
+    from slidescan.scan.batch import scan_directory
+    from slidescan.scan.scanner import ScanOptions, describe, scan_slide
 
     if not input.exists():
         raise SlidescanError(f"{input}: no such file or directory")
@@ -568,40 +568,12 @@ def run(
     )  # fmt: skip
     if input.is_dir():
         out_dir = out or Path("slidescan-results")
-        slides = find_slides(input)
-        if not slides:
-            raise SlidescanError(f"{input}: no slide files found")
-
-        def report(outcome: Any) -> None:
-            if outcome.status == "failed":
-                typer.echo(f"{outcome.slide}: FAILED  {outcome.error}", err=True)
-            elif outcome.status == "skipped":
-                typer.echo(f"{outcome.slide}: already done (use --overwrite to redo)")
-            elif outcome.status == "busy":
-                typer.echo(f"{outcome.slide}: skipped, {outcome.error.split(': ', 1)[-1]}")
-
-            elif outcome.status == "done" and scheduler:
-                flag = "" if outcome.reliable else f"  UNRELIABLE: {outcome.flags}"
-                typer.echo(
-                    f"{outcome.slide}: done, positive={outcome.positive}, "
-                    f"category={outcome.category}{flag}"
-                )
-
-        if scheduler:
-            from slidescan.scan.cluster import dask_client, run_batch_on_cluster
-
-            load_weights(weights)  # fail here, once, rather than in every task
-            with dask_client(scheduler) as client:
-                outcomes = run_batch_on_cluster(
-                    slides, out_dir, client, weights=weights, options=options,
-                    overlay_dir=overlay, on_outcome=report,
-                )  # fmt: skip
-        else:
-            scanner = Scanner(load_weights(weights), options)
-            outcomes = run_batch(
-                slides, out_dir, _EchoingScanner(scanner, describe), overwrite=overwrite,
-                overlay_dir=overlay, on_outcome=report,
-            )  # fmt: skip
+        outcomes = scan_directory(
+            input, out_dir, weights=weights, options=options, overlay_dir=overlay,
+            scheduler=scheduler,
+            on_outcome=functools.partial(_echo_outcome, remote=bool(scheduler)),
+            on_result=lambda result: typer.echo(describe(result)),
+        )  # fmt: skip
         failed = sum(o.status == "failed" for o in outcomes)
         typer.echo(
             f"{len(outcomes) - failed}/{len(outcomes)} slides done, {failed} failed; "
@@ -619,23 +591,22 @@ def run(
         raise SlidescanError(f"--out must end in .zarr for a single slide, got {heatmap}")
     if is_complete(heatmap) and not overwrite:
         raise SlidescanError(f"{heatmap} already exists (use --overwrite to redo it)")
-    scanner = Scanner(load_weights(weights), options)
-    _echo_result(scanner.scan(input, heatmap, overlay), describe)
+    typer.echo(
+        describe(scan_slide(input, heatmap, weights=weights, overlay=overlay, **asdict(options)))
+    )
 
 
-class _EchoingScanner:
-    """A scanner that prints each finished slide's line as it comes."""
-
-    def __init__(self, scanner: Any, describe: Callable[[Any], str]) -> None:
-        self.scanner, self.describe = scanner, describe
-
-    def fingerprint(self, slide_path: Path) -> str:
-        return self.scanner.fingerprint(slide_path)
-
-    def write(self, slide_path: Path, outputs: Any) -> Any:
-        return _echo_result(self.scanner.write(slide_path, outputs), self.describe)
-
-
-def _echo_result(result: Any, describe: Callable[[Any], str]) -> Any:
-    typer.echo(describe(result))
-    return result
+def _echo_outcome(outcome: Any, *, remote: bool) -> None:
+    """A directory run's line for a slide that was not scanned here (or, on a cluster, was)."""
+    if outcome.status == "failed":
+        typer.echo(f"{outcome.slide}: FAILED  {outcome.error}", err=True)
+    elif outcome.status == "skipped":
+        typer.echo(f"{outcome.slide}: already done (use --overwrite to redo)")
+    elif outcome.status == "busy":
+        typer.echo(f"{outcome.slide}: skipped, {outcome.error.split(': ', 1)[-1]}")
+    elif remote and outcome.status in ("done", "redone"):
+        flag = "" if outcome.reliable else f"  UNRELIABLE: {outcome.flags}"
+        typer.echo(
+            f"{outcome.slide}: {outcome.status}, positive={outcome.positive}, "
+            f"category={outcome.category}{flag}"
+        )

@@ -51,6 +51,15 @@ def shipped() -> LoadedModel:
         pytest.skip(reason)
 
 
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Seeded, untrained pcamnet-s weights at the model's 0.972 µm/px: fast scans of synthetic
+    slides, where only the pipeline is under test, not the model's answers."""
+    from scan_helpers import write_untrained_weights
+
+    return write_untrained_weights(tmp_path_factory.mktemp("weights") / "w.pt")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Under SLIDESCAN_REQUIRE_DATA, a run that skipped anything is a failed run."""
     if not _required():

@@ -9,7 +9,7 @@ from pathlib import Path
 from slidescan.engine.inference import make_predictor, predict_dataset
 from slidescan.engine.weights import LoadedModel
 from slidescan.io.atomic import atomic_write
-from slidescan.io.patch_data import open_unlabelled_patches
+from slidescan.io.patches import open_unlabelled_patches
 
 
 def predict_patches(

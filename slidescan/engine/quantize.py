@@ -9,7 +9,7 @@ import torch
 
 from slidescan.engine.weights import LoadedModel
 from slidescan.errors import SlidescanError
-from slidescan.io.patch_data import PatchDataset
+from slidescan.io.patches import PatchDataset
 
 
 @dataclass

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from slidescan.errors import SlidescanError, one_line
 from slidescan.io.atomic import atomic_write
 from slidescan.io.outputs import OutputBusy, SlideOutputs, read_report
-from slidescan.scan.scanner import ScanResult
+from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult
 
 # What OpenSlide reads, plus plain images for the fallback reader.
 SLIDE_SUFFIXES = frozenset(
@@ -153,6 +153,7 @@ def process_slide(
     scanner: SlideScanner,
     *,
     overwrite: bool = False,
+    on_result: Callable[[ScanResult], None] | None = None,
 ) -> SlideOutcome:
     """Scan one slide of a batch, or take its earlier result when it is complete, made with the
     same settings (fingerprint) and has every output asked for. Failures become rows."""
@@ -167,7 +168,10 @@ def process_slide(
                     if previous is not None:
                         return previous
                 status = "redone"
-            outcome = outcome_from_result(scanner.write(slide, outputs))
+            result = scanner.write(slide, outputs)
+        if on_result is not None:
+            on_result(result)
+        outcome = outcome_from_result(result)
         outcome.status = status
         return outcome
     except OutputBusy as exc:
@@ -192,8 +196,11 @@ def run_batch(
     overwrite: bool = False,
     overlay_dir: Path | None = None,
     on_outcome: Callable[[SlideOutcome], None] | None = None,
+    on_result: Callable[[ScanResult], None] | None = None,
 ) -> list[SlideOutcome]:
     """Scan each slide into ``out_dir``; skip results of the same settings unless ``overwrite``.
+
+    ``on_result`` sees each finished scan, ``on_outcome`` each summary row (scanned or not).
 
     Failures are recorded (status ``failed`` with the error) and the batch goes on; summary.csv
     is rewritten after every slide so a killed batch still leaves an up-to-date summary.
@@ -207,9 +214,45 @@ def run_batch(
             outcome = failed(slide, duplicates[slide])
         else:
             outputs = SlideOutputs.in_folder(slide, out_dir, overlay_dir)
-            outcome = process_slide(slide, outputs, scanner, overwrite=overwrite)
+            outcome = process_slide(
+                slide, outputs, scanner, overwrite=overwrite, on_result=on_result
+            )
         outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
         write_summary(summary, outcomes)
     return outcomes
+
+
+def scan_directory(
+    folder: Path,
+    out_dir: Path,
+    *,
+    weights: Path | None = None,
+    options: ScanOptions | None = None,
+    overlay_dir: Path | None = None,
+    scheduler: str | None = None,
+    on_outcome: Callable[[SlideOutcome], None] | None = None,
+    on_result: Callable[[ScanResult], None] | None = None,
+) -> list[SlideOutcome]:
+    """Scan every slide directly inside ``folder`` into ``out_dir`` (with ``summary.csv``): in this
+    process, or one Dask task per slide with ``scheduler`` (see ``scan.cluster``)."""
+    from slidescan.engine.weights import load_weights
+
+    options = options or ScanOptions()
+    slides = find_slides(folder)
+    if not slides:
+        raise SlidescanError(f"{folder}: no slide files found")
+    loaded = load_weights(weights)  # a bad weights file fails here, once, not once per slide
+    if scheduler:
+        from slidescan.scan.cluster import dask_client, run_batch_on_cluster
+
+        with dask_client(scheduler) as client:
+            return run_batch_on_cluster(
+                slides, out_dir, client, weights=weights, options=options,
+                overlay_dir=overlay_dir, on_outcome=on_outcome,
+            )  # fmt: skip
+    return run_batch(
+        slides, out_dir, Scanner(loaded, options), overwrite=options.overwrite,
+        overlay_dir=overlay_dir, on_outcome=on_outcome, on_result=on_result,
+    )  # fmt: skip

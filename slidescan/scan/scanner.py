@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from slidescan.about import RESEARCH_USE_NOTICE, __version__
-from slidescan.engine.cell_scoring import CellScorer, ScoringError
-from slidescan.engine.device import default_scan_batch, default_scan_workers, pin_memory
+from slidescan.engine.cell_scoring import CellScorer
+from slidescan.engine.device import default_scan_batch, default_scan_workers
 from slidescan.engine.inference import Normalizer, make_predictor
 from slidescan.engine.weights import LoadedModel, ModelCard
 from slidescan.errors import SlidescanError, one_line
@@ -37,8 +35,9 @@ from slidescan.scan.distribution_check import (
     feature_batches,
     supports_features,
 )
+from slidescan.scan.runner import TileRunner, choose_runner
 from slidescan.scan.slide_call import CATEGORY_NAMES, SlideCall, call_slide, seed_cells_for
-from slidescan.scan.slide_tiles import BlockBatches, SlideTileDataset, collate_blocks
+from slidescan.scan.slide_tiles import SlideTileDataset
 from slidescan.scan.tiling import TileGrid, make_grid, tissue_fraction
 from slidescan.scan.tissue import mask_thumbnail
 
@@ -60,6 +59,7 @@ class ScanOptions:
     block: int | None = None
     dense: bool = False
     reader: str = "auto"
+    runner: str = "auto"  # where the model runs: main process or DataLoader workers (scan.runner)
     progress: bool = True
 
 
@@ -265,51 +265,23 @@ class Scanner:
             slide_path, grid, cells, mpp=opts.mpp, block=self.block, dense=self.dense,
             reader=opts.reader,
         )  # fmt: skip
-        scorer = CellScorer(self.loaded, self.predictor, dense=self.dense, tta=opts.tta)
-        score_in_workers = self._scores_in_workers(workers)
-        batching: dict[str, Any] = (
-            # Dense: an item is one region for a fully convolutional pass.
-            {"batch_size": None}
-            if self.dense
-            else {"batch_sampler": BlockBatches(dataset, self.batch_size)}
-        )
-        if score_in_workers:
-            batching["collate_fn"] = scorer.collate
-        elif not self.dense:
-            # Workers join blocks into model batches in shared memory: the main process only
-            # runs the model (concatenating there cost ~15% of a CPU scan).
-            batching["collate_fn"] = collate_blocks
-        loader = DataLoader(
-            dataset,
-            num_workers=workers,
-            pin_memory=pin_memory(self.device),
-            # Scoring workers hand back only probabilities, so they may run further ahead; pixel
-            # batches in flight live in shared memory (64 MB by default in Docker).
-            prefetch_factor=(4 if score_in_workers else 2) if workers else None,
-            **batching,
-        )
+        runner = TileRunner(
+            CellScorer(self.loaded, self.predictor, dense=self.dense, tta=opts.tta),
+            where=choose_runner(opts.runner, workers, self.device), workers=workers,
+            batch_size=self.batch_size, dense=self.dense, device=self.device,
+        )  # fmt: skip
         bar = tqdm(
             total=len(cells), desc=slide_path.name, unit="tile", leave=False,
             disable=not opts.progress, dynamic_ncols=True,
         )  # fmt: skip
         try:
-            what = "reading or scoring tiles" if score_in_workers else "reading tiles"
-            for batch in _reading(loader, slide_path, what):
-                probs, scored = batch if score_in_workers else scorer(*batch)
+            for probs, scored in runner.run(dataset, slide_path.name):
                 writer.write_cells(scored.numpy(), probs.numpy())
                 bar.update(len(scored))
-        except SlidescanError:
-            raise
-        except Exception as exc:  # e.g. out of GPU memory: still one line, naming the slide
-            raise SlidescanError(f"{slide_path.name}: inference failed: {one_line(exc)}") from exc
         finally:
             bar.close()
             dataset.close()
         writer.flush()
-
-    def _scores_in_workers(self, workers: int) -> bool:
-        """On a CPU the workers run the model too (see cell_scoring); a GPU is fed by them."""
-        return workers > 0 and self.device.type == "cpu"
 
     def _attrs(self, slide_path: Path, slide: Any, grid: Any) -> dict[str, Any]:
         card = self.loaded.card
@@ -373,27 +345,6 @@ class Scanner:
             image, probability, overlay, title=title, threshold=self.extent_threshold,
             thumbnail_extent=extent,
         )  # fmt: skip
-
-
-def _reading(
-    loader: DataLoader, slide_path: Path, what: str = "reading tiles"
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Iterate ``loader``, turning read/decode failures (often raised inside a worker, e.g. a
-    truncated tile), model failures in workers and dead workers (``what`` they were doing) into
-    one-line SlidescanErrors that name the slide."""
-    it = iter(loader)
-    while True:
-        try:
-            item = next(it)
-        except StopIteration:
-            return
-        except SlidescanError:
-            raise
-        except ScoringError as exc:
-            raise SlidescanError(f"{slide_path.name}: inference failed: {one_line(exc)}") from exc
-        except Exception as exc:
-            raise SlidescanError(f"{slide_path.name}: failed {what}: {one_line(exc)}") from exc
-        yield item
 
 
 def verdict_text(call: SlideCall, distribution: DistributionCheck) -> str:

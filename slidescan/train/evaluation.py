@@ -9,7 +9,7 @@ import numpy as np
 
 from slidescan.engine.inference import make_predictor, predict_dataset
 from slidescan.engine.weights import LoadedModel
-from slidescan.io.patch_data import PatchDataset
+from slidescan.io.patches import PatchDataset
 from slidescan.train.metrics import BinaryMetrics, binary_metrics
 
 

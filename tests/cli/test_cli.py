@@ -19,7 +19,7 @@ from typer.testing import Result
 from slidescan.cli import one_line
 from slidescan.engine.weights import load_weights
 from slidescan.errors import SlidescanError
-from slidescan.io.patch_data import read_patch_image
+from slidescan.io.patches import read_patch_image
 from slidescan.models import count_parameters, create_model, list_models
 
 N_PER_CLASS = 20

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from scan_helpers import CELL_UM, FAST, SLIDE_MPP, write_untrained_weights
+from scan_helpers import CELL_UM, FAST, SLIDE_MPP
 from scan_helpers import invoke as invoke_cli
 from slide_fixtures import (
     square_image,
@@ -20,11 +20,6 @@ from typer.testing import Result
 
 from slidescan.io.heatmap import read_heatmap
 from slidescan.io.outputs import is_complete, read_report
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_untrained_weights(tmp_path_factory.mktemp("weights") / "w.pt")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from slidescan.engine.inference import make_predictor, predict_dense_probs, pred
 from slidescan.engine.quantize import quantize_weights
 from slidescan.engine.weights import ModelCard, load_weights, save_weights
 from slidescan.errors import SlidescanError
-from slidescan.io.patch_data import open_patch_dataset
+from slidescan.io.patches import open_patch_dataset
 from slidescan.models import create_model
 
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from slidescan.errors import SlidescanError
-from slidescan.io.patch_data import (
+from slidescan.io.patches import (
     CACHE_ENV_VAR,
     PATCH_SIZE,
     PatchDataset,
@@ -25,6 +25,7 @@ from slidescan.io.patch_data import (
     open_unlabelled_patches,
     read_patch_image,
 )
+from slidescan.io.patches.pcam_h5 import cache_dir
 
 PCAM = "camelyonpatch_level_2_split_{}_{}.h5"
 
@@ -201,6 +202,35 @@ def test_h5_gzip_decompressed_once_into_cache(tmp_path: Path, _private_cache: Pa
     assert sorted(p.name for p in data.iterdir()) == sorted(
         PCAM.format("train", k) + ".gz" for k in "xy"
     )
+
+
+def test_tampered_cache_copy_is_made_again(tmp_path: Path, _private_cache: Path) -> None:
+    data = tmp_path / "data"
+    x, y = _h5_pair(data, "train", 6, seed=4, gz=True)
+    open_patch_dataset(data)
+    cached_x = next(p for p in _private_cache.iterdir() if "_x-" in p.name)
+    cached_x.write_bytes(b"planted by someone else")  # same name, wrong content
+    ds = open_patch_dataset(data)
+    _assert_item(ds, 2, x[2], int(y[2]))
+    assert cached_x.stat().st_size > 1000
+
+
+def test_cache_writable_by_others_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "shared-cache"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv(CACHE_ENV_VAR, str(shared))
+    _h5_pair(tmp_path / "data", "train", 2, gz=True)
+    with pytest.raises(SlidescanError, match="others may write to it"):
+        open_patch_dataset(tmp_path / "data")
+
+
+def test_default_cache_is_per_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(CACHE_ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "slidescan"
 
 
 def test_h5_mismatched_lengths(tmp_path: Path) -> None:

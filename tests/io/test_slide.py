@@ -18,6 +18,7 @@ from slide_fixtures import (
     write_truncated,
 )
 
+import slidescan.io.image_backend as image_backend
 import slidescan.io.slide as slide_module
 from slidescan.errors import SlidescanError
 from slidescan.io.slide import open_slide
@@ -221,7 +222,7 @@ def test_stripped_tiff_fallback(tmp_path: Path) -> None:
 
 
 def test_huge_plain_image_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(slide_module, "MAX_FALLBACK_PIXELS", 100)
+    monkeypatch.setattr(image_backend, "MAX_FALLBACK_PIXELS", 100)
     path = write_png(tmp_path / "big.png", np.zeros((20, 20, 3), np.uint8))
     with pytest.raises(SlidescanError, match="big.png: .*tiled pyramidal TIFF"):
         open_slide(path, mpp=1.0)

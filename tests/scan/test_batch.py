@@ -32,11 +32,6 @@ GOOD = ["a_good.tif", "b_good.tif"]
 BAD = ["c_truncated.tif", "d_noise.svs"]
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_untrained_weights(tmp_path_factory.mktemp("weights") / "w.pt")
-
-
 def _good_slide(path: Path, at_cells: tuple[int, int]) -> Path:
     """A 4×4-cell slide with a 2×2-cell purple square of "tissue"."""
     at_um = (at_cells[0] * CELL_UM, at_cells[1] * CELL_UM)

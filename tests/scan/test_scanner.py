@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scan_helpers import CELL_UM, MODEL_MPP, SLIDE_MPP, write_untrained_weights
+from scan_helpers import CELL_UM, MODEL_MPP, SLIDE_MPP
 from slide_fixtures import (
     square_image,
     tissue_image,
@@ -45,11 +45,6 @@ from slidescan.scan.scanner import (
 from slidescan.scan.slide_tiles import SlideTileDataset
 from slidescan.scan.tiling import TileGrid, tissue_fraction
 from slidescan.scan.tissue import mask_thumbnail
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_untrained_weights(tmp_path_factory.mktemp("weights") / "w.pt")
 
 
 @pytest.fixture(scope="module")

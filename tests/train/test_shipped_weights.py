@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from slidescan.engine.weights import PCAM_MPP, LoadedModel, load_weights, shipped_weights_path
-from slidescan.io.patch_data import ImageFilePatchDataset, PatchDataset, open_patch_dataset
+from slidescan.io.patches import ImageFilePatchDataset, PatchDataset, open_patch_dataset
 from slidescan.train.evaluation import evaluate
 
 PER_CLASS = 200

@@ -15,7 +15,7 @@ import slidescan.train.trainer as trainer_mod
 from slidescan.engine.inference import make_predictor, predict_probs
 from slidescan.engine.weights import load_weights
 from slidescan.errors import SlidescanError
-from slidescan.io.patch_data import PatchDataset, open_patch_dataset
+from slidescan.io.patches import PatchDataset, open_patch_dataset
 from slidescan.models import DEFAULT_MODEL
 from slidescan.train.trainer import (
     TrainConfig,
