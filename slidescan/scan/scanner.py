@@ -39,7 +39,7 @@ from slidescan.scan.runner import TileRunner, choose_runner
 from slidescan.scan.slide_call import CATEGORY_NAMES, SlideCall, call_slide, seed_cells_for
 from slidescan.scan.slide_tiles import SlideTileDataset
 from slidescan.scan.tiling import TileGrid, make_grid, tissue_fraction
-from slidescan.scan.tissue import mask_thumbnail
+from slidescan.scan.tissue import mask_size_limits, tissue_mask
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,20 @@ class ScanResult:
     seconds: float
     overlay: Path | None = None
     distribution: DistributionCheck = DistributionCheck(False)
+
+
+def mask_thumbnail(slide: Slide, max_size: int = 2048) -> tuple[np.ndarray, float]:
+    """Tissue mask of the slide's thumbnail and its downsample (level-0 px per mask px).
+
+    The thumbnail is at most ``max_size`` px, but no larger than the first pyramid level that is
+    at least half that size: reading that level whole is far cheaper than shrinking a level
+    several times bigger, and half the resolution is plenty for a mask.
+    """
+    enough = [max(d) for d in slide.level_dimensions if max(d) >= max_size // 2]
+    rgb, downsample = slide.thumbnail(min([max_size, *enough]))
+    min_object_px, max_hole_px = mask_size_limits(slide.mpp * downsample)
+    mask = tissue_mask(rgb, min_object_px=min_object_px, max_hole_px=max_hole_px)
+    return mask, downsample
 
 
 def plan_grid(

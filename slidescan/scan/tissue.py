@@ -8,13 +8,8 @@ Small specks are removed and small holes (fat, lumens, cracks) filled.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from skimage import filters, measure, morphology
-
-if TYPE_CHECKING:
-    from slidescan.io.slide import Slide
 
 # Otsu on saturation splits tissue from glass; clamping keeps it sane on all-glass images
 # (threshold would land in noise) and all-tissue images (it would split pink from purple).
@@ -38,7 +33,7 @@ _MIN_OBJECT_FRACTION = 5e-5
 _MAX_HOLE_FRACTION = 2e-4
 # Optical density of one 8-bit channel value (0 read as 1: no infinite density).
 _OD_LUT = -np.log10(np.maximum(np.arange(256), 1) / 255.0).astype(np.float32)
-# Physical defaults used by mask_thumbnail.
+# Physical defaults (see mask_size_limits).
 MIN_OBJECT_UM = 60.0  # side of the smallest kept fragment
 MAX_HOLE_UM = 120.0  # side of the largest filled hole
 
@@ -79,20 +74,11 @@ def tissue_mask(
     return _fill_small_holes(mask, max_hole_px) & ~ink
 
 
-def mask_thumbnail(slide: Slide, max_size: int = 2048) -> tuple[np.ndarray, float]:
-    """Tissue mask of the slide's thumbnail and its downsample (level-0 px per mask px).
-
-    The thumbnail is at most ``max_size`` px, but no larger than the first pyramid level that is
-    at least half that size: reading that level whole is far cheaper than shrinking a level
-    several times bigger, and half the resolution is plenty for a mask.
-    """
-    enough = [max(d) for d in slide.level_dimensions if max(d) >= max_size // 2]
-    rgb, downsample = slide.thumbnail(min([max_size, *enough]))
-    um_per_px = slide.mpp * downsample
+def mask_size_limits(um_per_px: float) -> tuple[int, int]:
+    """(smallest object kept, largest hole filled) in mask pixels at ``um_per_px``."""
     min_object_px = max(1, round((MIN_OBJECT_UM / um_per_px) ** 2))
     max_hole_px = max(1, round((MAX_HOLE_UM / um_per_px) ** 2))
-    mask = tissue_mask(rgb, min_object_px=min_object_px, max_hole_px=max_hole_px)
-    return mask, downsample
+    return min_object_px, max_hole_px
 
 
 def _saturation(high: np.ndarray, delta: np.ndarray) -> np.ndarray:

@@ -40,11 +40,11 @@ from slidescan.scan.scanner import (
     ScanOptions,
     ScanResult,
     describe,
+    mask_thumbnail,
     scan_slide,
 )
 from slidescan.scan.slide_tiles import SlideTileDataset
 from slidescan.scan.tiling import TileGrid, tissue_fraction
-from slidescan.scan.tissue import mask_thumbnail
 
 
 @pytest.fixture(scope="module")
