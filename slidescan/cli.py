@@ -11,6 +11,7 @@ import logging
 import os
 import shlex
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict
 from enum import Enum
@@ -33,23 +34,39 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+DEBUG_ENV = "SLIDESCAN_DEBUG"
+_debug = False
+
+
+def _debugging() -> bool:
+    return _debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def user_errors(func: F) -> F:
-    """Turn SlidescanError into one line on stderr and exit code 1 — never a traceback."""
+    """Turn SlidescanError and OSError into one line on stderr and exit code 1 (the traceback
+    too with --debug or SLIDESCAN_DEBUG=1); Ctrl-C into exit code 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except SlidescanError as exc:
-            typer.echo(f"error: {one_line(exc)}", err=True)
+        except (SlidescanError, OSError) as exc:
+            if _debugging():
+                traceback.print_exception(exc, file=sys.stderr)
+            typer.echo(f"error: {_error_line(exc)}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _error_line(exc: BaseException) -> str:
+    """An OSError names its file and reason (read-only, no space, no permission)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return one_line(exc)
 
 
 def version_callback(value: bool) -> None:
@@ -64,10 +81,24 @@ def main(
         bool,
         typer.Option("--version", callback=version_callback, is_eager=True, help="Print version."),
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show tracebacks with errors and log what the readers decide "
+            f"(also {DEBUG_ENV}=1).",
+        ),
+    ] = False,
 ) -> None:
     """slidescan command line."""
+    global _debug
+    _debug = debug
+    logging.basicConfig(
+        level=logging.DEBUG if _debugging() else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     # tifffile logs its own warning for each corrupt file; our one-line error already says it.
-    logging.getLogger("tifffile").setLevel(logging.ERROR)
+    logging.getLogger("tifffile").setLevel(logging.DEBUG if _debugging() else logging.ERROR)
 
 
 DataArg = Annotated[
@@ -451,11 +482,26 @@ def run(
     mpp: Annotated[
         float | None,
         typer.Option(
-            help="Level-0 microns per pixel, for slides without it in their metadata "
-            "(0.25 ≈ 40×, 0.5 ≈ 20×); overrides the metadata.",
+            help="Level-0 microns per pixel for every slide, overriding their metadata "
+            "(0.25 ≈ 40×, 0.5 ≈ 20×).",
             show_default=False,
         ),
     ] = None,
+    default_mpp: Annotated[
+        float | None,
+        typer.Option(
+            help="Microns per pixel for slides whose metadata has none; the others keep theirs.",
+            show_default=False,
+        ),
+    ] = None,
+    full_paths: Annotated[
+        bool,
+        typer.Option(
+            "--full-paths",
+            help="Record each slide's absolute path in its outputs (default: the file name only; "
+            "paths often carry patient or study identifiers).",
+        ),
+    ] = False,
     stride: Annotated[
         int | None,
         typer.Option(
@@ -564,7 +610,7 @@ def run(
     options = ScanOptions(
         mpp=mpp, stride=stride, min_tissue=min_tissue, batch_size=batch_size, workers=workers,
         device=device, backend=backend.value, tta=tta, overwrite=overwrite, threshold=threshold,
-        dense=dense, reader=reader.value,
+        dense=dense, reader=reader.value, default_mpp=default_mpp, full_paths=full_paths,
     )  # fmt: skip
     if input.is_dir():
         out_dir = out or Path("slidescan-results")

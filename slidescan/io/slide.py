@@ -56,8 +56,11 @@ class _Backend(Protocol):
 class Slide:
     """A thin reader over one slide: geometry, MPP and region reads; no masking or saving."""
 
-    def __init__(self, path: Path, backend: _Backend, mpp: float) -> None:
+    def __init__(
+        self, path: Path, backend: _Backend, mpp: float, *, mpp_source: str = "slide metadata"
+    ) -> None:
         self.path = path
+        self.mpp_source = mpp_source  # where mpp came from: slide metadata, --mpp, --default-mpp
         self._backend = backend
         self.level_dimensions: tuple[tuple[int, int], ...] = backend.level_dimensions
         self.level_downsamples: tuple[float, ...] = backend.level_downsamples
@@ -193,9 +196,16 @@ def check_reader(reader: str) -> None:
         raise SlidescanError(f"--reader must be one of {', '.join(READERS)}, got {reader!r}")
 
 
-def open_slide(path: str | Path, *, mpp: float | None = None, reader: str = "auto") -> Slide:
+def open_slide(
+    path: str | Path,
+    *,
+    mpp: float | None = None,
+    default_mpp: float | None = None,
+    reader: str = "auto",
+) -> Slide:
     """OpenSlide for every format it reads; plain TIFF/PNG/JPEG images via a fallback backend
-    (PIL or tifffile) behind the same class; ``mpp`` overrides metadata.
+    (PIL or tifffile) behind the same class. ``mpp`` overrides the metadata; ``default_mpp`` is
+    used only where the metadata has none.
 
     ``reader="auto"`` lets tiled TIFF slides be decoded directly (:mod:`slidescan.io.tiff_reader`);
     ``"openslide"`` keeps every pixel on OpenSlide's decoder.
@@ -203,8 +213,9 @@ def open_slide(path: str | Path, *, mpp: float | None = None, reader: str = "aut
     check_reader(reader)
     path = Path(path)
     name = path.name
-    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
-        raise SlidescanError(f"{name}: --mpp must be a positive number, got {mpp}")
+    for option, value in (("--mpp", mpp), ("--default-mpp", default_mpp)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise SlidescanError(f"{name}: {option} must be a positive number, got {value}")
     if not path.exists():
         raise SlidescanError(f"{name}: file not found ({path})")
     if not path.is_file():
@@ -221,12 +232,15 @@ def open_slide(path: str | Path, *, mpp: float | None = None, reader: str = "aut
     else:
         backend = ImageBackend(path)
         found = backend.mpp
+    source = "--mpp"
     if mpp is None:
-        mpp = found
+        mpp, source = found, "slide metadata"
+    if mpp is None:
+        mpp, source = default_mpp, "--default-mpp"
     if mpp is None:
         backend.close()
         raise SlidescanError(
-            f"{name}: the slide has no microns-per-pixel metadata; pass --mpp "
-            "(e.g. --mpp 0.25 for 40×, 0.5 for 20×)"
+            f"{name}: the slide has no microns-per-pixel metadata; pass --default-mpp (only "
+            "slides without it) or --mpp (all slides), e.g. 0.25 for 40×, 0.5 for 20×"
         )
-    return Slide(path, backend, mpp)
+    return Slide(path, backend, mpp, mpp_source=source)

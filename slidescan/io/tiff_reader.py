@@ -9,6 +9,7 @@ decoding for levels whose check tile matches OpenSlide's (:func:`open_tiff_reade
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ MAX_CHECK_DIFF = 4
 MAX_CHECK_MEAN_DIFF = 10.0
 _WHITE = 255
 _CONTIG = 1  # TIFF PlanarConfiguration: samples interleaved
+_log = logging.getLogger(__name__)
 
 
 class RegionReader(Protocol):
@@ -132,7 +134,8 @@ def open_tiff_reader(
         import tifffile
 
         tif = tifffile.TiffFile(path)
-    except Exception:  # tifffile raises many types; OpenSlide remains the reader
+    except Exception as exc:  # tifffile raises many types; OpenSlide remains the reader
+        _log.info("%s: direct TIFF reader unavailable (%s); using OpenSlide", path.name, exc)
         return None
     try:
         pages = _match_levels(tif, level_dimensions)
@@ -141,13 +144,16 @@ def open_tiff_reader(
             return None
         reader = TiffTileReader(tif, pages)
         if not _matches_reference(reader, reference, 0, 1.0):
+            _log.info("%s: direct TIFF reader differs from OpenSlide; using OpenSlide", path.name)
             reader.close()
             return None
         for level in sorted(reader.levels - {0}):
             if not _matches_reference(reader, reference, level, level_downsamples[level]):
+                _log.info("%s: level %d stays with OpenSlide (pixels differ)", path.name, level)
                 reader.drop_level(level)
         return reader
     except Exception:
+        _log.info("%s: direct TIFF reader failed; using OpenSlide", path.name, exc_info=True)
         tif.close()
         return None
 

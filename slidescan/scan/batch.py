@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ SLIDE_SUFFIXES = frozenset(
     {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
      ".dcm", ".png", ".jpg", ".jpeg"}
 )  # fmt: skip
+LOG_NAME = "slidescan.log"  # beside summary.csv: the traceback of every failed slide
 SUMMARY_FIELDS = [
     "slide", "status", "positive", "category", "largest_lesion_mm", "lesions", "reliable",
     "flags", "tiles", "seconds", "heatmap", "error",
@@ -45,6 +47,7 @@ class SlideOutcome:
     seconds: float | None = None
     heatmap: str = ""
     error: str = ""
+    detail: str = ""  # the failure's full traceback: for LOG_NAME, never for summary.csv
 
     def row(self) -> dict[str, object]:
         """The CSV row (empty cells for unknowns)."""
@@ -109,6 +112,16 @@ def outcome_from_previous(slide: Path, heatmap: Path) -> SlideOutcome | None:
         )  # fmt: skip
     except (SlidescanError, KeyError, TypeError, ValueError):
         return None
+
+
+def log_failure(out_dir: Path, outcome: SlideOutcome) -> None:
+    """Append a failed slide's full story to ``OUT/slidescan.log`` (summary.csv keeps one line)."""
+    if outcome.status != "failed":
+        return
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    story = outcome.detail.rstrip() or outcome.error
+    with open(out_dir / LOG_NAME, "a", encoding="utf-8") as fh:
+        fh.write(f"{stamp} {outcome.slide}: FAILED: {outcome.error}\n{story}\n\n")
 
 
 def write_summary(path: Path, outcomes: Iterable[SlideOutcome]) -> None:
@@ -179,7 +192,7 @@ def process_slide(
     except Exception as exc:  # any failure is this slide's, never the whole batch's
         return SlideOutcome(
             slide=slide.name, status="failed", seconds=round(time.perf_counter() - start, 2),
-            error=one_line(exc),
+            error=one_line(exc), detail=traceback.format_exc(),
         )  # fmt: skip
 
 
@@ -218,6 +231,7 @@ def run_batch(
                 slide, outputs, scanner, overwrite=overwrite, on_result=on_result
             )
         outcomes.append(outcome)
+        log_failure(out_dir, outcome)
         if on_outcome is not None:
             on_outcome(outcome)
         write_summary(summary, outcomes)

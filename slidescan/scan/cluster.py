@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import multiprocessing
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ from slidescan.scan.batch import (
     SlideOutcome,
     duplicate_outputs,
     failed,
+    log_failure,
     process_slide,
     write_summary,
 )
@@ -147,7 +149,9 @@ def run_batch_on_cluster(
             outcome = future.result()
         except Exception as exc:  # a worker died or the task could not run at all
             outcome = failed(slide, f"task failed: {one_line(exc)}")
+            outcome.detail = "".join(traceback.format_exception(exc))
         outcomes[slide] = outcome
+        log_failure(out_dir, outcome)
         if on_outcome:
             on_outcome(outcome)
         write_summary(summary, [outcomes[s] for s in slides if s in outcomes])

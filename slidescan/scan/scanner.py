@@ -60,6 +60,10 @@ class ScanOptions:
     dense: bool = False
     reader: str = "auto"
     runner: str = "auto"  # where the model runs: main process or DataLoader workers (scan.runner)
+    full_paths: bool = False  # record the slide's absolute path (file names only by default)
+    default_mpp: float | None = (
+        None  # scale for slides whose metadata has none (--mpp overrides all)
+    )
     progress: bool = True
 
 
@@ -154,6 +158,7 @@ class Scanner:
             "model": card.model,
             "engine": self.engine,
             "mpp_override": opts.mpp,
+            "default_mpp": opts.default_mpp,
             "reader": opts.reader,
             "stride": self.stride or card.input_size,
             "dense": opts.dense,
@@ -199,30 +204,36 @@ class Scanner:
         self, slide_path: Path, outputs: SlideOutputs, staging: Staging, start: float
     ) -> ScanResult:
         opts, card = self.options, self.loaded.card
-        with open_slide(slide_path, mpp=opts.mpp, reader=opts.reader) as slide:
+        with open_slide(
+            slide_path, mpp=opts.mpp, default_mpp=opts.default_mpp, reader=opts.reader
+        ) as slide:
             grid, tissue = plan_grid(slide, card, self.stride, opts.min_tissue)
             cells = np.argwhere(tissue)
             attrs = self._attrs(slide_path, slide, grid)
             # Each worker would hold its own copy of a plain image: read it here instead.
             workers = 0 if slide.in_memory else self.workers
+            used_mpp = slide.mpp  # workers reopen the slide: hand them the scale chosen here
             thumb = slide.thumbnail(1024) if outputs.overlay is not None else None
             scale_doubts = check_scale(slide.mpp, card.mpp)
         writer = HeatmapWriter(staging.heatmap, grid.shape, attrs=attrs, overwrite=True)
         writer.write_tissue(tissue)
-        self._infer(slide_path, grid, cells, writer, workers)
+        self._infer(slide_path, used_mpp, grid, cells, writer, workers)
         probability = writer.probability
         call = call_slide(
             probability, seed_threshold=self.seed_threshold,
             extent_threshold=self.extent_threshold, cell_mm=grid.stride * card.mpp / 1000.0,
             seed_cells=seed_cells_for(grid.stride, grid.patch_size),
         )  # fmt: skip
-        distribution = combine(self._check_distribution(slide_path, grid, cells), scale_doubts)
+        distribution = combine(
+            self._check_distribution(slide_path, used_mpp, grid, cells), scale_doubts
+        )
         seconds = time.perf_counter() - start
         summary = {
             "call": _call_dict(call, grid),
             "distribution": distribution.to_dict(),
             "reliable": not distribution.flagged,
             "tiles_scanned": len(cells),
+            "warnings": [] if len(cells) else ["no tissue found: nothing was scanned"],
             "wall_seconds": round(seconds, 3),
             "fingerprint": self.fingerprint(slide_path),
         }
@@ -245,14 +256,14 @@ class Scanner:
         )  # fmt: skip
 
     def _check_distribution(
-        self, slide_path: Path, grid: Any, cells: np.ndarray, sample: int = 256
+        self, slide_path: Path, mpp: float, grid: Any, cells: np.ndarray, sample: int = 256
     ) -> DistributionCheck:
         """Embed a seeded random sample of tissue tiles and compare them with training."""
         if self.reference is None or len(cells) == 0:
             return DistributionCheck(False)
         pick = np.random.default_rng(0).permutation(len(cells))[:sample]
         dataset = SlideTileDataset(
-            slide_path, grid, cells[np.sort(pick)], mpp=self.options.mpp, block=1,
+            slide_path, grid, cells[np.sort(pick)], mpp=mpp, block=1,
             reader=self.options.reader,
         )  # fmt: skip
         model = self.loaded.model
@@ -270,13 +281,19 @@ class Scanner:
         return check_features(self.reference.distances(features), self.reference.patch_threshold)
 
     def _infer(
-        self, slide_path: Path, grid: Any, cells: np.ndarray, writer: HeatmapWriter, workers: int
+        self,
+        slide_path: Path,
+        mpp: float,
+        grid: Any,
+        cells: np.ndarray,
+        writer: HeatmapWriter,
+        workers: int,
     ) -> None:
         if len(cells) == 0:
             return
         opts = self.options
         dataset = SlideTileDataset(
-            slide_path, grid, cells, mpp=opts.mpp, block=self.block, dense=self.dense,
+            slide_path, grid, cells, mpp=mpp, block=self.block, dense=self.dense,
             reader=opts.reader,
         )  # fmt: skip
         runner = TileRunner(
@@ -301,10 +318,11 @@ class Scanner:
         card = self.loaded.card
         level = slide.best_level_for_mpp(card.mpp)
         return {
-            "slide_path": str(slide_path.resolve()),
+            # File names often carry patient identifiers; whole paths reveal more (site, study).
+            "slide_path": str(slide_path.resolve()) if self.options.full_paths else slide_path.name,
             "slide_dimensions": list(slide.dimensions),
             "slide_mpp": slide.mpp,
-            "slide_mpp_source": "--mpp" if self.options.mpp else "slide metadata",
+            "slide_mpp_source": slide.mpp_source,
             "slide_reader": slide.reader,
             "mpp": card.mpp,
             "level": level,
@@ -374,6 +392,8 @@ def verdict_text(call: SlideCall, distribution: DistributionCheck) -> str:
 def describe(result: ScanResult) -> str:
     """One line per slide for the terminal."""
     c = result.call
+    if result.tiles == 0:
+        return f"{result.slide.name}: no tissue found, nothing scanned  [research use only]"
     line = (
         f"{result.slide.name}: {verdict_text(c, result.distribution)}  lesions {len(c.lesions)}  "
         f"tiles ≥ {c.extent_threshold:.2f}: {c.positive_tiles}/{result.tiles}  "

@@ -83,7 +83,7 @@ class SlideCall:
     seed_cells: int
     positive_tiles: int
     tissue_tiles: int
-    max_probability: float
+    max_probability: float | None  # None: no tissue, so no probability at all
     lesions: tuple[Lesion, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,7 +182,7 @@ def call_slide(
         seed_cells=int(seed_cells),
         positive_tiles=int((tissue & (np.where(tissue, grid, 0) >= extent_threshold)).sum()),
         tissue_tiles=int(tissue.sum()),
-        max_probability=float(grid[tissue].max()) if tissue.any() else 0.0,
+        max_probability=float(grid[tissue].max()) if tissue.any() else None,
         lesions=tuple(lesions),
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from scan_helpers import CELL_UM, FAST, SLIDE_MPP
@@ -133,9 +134,70 @@ def test_missing_mpp_names_the_option(
     message = assert_one_error_line(invoke(*args))
     assert "no_mpp.tif" in message and "--mpp" in message
     assert entries(tmp_path) == []
+    assert "--default-mpp" in message
     result = invoke(*args, "--mpp", str(SLIDE_MPP))
     assert result.exit_code == 0, result.output
     assert read_heatmap(out)[2]["slide_mpp"] == SLIDE_MPP
+    assert read_heatmap(out)[2]["slide_mpp_source"] == "--mpp"
+
+
+def test_default_mpp_only_where_metadata_has_none(
+    slides: dict[str, Path], weights: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for key in ("good", "no_mpp"):
+        (folder / slides[key].name).write_bytes(slides[key].read_bytes())
+    out = tmp_path / "out"
+    result = invoke(folder, "--out", out, "--weights", weights, "--default-mpp", "0.3", *FAST)
+    assert result.exit_code == 0, result.output
+    meta = read_heatmap(out / "slide.zarr")[2]
+    bare = read_heatmap(out / "no_mpp.zarr")[2]
+    assert (meta["slide_mpp"], meta["slide_mpp_source"]) == (SLIDE_MPP, "slide metadata")
+    assert (bare["slide_mpp"], bare["slide_mpp_source"]) == (0.3, "--default-mpp")
+
+
+def test_full_paths_only_on_request(slides: dict[str, Path], weights: Path, tmp_path: Path):
+    out = tmp_path / "x.zarr"
+    assert invoke(slides["good"], "--out", out, "--weights", weights, *FAST).exit_code == 0
+    assert str(slides["good"].parent) not in out.with_suffix(".json").read_text()
+    again = invoke(
+        slides["good"], "--out", out, "--weights", weights, "--overwrite", "--full-paths", *FAST
+    )
+    assert again.exit_code == 0, again.output
+    assert read_heatmap(out)[2]["slide_path"] == str(slides["good"].resolve())
+
+
+def test_unwritable_output_is_one_line_and_debug_shows_the_traceback(
+    slides: dict[str, Path], weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import slidescan.io.outputs as outputs_mod
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(30, "Read-only file system", str(args[0]))
+
+    # As root, permissions would not stop us: the folder creation fails as on a read-only mount.
+    monkeypatch.setattr(outputs_mod.Path, "mkdir", read_only)
+    args = [slides["good"], "--out", tmp_path / "ro" / "x.zarr", "--weights", weights, *FAST]
+    message = assert_one_error_line(invoke(*args))
+    assert "Read-only file system" in message and "ro" in message
+    debug = invoke_cli("--debug", "run", *args)
+    assert debug.exit_code == 1
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_blank_slide_says_no_tissue(weights: Path, tmp_path: Path) -> None:
+    blank = write_pyramid(
+        tmp_path / "blank.tif", np.full((768, 1024, 3), 255, np.uint8), mpp=SLIDE_MPP
+    )
+    out = tmp_path / "blank.zarr"
+    result = invoke(blank, "--out", out, "--weights", weights, *FAST)
+    assert result.exit_code == 0, result.output
+    assert "no tissue found" in result.stdout
+    report = read_report(out)
+    assert report["warnings"] == ["no tissue found: nothing was scanned"]
+    assert report["call"]["max_probability"] is None and report["tiles_scanned"] == 0
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from typer.testing import Result
 from slidescan.engine.weights import load_weights
 from slidescan.io.heatmap import read_heatmap
 from slidescan.io.outputs import SlideOutputs, is_complete, read_report
-from slidescan.scan.batch import SUMMARY_FIELDS, find_slides, run_batch
+from slidescan.scan.batch import LOG_NAME, SUMMARY_FIELDS, find_slides, run_batch
 from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult
 
 GOOD = ["a_good.tif", "b_good.tif"]
@@ -113,12 +113,17 @@ def test_batch_outputs_and_summary(slide_dir: Path, weights: Path, tmp_path: Pat
 
     assert [o.slide for o in outcomes] == GOOD + BAD
     assert [o.status for o in outcomes] == ["done", "done", "failed", "failed"]
-    assert outputs(out) == EXPECTED_OUTPUTS  # nothing for failed slides, no partials
+    # Nothing for failed slides but their story in the log; no partials.
+    assert outputs(out) == sorted([*EXPECTED_OUTPUTS, LOG_NAME])
+    log = (out / LOG_NAME).read_text()
+    for name in BAD:
+        assert f"{name}: FAILED" in log
+    assert log.count(": FAILED: ") == len(BAD) and "Traceback (most recent call last)" in log
     for name in GOOD:
         heatmap = out / name.replace(".tif", ".zarr")
         assert is_complete(heatmap)
         probability, tissue, attrs = read_heatmap(heatmap)
-        assert attrs["slide_path"] == str((slide_dir / name).resolve())
+        assert attrs["slide_path"] == name, "outputs name the slide by file name only"
         assert int(tissue.sum()) == 4 and np.isfinite(probability[tissue]).all()
         assert read_report(heatmap)["slide"] == name
 
@@ -279,7 +284,7 @@ def test_cli_batch_with_failures_exits_1(slide_dir: Path, weights: Path, tmp_pat
     result = invoke(slide_dir, "--out", out, "--weights", weights, *FAST)
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
-    assert outputs(out) == EXPECTED_OUTPUTS
+    assert outputs(out) == sorted([*EXPECTED_OUTPUTS, LOG_NAME])
     rows = read_summary(out)
     assert [rows[n]["status"] for n in GOOD + BAD] == ["done", "done", "failed", "failed"]
     for name in BAD:
