@@ -1,5 +1,5 @@
-"""``python -m slidescan`` (also what ``torchrun ... -m slidescan train`` runs)."""
+"""``python -m slidescan`` (also what ``torchrun ... -m slidescan train`` runs): the ``slidescan`` program."""
 
-from slidescan.cli import app
+from slidescan.cli import entry
 
-app()
+entry()

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -67,6 +68,20 @@ def _error_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     return one_line(exc)
+
+
+def entry() -> None:
+    """The ``slidescan`` program: the app, then no Ctrl-C during the interpreter's teardown.
+
+    Once a command has finished or given up (results committed, or partials removed), a late
+    Ctrl-C could only kill Python's slow shutdown with a signal exit status; ignoring it keeps the
+    exit code truthful (0 done, 1 failed, 130 interrupted). Not in ``app`` itself: in-process
+    callers such as tests must keep their own Ctrl-C.
+    """
+    try:
+        app()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def version_callback(value: bool) -> None:

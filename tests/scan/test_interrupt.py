@@ -1,0 +1,56 @@
+"""Ctrl-C at any moment of a real scan: exit 130, no traceback, nothing partial left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from scan_helpers import SLIDE_MPP
+from slide_fixtures import tissue_image, write_pyramid
+
+from slidescan.io.outputs import is_complete
+
+# Seconds after start: during imports, model loading, tissue masking, the scan, the commit.
+MOMENTS = [0.5, 2.0, 3.0, 4.0, 5.0, 6.5, 8.0]
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("interrupt")
+    return write_pyramid(root / "big.tif", tissue_image(3072, 4096)[0], mpp=SLIDE_MPP)
+
+
+@pytest.mark.parametrize("after", MOMENTS)
+def test_ctrl_c_leaves_nothing_partial(
+    slide: Path, weights: Path, tmp_path: Path, after: float
+) -> None:
+    out = tmp_path / "out" / "big.zarr"
+    cmd = [
+        sys.executable, "-m", "slidescan", "run", str(slide), "--out", str(out),
+        "--weights", str(weights), "--device", "cpu", "--workers", "2",
+        "--overlay", str(tmp_path / "out" / "big.png"),
+    ]  # fmt: skip
+    # A terminal's Ctrl-C reaches the whole foreground process group: DataLoader workers too.
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    time.sleep(after)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert "Traceback" not in stderr, stderr[-3000:]
+    folder = out.parent
+    left = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if proc.returncode == 0:  # finished before the signal: a complete result
+        assert is_complete(out) and left == ["big.json", "big.png", "big.zarr"]
+        return
+    assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
+    assert stderr.strip().splitlines()[-1] == "interrupted"
+    assert [name for name in left if name.startswith(".")] == [], "partials or locks left"
+    # Interrupted before the commit: nothing; after it (before the result line): all of it.
+    assert left in ([], ["big.json", "big.png", "big.zarr"]), left
