@@ -1,4 +1,4 @@
-"""``python -m slidescan`` (also what ``torchrun ... -m slidescan train`` runs): the ``slidescan`` program."""
+"""``python -m slidescan``: the ``slidescan`` program (also what ``torchrun -m slidescan`` runs)."""
 
 from slidescan.cli import entry
 
