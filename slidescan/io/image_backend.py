@@ -13,7 +13,9 @@ from slidescan.errors import SlidescanError, one_line
 from slidescan.io.slide_mpp import dpi_mpp, tiff_tag_mpp
 
 # Plain images are loaded whole; beyond this a pyramid is the only sane way to read them.
-MAX_FALLBACK_PIXELS = 20_000 * 20_000
+# 10,000² RGB is 300 MB decoded; the check counts samples and bit depth as well as pixels.
+MAX_FALLBACK_PIXELS = 10_000 * 10_000
+MAX_FALLBACK_BYTES = MAX_FALLBACK_PIXELS * 3
 _WHITE = 255
 
 
@@ -66,6 +68,9 @@ def _load_tiff(path: Path) -> tuple[np.ndarray, float | None]:
             page = tif.pages.first
             shape, axes = tuple(page.shape), page.axes
             _check_size(name, page.imagewidth, page.imagelength)
+            decoded = int(np.prod(shape, dtype=np.int64)) * np.dtype(page.dtype).itemsize
+            if decoded > MAX_FALLBACK_BYTES:
+                raise SlidescanError(_too_large_message(name, page.imagewidth, page.imagelength))
             mpp = tiff_tag_mpp(page.tags.get("XResolution"), page.tags.get("ResolutionUnit"))
             pixels = page.asarray()
     except SlidescanError:
@@ -85,6 +90,9 @@ def _load_pil(path: Path) -> tuple[np.ndarray, float | None]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 _check_size(name, *opened.size)
+                bands = len(opened.getbands())
+                if opened.width * opened.height * max(bands, 3) > MAX_FALLBACK_BYTES:
+                    raise SlidescanError(_too_large_message(name, *opened.size))
                 mpp = dpi_mpp(opened.info.get("dpi"))
                 im = ImageOps.exif_transpose(opened)
                 if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:

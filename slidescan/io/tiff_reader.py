@@ -28,6 +28,12 @@ MAX_CHECK_DIFF = 4
 MAX_CHECK_MEAN_DIFF = 10.0
 _WHITE = 255
 _CONTIG = 1  # TIFF PlanarConfiguration: samples interleaved
+# Hostile-file bounds: real slides use 240-1024 px tiles whose JPEG/JPEG 2000 data is far
+# smaller than the raw pixels. A page outside them stays with OpenSlide; a tile outside them is
+# an error before a byte of it is decoded.
+MAX_TILE_SIDE = 4096
+_MAX_TILE_BYTES_PER_PIXEL = 4  # stored bytes per pixel a compressed (or raw RGB) tile may use
+_JPEG = 7  # TIFF Compression: JPEG
 _log = logging.getLogger(__name__)
 
 
@@ -88,12 +94,19 @@ class TiffTileReader:
         page = lv.page
         offsets = [page.dataoffsets[i] for i in indices]
         counts = [page.databytecounts[i] for i in indices]
+        limit = lv.tile_w * lv.tile_h * _MAX_TILE_BYTES_PER_PIXEL + 65_536
+        if max(counts) > limit:
+            raise ValueError(f"a tile claims {max(counts)} bytes, more than {limit}: corrupt file")
         with self._lock:
             segments = list(self._tif.filehandle.read_segments(offsets, counts, indices))
         for data, index in segments:
             if not data:
                 continue  # sparse tile: nothing scanned there, stays white
+            if page.compression == _JPEG:
+                _check_jpeg_size(data, lv.tile_w, lv.tile_h)
             tile = page.decode(data, index, jpegtables=page.jpegtables)[0]
+            if tile is None or tile.shape[1:3] != (lv.tile_h, lv.tile_w):
+                raise ValueError(f"tile {index} decodes to {getattr(tile, 'shape', None)}")
             ty, tx = divmod(index, lv.tiles_across)
             top, left = ty * lv.tile_h, tx * lv.tile_w
             # Intersection of this tile with the wanted box, in level coordinates.
@@ -158,6 +171,29 @@ def open_tiff_reader(
         return None
 
 
+def _check_jpeg_size(data: bytes, width: int, height: int) -> None:
+    """Refuse a JPEG tile whose frame header claims another size than the page's tiles: a
+    crafted header must not make the decoder allocate gigabytes."""
+    i = 2  # after SOI
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            break
+        marker = data[i + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            h = int.from_bytes(data[i + 5 : i + 7], "big")
+            w = int.from_bytes(data[i + 7 : i + 9], "big")
+            if (w, h) != (width, height):
+                raise ValueError(
+                    f"JPEG tile header says {w}×{h}, the page's tiles are {width}×{height}"
+                )
+            return
+        if marker == 0xD8 or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    raise ValueError("JPEG tile without a frame header")
+
+
 def _layout(page: Any) -> tuple[Any, ...]:
     return (
         page.compression,
@@ -170,6 +206,8 @@ def _layout(page: Any) -> tuple[Any, ...]:
 def _usable(page: Any) -> bool:
     return bool(
         page.is_tiled
+        and 0 < page.tilewidth <= MAX_TILE_SIDE
+        and 0 < page.tilelength <= MAX_TILE_SIDE
         and page.samplesperpixel == 3
         and page.bitspersample == 8
         and page.planarconfig == _CONTIG
