@@ -65,7 +65,15 @@ def _load_tiff(path: Path) -> tuple[np.ndarray, float | None]:
     name = path.name
     try:
         with tifffile.TiffFile(path) as tif:
+            if not len(tif.pages):
+                raise SlidescanError(
+                    f"{name}: not a readable slide or image (truncated or corrupt?): "
+                    "no image in the TIFF"
+                )
             page = tif.pages.first
+            ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)]
+            if ends and max(ends) > path.stat().st_size:
+                raise SlidescanError(f"{name}: truncated: image data runs past the end of the file")
             shape, axes = tuple(page.shape), page.axes
             _check_size(name, page.imagewidth, page.imagelength)
             decoded = int(np.prod(shape, dtype=np.int64)) * np.dtype(page.dtype).itemsize

@@ -19,12 +19,15 @@ class OpenSlideBackend:
 
     def __init__(self, path: Path, vendor: str, *, direct_tiff: bool = True) -> None:
         self._name = path.name
+        osr = None
         try:
-            self._osr = openslide.OpenSlide(path)
-            self.level_dimensions = tuple((int(w), int(h)) for w, h in self._osr.level_dimensions)
-            self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
-            properties = dict(self._osr.properties)
+            osr = self._osr = openslide.OpenSlide(path)
+            self.level_dimensions = tuple((int(w), int(h)) for w, h in osr.level_dimensions)
+            self.level_downsamples = tuple(float(d) for d in osr.level_downsamples)
+            properties = dict(osr.properties)
         except (openslide.OpenSlideError, OSError) as exc:
+            if osr is not None:  # opened, then failed on its properties: do not leak the handle
+                osr.close()
             raise SlidescanError(
                 f"{self._name}: not a readable slide (truncated or unsupported): {one_line(exc)}"
             ) from exc

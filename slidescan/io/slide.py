@@ -32,6 +32,8 @@ LEVEL_MPP_TOLERANCE = 1.01
 # Thumbnails are assembled from reads of at most this many level pixels a side.
 _THUMBNAIL_READ_PX = 4096
 _WHITE = 255
+# Whole-slide formats only OpenSlide reads: never handed to the plain-image fallback.
+VENDOR_SUFFIXES = frozenset({".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif", ".svslide"})
 # --reader choices: "auto" decodes tiled TIFF slides directly where that is proven identical.
 READERS = ("auto", "openslide")
 
@@ -226,6 +228,12 @@ def open_slide(
     except (openslide.OpenSlideError, OSError) as exc:
         raise SlidescanError(f"{name}: cannot read the file: {one_line(exc)}") from exc
     backend: _Backend
+    if vendor is None and path.suffix.lower() in VENDOR_SUFFIXES:
+        # Only OpenSlide reads these; a plain-image reader would find just a fragment of them.
+        raise SlidescanError(
+            f"{name}: not a readable slide: OpenSlide does not recognise this "
+            f"{path.suffix} file (truncated or corrupt?)"
+        )
     if vendor is not None:
         backend = OpenSlideBackend(path, vendor, direct_tiff=reader == "auto")
         found = backend.mpp

@@ -246,3 +246,23 @@ def test_real_svs_without_mpp(data_dir: Path) -> None:
         assert slide.mpp == 0.5 and len(slide.level_dimensions) == 2
         assert slide.best_level_for_mpp(0.972) == 0
         assert slide.best_level_for_mpp(1.0) == 1
+
+
+@pytest.mark.parametrize("keep", [0.6, 0.85, 0.95])
+def test_truncated_svs_says_so_with_or_without_mpp(
+    data_dir: Path, tmp_path: Path, keep: float
+) -> None:
+    source = (data_dir / "wsi" / "CMU-1-Small-Region.svs").read_bytes()
+    cut = tmp_path / "cut.svs"
+    cut.write_bytes(source[: int(len(source) * keep)])
+    for mpp in (None, 0.5):  # never "no MPP metadata", never scanned as a plain image
+        with pytest.raises(SlidescanError, match="OpenSlide does not recognise .*truncated"):
+            open_slide(cut, mpp=mpp)
+
+
+def test_tiff_without_a_readable_page_says_truncated(data_dir: Path, tmp_path: Path) -> None:
+    source = (data_dir / "wsi" / "CMU-1-Small-Region.svs").read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(source[: int(len(source) * 0.6)])
+    with pytest.raises(SlidescanError, match="truncated or corrupt.*no image in the TIFF"):
+        open_slide(cut, mpp=0.5)
