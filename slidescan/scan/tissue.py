@@ -25,6 +25,12 @@ GREEN_HUES = (0.17, 0.50)
 GREEN_MIN_SATURATION = 0.25
 BLUE_HUES = (0.50, 0.68)
 BLUE_MIN_SATURATION = 0.60
+# Yellow and orange are neither stain (brown pigment is darker and duller); vivid, bright colour of
+# any hue is paint, a label or a marker: H&E never reaches this saturation at this brightness.
+YELLOW_HUES = (0.11, 0.17)
+YELLOW_MIN_SATURATION = 0.35
+VIVID_SATURATION = 0.9
+VIVID_MIN_VALUE = 0.4
 # Pen strokes have antialiased, less saturated rims; grow the ink mask to swallow them.
 # Ink specks smaller than the smallest kept object are stain noise, not pen strokes.
 INK_DILATION_PX = 2
@@ -41,7 +47,8 @@ MAX_HOLE_UM = 120.0  # side of the largest filled hole
 def tissue_mask(
     rgb: np.ndarray, *, min_object_px: int | None = None, max_hole_px: int | None = None
 ) -> np.ndarray:
-    """Boolean tissue mask of an (H, W, 3) uint8 RGB image; white glass and pen ink excluded.
+    """Boolean tissue mask of an (H, W, 3) uint8 RGB image; white glass, pen ink and colours that
+    no H&E stain makes (yellow, orange, vivid paint of any hue) excluded.
 
     ``min_object_px``: connected regions smaller than this are dropped; ``max_hole_px``: holes
     up to this area are filled. Both default to small fractions of the image area.
@@ -107,8 +114,10 @@ def _ink(
     s = sat[coloured]
     green = (hue >= GREEN_HUES[0]) & (hue < GREEN_HUES[1]) & (s > GREEN_MIN_SATURATION)
     blue = (hue >= BLUE_HUES[0]) & (hue < BLUE_HUES[1]) & (s > BLUE_MIN_SATURATION)
+    yellow = (hue >= YELLOW_HUES[0]) & (hue < YELLOW_HUES[1]) & (s > YELLOW_MIN_SATURATION)
+    vivid = (s > VIVID_SATURATION) & (high[coloured] > VIVID_MIN_VALUE * 255)
     ink = np.zeros(sat.shape, bool)
-    ink[coloured] = green | blue
+    ink[coloured] = green | blue | yellow | vivid
     ink |= (high < MAX_DARK_VALUE * 255) & (sat < MAX_DARK_SATURATION)  # black
     ink = _drop_small_objects(ink, min_px)
     if INK_DILATION_PX > 0 and ink.any():

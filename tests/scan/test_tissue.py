@@ -116,3 +116,24 @@ def test_colour_channels_match_skimage_hsv() -> None:
 def test_only_uint8_rgb_is_accepted() -> None:
     with pytest.raises(ValueError, match="uint8"):
         tissue_mask(np.zeros((4, 4, 3), np.float32))
+
+
+@pytest.mark.parametrize(
+    "colour, is_tissue",
+    [
+        ((255, 0, 0), False),  # paint / marker red
+        ((255, 255, 0), False),  # yellow
+        ((255, 140, 0), False),  # orange
+        ((230, 150, 200), True),  # eosin pink
+        ((240, 110, 190), True),  # strong eosin
+        ((120, 60, 160), True),  # haematoxylin purple
+        ((60, 30, 110), True),  # dark nuclei
+        ((150, 90, 50), True),  # brown pigment
+        ((140, 20, 30), True),  # dark red (blood)
+    ],
+)
+def test_colours_no_stain_makes_are_not_tissue(colour: tuple[int, int, int], is_tissue: bool):
+    img = np.full((200, 200, 3), 255, np.uint8)
+    img[50:150, 50:150] = colour
+    assert tissue_mask(img)[60:140, 60:140].all() == is_tissue
+    assert not tissue_mask(img)[:40].any()
