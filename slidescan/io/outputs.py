@@ -51,8 +51,10 @@ def remove_path(path: Path) -> None:
     """Delete a file or a folder tree, if it exists."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
+        return
+    # Nothing there, or not even its folder: nothing to remove.
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        path.unlink()
 
 
 def report_path(heatmap: Path) -> Path:
@@ -137,9 +139,18 @@ class SlideOutputs:
     def staged(self) -> Iterator[Staging]:
         """Unique temporary names for this writer; removed if the block fails."""
         staging = Staging(self, token=writer_token())
-        if self.overlay is not None:
-            self.overlay.parent.mkdir(parents=True, exist_ok=True)
         staging.clear_abandoned()
+        if staging.overlay is not None:
+            # Fail before the scan, not after it: an unwritable overlay folder would otherwise
+            # throw away a finished result.
+            try:
+                staging.overlay.parent.mkdir(parents=True, exist_ok=True)
+                staging.overlay.touch()
+            except OSError as exc:
+                staging.discard()
+                raise SlidescanError(
+                    f"{self.overlay}: cannot write the overlay there ({_os_reason(exc)})"
+                ) from exc
         try:
             yield staging
         except BaseException:

@@ -241,3 +241,15 @@ def test_run_help_explains_options() -> None:
     mpp_help = text[text.index("--mpp") : text.index("--stride")]
     assert "microns per pixel" in mpp_help.lower()
     assert "summary.csv" in text
+
+
+def test_unwritable_overlay_fails_before_the_scan(
+    slides: dict[str, Path], weights: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the overlay folder should be")
+    out = tmp_path / "x.zarr"
+    args = [slides["good"], "--out", out, "--overlay", blocker / "x.png", "--weights", weights]
+    message = assert_one_error_line(invoke(*args, *FAST))
+    assert "cannot write the overlay" in message
+    assert entries(tmp_path) == ["not-a-folder"], "nothing written, nothing half-done"
