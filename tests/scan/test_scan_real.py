@@ -45,7 +45,8 @@ def scan(loaded: LoadedModel, slide: Path, out: Path, **options: Any) -> ScanRes
 def expected_shape(dimensions: list[int], slide_mpp: float, model_mpp: float) -> tuple[int, int]:
     width, height = dimensions
     scale = model_mpp / slide_mpp
-    return (math.floor(height / scale / PATCH), math.floor(width / scale / PATCH))
+    # Partial edge cells included: the strip narrower than a patch is scanned too.
+    return (math.ceil(height / scale / PATCH), math.ceil(width / scale / PATCH))
 
 
 # --- real slides -------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def test_scan_slide_is_the_one_call_python_api(
 
 def test_heatmap_nan_exactly_off_tissue(done: ScanResult, slides: dict[str, Path]) -> None:
     probability, tissue, attrs = read_heatmap(done.heatmap)
-    assert probability.shape == tissue.shape == (4, 5)  # 768/192 × floor(1024/192)
+    assert probability.shape == tissue.shape == (4, 6)  # 768/192 × ceil(1024/192): edges too
     assert tissue.any() and not tissue.all()
     np.testing.assert_array_equal(np.isnan(probability), ~tissue)
     assert np.all((probability[tissue] >= 0) & (probability[tissue] <= 1))
@@ -183,7 +183,7 @@ def test_cells_map_to_slide_coordinates(done: ScanResult) -> None:
     _, _, attrs = read_heatmap(done.heatmap)
     grid = TileGrid.from_attrs(attrs["grid"])
     assert grid.scale == pytest.approx(2.0)  # 0.972 / 0.486
-    assert grid.shape == (4, 5) and grid.origin == (0, 0)
+    assert grid.shape == (4, 6) and grid.origin == (0, 0)
     assert grid.cell_to_level0(0, 0) == (0, 0)
     assert grid.cell_to_level0(1, 2) == (384, 192)  # (x, y) = (col, row) × 96 × 2
     assert grid.cell_to_level0(3, 4) == (768, 576)
@@ -252,10 +252,10 @@ def test_resamples_from_best_pyramid_level(
     assert attrs["level"] == 2 and attrs["downsample"] == 4.0
     width, height = attrs["slide_dimensions"]
     expected = (
-        math.floor(height * 0.243 / MODEL_MPP / 96),
-        math.floor(width * 0.243 / MODEL_MPP / 96),
+        math.ceil(height * 0.243 / MODEL_MPP / 96),
+        math.ceil(width * 0.243 / MODEL_MPP / 96),
     )
-    assert tuple(attrs["grid"]["shape"]) == expected == (2, 3)  # 225 × 300 model px
+    assert tuple(attrs["grid"]["shape"]) == expected == (3, 4)  # 225 × 300 model px
     assert attrs["cell_level0_px"] == pytest.approx(384)
 
     monkeypatch.setattr(Slide, "read_region", spy)
@@ -267,7 +267,7 @@ def test_resamples_from_best_pyramid_level(
 # --- memory: reads are bounded by the block, never a whole level -------------------------------
 
 
-@pytest.mark.parametrize(("key", "cells"), [("tissue", 20), ("odd", 6)])
+@pytest.mark.parametrize(("key", "cells"), [("tissue", 24), ("odd", 12)])
 def test_reads_are_bounded_by_the_block(
     tmp_path: Path,
     weights: Path,
@@ -326,11 +326,24 @@ def test_reads_are_bounded_by_the_block(
 # --- edge cases and failures -------------------------------------------------------------------
 
 
+def test_tissue_in_the_edge_strip_is_scanned(tmp_path: Path, weights: Path) -> None:
+    # 1100 px wide at 2 level-0 px per model px: 5 whole 192-px cells and a 140 px strip, where
+    # all the tissue is. A grid of whole patches only would never look at it.
+    rgb = np.full((768, 1100, 3), 255, np.uint8)
+    rgb[100:700, 960:] = (170, 90, 180)  # H&E-like purple
+    slide = write_pyramid(tmp_path / "edge.tif", rgb, mpp=SLIDE_MPP)
+    result = scan(weights, slide, tmp_path / "edge.zarr")
+    probability, tissue, attrs = read_heatmap(result.heatmap)
+    assert tissue.shape == (4, 6)
+    assert result.tiles > 0 and tissue[:, 5].any() and not tissue[:, :5].any()
+    assert np.isfinite(probability[tissue]).all()
+
+
 def test_no_tissue_gives_negative_call(tmp_path: Path, weights: Path, slides: dict[str, Path]):
     result = scan(weights, slides["white"], tmp_path / "white.zarr")
     probability, tissue, attrs = read_heatmap(result.heatmap)
     assert result.tiles == 0 and attrs["tiles_scanned"] == 0
-    assert probability.shape == (4, 5)
+    assert probability.shape == (4, 6)
     assert np.isnan(probability).all() and not tissue.any()
     assert not result.call.positive and result.call.category == "negative"
     assert result.call.tissue_tiles == 0 and result.call.lesions == ()

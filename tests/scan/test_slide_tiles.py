@@ -60,8 +60,8 @@ def test_blocks_match_per_tile_reads(slide_path: Path, target: float) -> None:
 
 
 def test_block_grouping(slide_path: Path) -> None:
-    grid = make_grid((1536, 1152), 0.25, TARGET)  # 3 × 4 cells
-    assert len(SlideTileDataset(slide_path, grid, _all_cells(grid.shape), block=2)) == 4
+    grid = make_grid((1536, 1152), 0.25, TARGET)  # 4 × 5 cells (the last row/column partial)
+    assert len(SlideTileDataset(slide_path, grid, _all_cells(grid.shape), block=2)) == 6
     assert len(SlideTileDataset(slide_path, grid, _all_cells(grid.shape), block=8)) == 1
     one = SlideTileDataset(slide_path, grid, np.array([[2, 3]]), block=2)
     patches, cells = one[0]
@@ -124,7 +124,7 @@ def test_mpp_override_is_used(tmp_path: Path) -> None:
     path = write_pyramid(tmp_path / "nompp.tif", rgb, mpp=None, levels=1)
     grid = make_grid((400, 400), 0.5, TARGET)
     patches, _ = SlideTileDataset(path, grid, _all_cells(grid.shape), mpp=0.5)[0]
-    assert patches.shape == (4, 3, 96, 96)
+    assert patches.shape == (9, 3, 96, 96)  # 400 px / 186.6 px per patch: 3 × 3 cells
     with pytest.raises(ValueError, match="slide mpp"):
         SlideTileDataset(path, grid, _all_cells(grid.shape), mpp=0.25)[0]
 
@@ -132,4 +132,4 @@ def test_mpp_override_is_used(tmp_path: Path) -> None:
 def test_cells_outside_grid_are_rejected(slide_path: Path) -> None:
     grid = make_grid((1536, 1152), 0.25, TARGET)
     with pytest.raises(ValueError, match="outside grid"):
-        SlideTileDataset(slide_path, grid, np.array([[0, 4]]))
+        SlideTileDataset(slide_path, grid, np.array([[0, 5]]))

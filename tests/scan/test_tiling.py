@@ -15,20 +15,22 @@ from slidescan.scan.tiling import TileGrid, make_grid, tissue_fraction
 TARGET = 0.972
 
 
-def test_make_grid_counts_whole_patches_only() -> None:
+def test_make_grid_covers_the_whole_slide() -> None:
     # 0.25 µm/px slide: a 96 px patch at 0.972 µm/px spans 373.248 level-0 px.
     grid = make_grid((2000, 1200), 0.25, TARGET)
-    assert grid.shape == (3, 5)  # 1200 / 373.2 = 3.2, 2000 / 373.2 = 5.4
+    assert grid.shape == (4, 6)  # 1200 / 373.2 = 3.2, 2000 / 373.2 = 5.4: partial edge cells too
     assert grid.origin == (0, 0) and grid.patch_size == grid.stride == 96
     assert grid.scale == pytest.approx(TARGET / 0.25)
-    x, y = grid.cell_to_level0(2, 4)
-    assert (x, y) == (round(4 * 96 * grid.scale), round(2 * 96 * grid.scale))
-    assert x + 96 * grid.scale <= 2000 and y + 96 * grid.scale <= 1200
+    x, y = grid.cell_to_level0(3, 5)
+    assert (x, y) == (round(5 * 96 * grid.scale), round(3 * 96 * grid.scale))
+    # The last cells start inside the slide and reach past its edge: no strip left unscanned.
+    assert x < 2000 < x + 96 * grid.scale and y < 1200 < y + 96 * grid.scale
 
 
 def test_make_grid_exact_fit_and_stride() -> None:
     assert make_grid((960, 480), 1.0, 1.0).shape == (5, 10)
-    assert make_grid((959, 480), 1.0, 1.0).shape == (5, 9)
+    assert make_grid((959, 480), 1.0, 1.0).shape == (5, 10)  # the last column is partial
+    assert make_grid((961, 480), 1.0, 1.0).shape == (5, 11)  # one pixel more: one more cell
     assert make_grid((960, 480), 1.0, 1.0, stride=48).shape == (9, 19)
     assert make_grid((50, 50), 1.0, 1.0).shape == (0, 0)
     with pytest.raises(ValueError):
