@@ -116,14 +116,19 @@ class SlideOutputs:
         """True when a scan finished here."""
         return is_complete(self.heatmap)
 
+    def matching_report(self, expected: str) -> dict[str, Any] | None:
+        """The report of a complete result made with fingerprint ``expected``, else None."""
+        if not self.is_complete():
+            return None
+        try:
+            report = read_report(self.heatmap)
+        except SlidescanError:
+            return None
+        return report if report.get(FINGERPRINT_KEY) == expected else None
+
     def matches(self, expected: str) -> bool:
         """True when a complete result here was made with fingerprint ``expected``."""
-        if not self.is_complete():
-            return False
-        try:
-            return read_report(self.heatmap).get(FINGERPRINT_KEY) == expected
-        except SlidescanError:
-            return False
+        return self.matching_report(expected) is not None
 
     def interrupted(self) -> bool:
         """A slidescan heatmap without its report: a scan killed between the renames."""
@@ -143,7 +148,7 @@ class SlideOutputs:
     def locked(self) -> Iterator[None]:
         """Hold the slide's lock for the block; raise :class:`OutputBusy` if a live run has it."""
         self.heatmap.parent.mkdir(parents=True, exist_ok=True)
-        _acquire(self.lock)
+        _acquire(self.lock, self.heatmap.name)
         try:
             yield
         finally:
@@ -217,18 +222,16 @@ class Staging:
                 except OSError as exc:
                     _log.warning("could not remove %s: %s", tmp, exc)
 
-    def commit(self, *, overlay_only: bool = False) -> None:
+    def commit(self) -> None:
         """Move the staged files into place; the report goes last and marks completion.
 
         The old report goes first, so that no moment shows an old "complete" marker beside a
-        new heatmap. ``overlay_only``: only an overlay was staged (for a finished result).
+        new heatmap.
         """
         out = self.outputs
         try:
             if self.overlay is not None and self.overlay.exists():
                 os.replace(self.overlay, out.overlay)  # type: ignore[arg-type]
-            if overlay_only:
-                return
             remove_path(out.report)
             remove_path(out.heatmap)
             os.replace(self.heatmap, out.heatmap)
@@ -248,7 +251,7 @@ def _lock_record() -> str:
     return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
 
 
-def _acquire(lock: Path) -> None:
+def _acquire(lock: Path, name: str) -> None:
     for _ in range(3):  # a stale lock removed under us by another run: try again
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -257,7 +260,7 @@ def _acquire(lock: Path) -> None:
             holder = _live_holder(lock, seen)
             if holder is not None:
                 raise OutputBusy(
-                    f"{lock.name[1:-5]}: being written by another run ({holder}); left to it"
+                    f"{name}: being written by another run ({holder}); left to it"
                 ) from None
             if _read_text(lock) == seen:  # not taken over by a third run meanwhile
                 lock.unlink(missing_ok=True)
@@ -267,7 +270,7 @@ def _acquire(lock: Path) -> None:
         with os.fdopen(fd, "w") as fh:
             fh.write(_lock_record())
         return
-    raise OutputBusy(f"{lock.name[1:-5]}: lock keeps changing hands; left to the other run")
+    raise OutputBusy(f"{name}: lock keeps changing hands; left to the other run")
 
 
 def _read_text(path: Path) -> str | None:

@@ -8,13 +8,13 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
 from slidescan.errors import SlidescanError, one_line
 from slidescan.io.atomic import atomic_write
-from slidescan.io.outputs import OutputBusy, SlideOutputs, read_report
+from slidescan.io.outputs import OutputBusy, SlideOutputs
 from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult
 
 # What OpenSlide reads, plus plain images for the fallback reader.
@@ -96,11 +96,12 @@ def outcome_from_result(result: ScanResult) -> SlideOutcome:
     )  # fmt: skip
 
 
-def outcome_from_previous(slide: Path, heatmap: Path) -> SlideOutcome | None:
-    """A slide finished by an earlier run, read back from its JSON report; None when the report
-    is unreadable or incomplete (then the slide is scanned again)."""
+def outcome_from_previous(
+    slide: Path, heatmap: Path, report: dict[str, Any]
+) -> SlideOutcome | None:
+    """A slide finished by an earlier run, from its JSON report; None when the report is
+    incomplete (then the slide is scanned again)."""
     try:
-        report = read_report(heatmap)
         call, check = report["call"], report["distribution"]
         return SlideOutcome(
             slide=slide.name, status="skipped", positive=bool(call["positive"]),
@@ -110,7 +111,7 @@ def outcome_from_previous(slide: Path, heatmap: Path) -> SlideOutcome | None:
             tiles=int(report["tiles_scanned"]), seconds=float(report["wall_seconds"]),
             heatmap=heatmap.name,
         )  # fmt: skip
-    except (SlidescanError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -176,8 +177,9 @@ def process_slide(
         with outputs.locked():
             status = "done"
             if outputs.is_complete() and not overwrite:
-                if outputs.matches(scanner.fingerprint(slide)) and not outputs.overlay_missing():
-                    previous = outcome_from_previous(slide, outputs.heatmap)
+                report = outputs.matching_report(scanner.fingerprint(slide))
+                if report is not None and not outputs.overlay_missing():
+                    previous = outcome_from_previous(slide, outputs.heatmap, report)
                     if previous is not None:
                         return previous
                 status = "redone"
