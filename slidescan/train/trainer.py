@@ -227,8 +227,11 @@ def _train(
         if not ckpt_path.is_file():
             raise SlidescanError(f"--resume: no checkpoint at {ckpt_path}")
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if ckpt["config"] != _json_config(cfg):
-            raise SlidescanError(f"--resume: {ckpt_path} was written with different settings")
+        changed = _changed_settings(ckpt["config"], _json_config(cfg))
+        if changed:
+            raise SlidescanError(
+                f"--resume: {ckpt_path} was written with other settings ({', '.join(changed)})"
+            )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -385,6 +388,17 @@ def _json_config(cfg: TrainConfig) -> dict[str, Any]:
     raw.pop("device")
     raw.pop("int8")  # added after training, never changes the float32 weights
     return raw
+
+
+def _changed_settings(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Names of settings that differ between a checkpoint and this run.
+
+    A setting the checkpoint predates counts as its default, so checkpoints written before a
+    new option was added still resume when the option is left alone.
+    """
+    defaults = _json_config(TrainConfig())
+    names = sorted(set(saved) | set(wanted))
+    return [n for n in names if saved.get(n, defaults.get(n)) != wanted.get(n, defaults.get(n))]
 
 
 def _save_checkpoint(

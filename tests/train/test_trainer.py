@@ -253,8 +253,17 @@ def test_resume_with_other_settings(
     with pytest.raises(_Interrupted):
         train(small_toy, out, _cfg(epochs=2, model_config=SMALL))
     monkeypatch.undo()
-    with pytest.raises(SlidescanError, match="different settings"):
+    with pytest.raises(SlidescanError, match=r"other settings \(lr\)"):
         train(small_toy, out, _cfg(epochs=2, model_config=SMALL, lr=0.5), resume=True)
+
+
+def test_checkpoint_from_before_an_option_resumes_with_its_default() -> None:
+    saved = trainer_mod._json_config(TrainConfig())
+    del saved["ema"]  # as written before --ema existed
+    assert trainer_mod._changed_settings(saved, trainer_mod._json_config(TrainConfig())) == []
+    assert trainer_mod._changed_settings(
+        saved, trainer_mod._json_config(TrainConfig(ema=0.99))
+    ) == ["ema"]
 
 
 # ------------------------------------------------------------------------------------------------
