@@ -107,33 +107,51 @@ def find_lesions(
     cell (each end cell contributes half its width), times ``cell_mm``, the grid stride in mm; so
     a single cell measures one cell and a straight run of k cells measures k cells.
     """
+    return label_lesions(
+        probability, seed_threshold=seed_threshold, extent_threshold=extent_threshold,
+        cell_mm=cell_mm, seed_cells=seed_cells,
+    )[1]  # fmt: skip
+
+
+def label_lesions(
+    probability: np.ndarray,
+    *,
+    seed_threshold: float,
+    extent_threshold: float,
+    cell_mm: float,
+    seed_cells: int = 1,
+) -> tuple[np.ndarray, list[Lesion]]:
+    """:func:`find_lesions` plus where each lesion lies: an int32 (rows, cols) grid holding
+    ``i + 1`` on the cells of ``lesions[i]`` and 0 elsewhere (for outlines and polygons)."""
     grid = _check_grid(probability)
     _check_thresholds(seed_threshold, extent_threshold, cell_mm)
     if seed_cells < 1:
         raise ValueError(f"seed_cells must be >= 1, got {seed_cells}")
     labels, seeds = _regions(grid, extent_threshold, seed_cells)
     boxes = ndimage.find_objects(labels)
-    lesions = []
+    found = []
     for lab in np.flatnonzero(seeds >= seed_threshold) + 1:
         box = boxes[lab - 1]
         local = labels[box] == lab
         rows, cols = np.nonzero(local)
         probs = grid[box][local]
         diameter = (_max_distance(rows, cols) + 1.0) * cell_mm
-        lesions.append(
-            Lesion(
-                row=float(rows.mean() + box[0].start),
-                col=float(cols.mean() + box[1].start),
-                diameter_mm=float(diameter),
-                area_mm2=float(len(rows) * cell_mm * cell_mm),
-                cells=len(rows),
-                mean_probability=float(probs.mean()),
-                max_probability=float(probs.max()),
-                category=lesion_category(diameter),
-            )
+        lesion = Lesion(
+            row=float(rows.mean() + box[0].start),
+            col=float(cols.mean() + box[1].start),
+            diameter_mm=float(diameter),
+            area_mm2=float(len(rows) * cell_mm * cell_mm),
+            cells=len(rows),
+            mean_probability=float(probs.mean()),
+            max_probability=float(probs.max()),
+            category=lesion_category(diameter),
         )
-    lesions.sort(key=lambda les: (-les.diameter_mm, -les.max_probability))
-    return lesions
+        found.append((lesion, int(lab)))
+    found.sort(key=lambda pair: (-pair[0].diameter_mm, -pair[0].max_probability))
+    relabel = np.zeros(len(seeds) + 1, dtype=np.int32)
+    for i, (_, lab) in enumerate(found):
+        relabel[lab] = i + 1
+    return relabel[labels], [lesion for lesion, _ in found]
 
 
 def _regions(grid: np.ndarray, extent: float, seed_cells: int) -> tuple[np.ndarray, np.ndarray]:

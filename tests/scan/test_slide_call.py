@@ -15,6 +15,7 @@ from slidescan.scan.slide_call import (
     call_slide,
     false_positive_rate,
     find_lesions,
+    label_lesions,
     lesion_category,
     seed_cells_for,
     slide_critical_seed,
@@ -250,3 +251,18 @@ def test_calibration_rejects_bad_input() -> None:
         calibrate_seed_threshold(np.array([]), extent_threshold=0.5, cell_mm=0.1)
     with pytest.raises(ValueError, match="target_rate"):
         calibrate_seed_threshold(_negatives(100), extent_threshold=0.5, cell_mm=0.1, target_rate=0)
+
+
+def test_label_lesions_marks_each_lesion_in_report_order() -> None:
+    grid = np.full((20, 30), 0.1)
+    grid[2:5, 2:5] = 0.99  # 3×3 cells
+    grid[10:18, 10:25] = 0.99  # the larger lesion: first in the list, label 1
+    grid[0, 29] = 0.99  # one cell: below seed_cells, no lesion
+    labels, lesions = label_lesions(
+        grid, seed_threshold=0.9, extent_threshold=0.5, cell_mm=0.1, seed_cells=3
+    )
+    assert [les.cells for les in lesions] == [8 * 15, 9]
+    assert labels.dtype == np.int32 and labels.shape == grid.shape
+    assert (labels == 1).sum() == 120 and labels[10:18, 10:25].min() == 1
+    assert (labels == 2).sum() == 9 and labels[2:5, 2:5].max() == 2
+    assert labels[0, 29] == 0 and labels.max() == 2
