@@ -71,6 +71,11 @@ def report_path(heatmap: Path) -> Path:
     return heatmap.with_suffix(".json")
 
 
+def geojson_path(heatmap: Path) -> Path:
+    """The QuPath lesion annotations beside a heatmap: ``x.zarr`` → ``x.geojson``."""
+    return heatmap.with_suffix(".geojson")
+
+
 def is_complete(heatmap: Path) -> bool:
     """True when a scan finished here: heatmap and report both exist."""
     return heatmap.is_dir() and report_path(heatmap).is_file()
@@ -91,7 +96,8 @@ def _ignore_missing(function: object, path: str, exc_info: tuple) -> None:
 
 @dataclass(frozen=True)
 class SlideOutputs:
-    """Where one slide's results go: ``X.zarr`` heatmap, ``X.json`` report, optional overlay."""
+    """Where one slide's results go: ``X.zarr`` heatmap, ``X.json`` report, ``X.geojson``
+    lesion annotations, optional overlay."""
 
     heatmap: Path
     overlay: Path | None = None
@@ -106,6 +112,11 @@ class SlideOutputs:
     def report(self) -> Path:
         """The JSON report beside the heatmap."""
         return report_path(self.heatmap)
+
+    @property
+    def geojson(self) -> Path:
+        """The QuPath GeoJSON beside the heatmap."""
+        return geojson_path(self.heatmap)
 
     @property
     def lock(self) -> Path:
@@ -143,6 +154,10 @@ class SlideOutputs:
     def overlay_missing(self) -> bool:
         """An overlay is wanted but not on disk."""
         return self.overlay is not None and not self.overlay.is_file()
+
+    def extras_missing(self) -> bool:
+        """A file written beside a complete result is gone (or predates slidescan writing it)."""
+        return self.overlay_missing() or not self.geojson.is_file()
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -198,6 +213,11 @@ class Staging:
         return self._tmp(self.outputs.report)
 
     @property
+    def geojson(self) -> Path:
+        """Where the QuPath GeoJSON is written."""
+        return self._tmp(self.outputs.geojson)
+
+    @property
     def overlay(self) -> Path | None:
         """Where the overlay PNG is rendered (keeps its suffix: image writers go by it)."""
         path = self.outputs.overlay
@@ -205,7 +225,8 @@ class Staging:
 
     def clear_abandoned(self) -> None:
         """Delete temporaries of writers that died (the caller holds the lock, so none is live)."""
-        for final in (self.outputs.heatmap, self.outputs.report, self.outputs.overlay):
+        out = self.outputs
+        for final in (out.heatmap, out.report, out.geojson, out.overlay):
             if final is None or not final.parent.is_dir():
                 continue
             # Also the fixed names (".x.zarr.partial") that slidescan 0.1 wrote.
@@ -215,7 +236,7 @@ class Staging:
     def discard(self) -> None:
         """Remove whatever this writer staged (best effort: it runs while another error, or a
         Ctrl-C, is on its way out, which must not be replaced by a clean-up failure)."""
-        for tmp in (self.heatmap, self.report, self.overlay):
+        for tmp in (self.heatmap, self.report, self.geojson, self.overlay):
             if tmp is not None:
                 try:
                     remove_path(tmp)
@@ -232,6 +253,7 @@ class Staging:
         try:
             if self.overlay is not None and self.overlay.exists():
                 os.replace(self.overlay, out.overlay)  # type: ignore[arg-type]
+            os.replace(self.geojson, out.geojson)
             remove_path(out.report)
             remove_path(out.heatmap)
             os.replace(self.heatmap, out.heatmap)

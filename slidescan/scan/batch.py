@@ -178,7 +178,7 @@ def process_slide(
             status = "done"
             if outputs.is_complete() and not overwrite:
                 report = outputs.matching_report(scanner.fingerprint(slide))
-                if report is not None and not outputs.overlay_missing():
+                if report is not None and not outputs.extras_missing():
                     previous = outcome_from_previous(slide, outputs.heatmap, report)
                     if previous is not None:
                         return previous

@@ -35,8 +35,15 @@ from slidescan.scan.distribution_check import (
     feature_batches,
     supports_features,
 )
+from slidescan.scan.lesion_geojson import lesion_feature_collection
 from slidescan.scan.runner import TileRunner, choose_runner
-from slidescan.scan.slide_call import CATEGORY_NAMES, SlideCall, call_slide, seed_cells_for
+from slidescan.scan.slide_call import (
+    CATEGORY_NAMES,
+    SlideCall,
+    call_slide,
+    label_lesions,
+    seed_cells_for,
+)
 from slidescan.scan.slide_tiles import SlideTileDataset
 from slidescan.scan.tiling import TileGrid, make_grid, tissue_fraction
 from slidescan.scan.tissue import mask_size_limits, tissue_mask
@@ -221,7 +228,7 @@ class Scanner:
         probability = writer.probability
         call = call_slide(
             probability, seed_threshold=self.seed_threshold,
-            extent_threshold=self.extent_threshold, cell_mm=grid.stride * card.mpp / 1000.0,
+            extent_threshold=self.extent_threshold, cell_mm=_cell_mm(grid, card),
             seed_cells=seed_cells_for(grid.stride, grid.patch_size),
         )  # fmt: skip
         distribution = combine(
@@ -243,17 +250,41 @@ class Scanner:
             "notice": RESEARCH_USE_NOTICE,
             "slide": slide_path.name,
             "heatmap": outputs.heatmap.name,
+            "geojson": outputs.geojson.name,
             **summary,
             "settings": self.settings(),
             "attributes": attrs,
         }
         staging.report.write_text(json.dumps(report, indent=2) + "\n")
+        self._write_geojson(staging.geojson, probability, grid, call, attrs, summary)
         if thumb is not None and staging.overlay is not None:
             self._overlay(thumb, probability, grid, slide_path, call, distribution, staging.overlay)
         return ScanResult(
             slide_path, outputs.heatmap, outputs.report, call, len(cells), seconds,
             outputs.overlay, distribution,
         )  # fmt: skip
+
+    def _write_geojson(
+        self,
+        path: Path,
+        probability: np.ndarray,
+        grid: Any,
+        call: SlideCall,
+        attrs: dict[str, Any],
+        summary: dict[str, Any],
+    ) -> None:
+        """The lesions as QuPath annotations (an empty collection when there are none)."""
+        labels, lesions = label_lesions(
+            probability, seed_threshold=call.seed_threshold,
+            extent_threshold=call.extent_threshold, cell_mm=_cell_mm(grid, self.loaded.card),
+            seed_cells=call.seed_cells,
+        )  # fmt: skip
+        collection = lesion_feature_collection(
+            labels, lesions, cell_origin_level0=attrs["cell_origin_level0"],
+            cell_level0_px=attrs["cell_level0_px"], slide_mpp=attrs["slide_mpp"],
+            slide=attrs["slide_path"], namespace=summary["fingerprint"],
+        )  # fmt: skip
+        path.write_text(json.dumps(collection) + "\n")
 
     def _check_distribution(
         self, slide_path: Path, mpp: float, grid: Any, cells: np.ndarray, sample: int = 256
@@ -377,6 +408,11 @@ class Scanner:
             image, probability, overlay, title=title, threshold=self.extent_threshold,
             thumbnail_extent=extent,
         )  # fmt: skip
+
+
+def _cell_mm(grid: TileGrid, card: ModelCard) -> float:
+    """The grid's cell side in mm: its stride at the model's resolution."""
+    return grid.stride * card.mpp / 1000.0
 
 
 def verdict_text(call: SlideCall, distribution: DistributionCheck) -> str:

@@ -149,8 +149,8 @@ def label_lesions(
         found.append((lesion, int(lab)))
     found.sort(key=lambda pair: (-pair[0].diameter_mm, -pair[0].max_probability))
     relabel = np.zeros(len(seeds) + 1, dtype=np.int32)
-    for i, (_, lab) in enumerate(found):
-        relabel[lab] = i + 1
+    for i, (_, old) in enumerate(found):
+        relabel[old] = i + 1
     return relabel[labels], [lesion for lesion, _ in found]
 
 

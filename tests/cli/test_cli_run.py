@@ -74,7 +74,7 @@ def test_run_one_slide_prints_one_line(
     assert line.startswith(f"slide.tif: {verdict}")
     assert f"lesions {len(call['lesions'])}" in line
     assert f"{call['positive_tiles']}/4" in line
-    assert is_complete(out) and entries(tmp_path) == ["x.json", "x.zarr"]
+    assert is_complete(out) and entries(tmp_path) == ["x.geojson", "x.json", "x.zarr"]
 
 
 def test_run_options_reach_the_scan(slides: dict[str, Path], weights: Path, tmp_path: Path):
@@ -108,7 +108,7 @@ def test_existing_output_needs_overwrite(
     assert out.stat().st_ino == before
     again = invoke(*args, "--overwrite")
     assert again.exit_code == 0, again.output
-    assert out.stat().st_ino != before and entries(tmp_path) == ["x.json", "x.zarr"]
+    assert out.stat().st_ino != before and entries(tmp_path) == ["x.geojson", "x.json", "x.zarr"]
 
 
 @pytest.mark.parametrize("key", ["truncated", "random"])

@@ -97,6 +97,7 @@ def _stage_result(staging: outputs_mod.Staging, value: str) -> None:
     staging.heatmap.mkdir()
     (staging.heatmap / "zarr.json").write_text(value)
     staging.report.write_text(json.dumps({"value": value, "fingerprint": value}))
+    staging.geojson.write_text(value)
     if staging.overlay is not None:
         staging.overlay.write_bytes(b"png")
 
@@ -105,7 +106,9 @@ def test_staged_names_are_unique_per_writer(tmp_path: Path) -> None:
     out = SlideOutputs(tmp_path / "x.zarr", tmp_path / "x.png")
     a = outputs_mod.Staging(out, writer_token())
     b = outputs_mod.Staging(out, writer_token())
-    assert {a.heatmap, a.report, a.overlay}.isdisjoint({b.heatmap, b.report, b.overlay})
+    assert {a.heatmap, a.report, a.geojson, a.overlay}.isdisjoint(
+        {b.heatmap, b.report, b.geojson, b.overlay}
+    )
     assert a.overlay is not None and a.overlay.suffix == ".png"
     assert all(p.name.startswith(".") and "partial" in p.name for p in (a.heatmap, a.report))
 
@@ -117,14 +120,14 @@ def test_commit_puts_everything_in_place_and_report_marks_completion(tmp_path: P
         assert not out.is_complete()
         staging.commit()
     assert is_complete(out.heatmap) and out.overlay is not None and out.overlay.is_file()
-    assert read_report(out.heatmap)["value"] == "one"
+    assert read_report(out.heatmap)["value"] == "one" == out.geojson.read_text()
     assert out.matches("one") and not out.matches("two")
     assert _hidden(tmp_path) == []
 
     with out.locked(), out.staged() as staging:  # a replacement
         _stage_result(staging, "two")
         staging.commit()
-    assert read_report(out.heatmap)["value"] == "two"
+    assert read_report(out.heatmap)["value"] == "two" == out.geojson.read_text()
     assert (out.heatmap / "zarr.json").read_text() == "two"
 
 

@@ -80,7 +80,7 @@ def test_scan_slide_without_mpp(data_dir: Path, shipped: LoadedModel, tmp_path: 
     assert attrs["slide_mpp"] == 0.5
     assert probability.shape == expected_shape(attrs["slide_dimensions"], 0.5, shipped.card.mpp)
     assert result.tiles > 0 and np.isfinite(probability[tissue]).all()
-    assert sorted(p.name for p in out_dir.iterdir()) == ["tcga.json", "tcga.zarr"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["tcga.geojson", "tcga.json", "tcga.zarr"]
 
 
 # --- end to end with ground truth: mosaics of labelled patches ---------------------------------

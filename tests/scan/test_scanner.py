@@ -32,7 +32,7 @@ from slidescan import RESEARCH_USE_NOTICE, __version__
 from slidescan.engine.weights import ModelCard, file_sha256, load_weights, save_weights
 from slidescan.errors import SlidescanError
 from slidescan.io.heatmap import read_heatmap
-from slidescan.io.outputs import is_complete, read_report, report_path
+from slidescan.io.outputs import geojson_path, is_complete, read_report, report_path
 from slidescan.io.slide import Slide, open_slide
 from slidescan.models import create_model
 from slidescan.scan.scanner import (
@@ -96,7 +96,9 @@ def done(
 
 def test_outputs_exist_and_are_complete(done: ScanResult) -> None:
     folder = done.heatmap.parent
-    assert leftovers(folder) == ["tissue.json", "tissue.png", "tissue.zarr"]  # no partials
+    assert leftovers(folder) == [
+        "tissue.geojson", "tissue.json", "tissue.png", "tissue.zarr"
+    ]  # no partials  # fmt: skip
     assert done.report == report_path(done.heatmap) == folder / "tissue.json"
     assert is_complete(done.heatmap)
     assert done.tiles > 0 and done.seconds > 0
@@ -364,7 +366,7 @@ def test_no_mpp_needs_mpp_and_leaves_nothing(
     _, _, attrs = read_heatmap(result.heatmap)
     assert attrs["slide_mpp"] == pytest.approx(SLIDE_MPP) and attrs["level"] == 1
     assert result.tiles > 0
-    assert leftovers(out_dir) == ["x.json", "x.zarr"]
+    assert leftovers(out_dir) == ["x.geojson", "x.json", "x.zarr"]
 
 
 @pytest.mark.parametrize("key", ["truncated", "random"])
@@ -394,7 +396,7 @@ def test_existing_output_needs_overwrite(
     assert attrs["seed_threshold"] == 0.0  # the new scan's
     assert read_report(out)["call"]["seed_threshold"] == 0.0
     assert result.tiles == attrs["tiles_scanned"]
-    assert leftovers(tmp_path) == ["x.json", "x.zarr"]
+    assert leftovers(tmp_path) == ["x.geojson", "x.json", "x.zarr"]
 
 
 def test_stale_partials_are_replaced(tmp_path: Path, weights: Path, slides: dict[str, Path]):
@@ -403,7 +405,7 @@ def test_stale_partials_are_replaced(tmp_path: Path, weights: Path, slides: dict
     (tmp_path / ".x.zarr.partial" / "junk").write_text("junk")
     (tmp_path / ".x.json.partial").write_text("{")
     scan(weights, slides["square"], tmp_path / "x.zarr")
-    assert leftovers(tmp_path) == ["x.json", "x.zarr"]
+    assert leftovers(tmp_path) == ["x.geojson", "x.json", "x.zarr"]
 
 
 def test_heatmap_without_report_is_redone(
@@ -418,7 +420,7 @@ def test_heatmap_without_report_is_redone(
     result = scan(weights, slides["square"], out)
     assert is_complete(out) and not (out / "marker.txt").exists()
     assert read_heatmap(out)[2]["tiles_scanned"] == result.tiles
-    assert leftovers(tmp_path) == ["x.json", "x.zarr"]
+    assert leftovers(tmp_path) == ["x.geojson", "x.json", "x.zarr"]
 
 
 def test_foreign_folder_is_not_deleted(tmp_path: Path, weights: Path, slides: dict[str, Path]):
@@ -485,6 +487,14 @@ def test_custom_threshold_is_used(tmp_path: Path, weights: Path, slides: dict[st
         assert read_report(result.heatmap)["call"]["seed_threshold"] == threshold
     # Same model and slide: only the threshold differs.
     assert low.call.max_probability == pytest.approx(high.call.max_probability)
+    # The QuPath annotations: the positive scan's one lesion covers its 4 tiles' cells.
+    (feature,) = json.loads(geojson_path(low.heatmap).read_text())["features"]
+    _, _, attrs = read_heatmap(low.heatmap)
+    cell_um = attrs["cell_level0_px"] * attrs["slide_mpp"]
+    assert feature["properties"]["measurements"]["Area µm^2"] == pytest.approx(
+        4 * cell_um**2, rel=1e-3
+    )
+    assert json.loads(geojson_path(high.heatmap).read_text())["features"] == []
 
 
 FORK = multiprocessing.get_start_method() == "fork"  # workers inherit monkeypatches

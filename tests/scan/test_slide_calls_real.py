@@ -9,11 +9,13 @@ mosaics also go through the whole scan pipeline as pyramidal TIFFs.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from shapely.geometry import shape
 from torch.utils.data import DataLoader, Subset
 
 from slidescan.engine.inference import Normalizer
@@ -142,7 +144,7 @@ def test_scanned_macrometastasis_is_found_in_place(scanned: dict) -> None:
     call = result.call
     assert call.positive and call.category == "macrometastasis"
     assert not result.distribution.flagged
-    from slidescan.io.outputs import read_report
+    from slidescan.io.outputs import geojson_path, read_report
 
     lesion = read_report(result.heatmap)["call"]["lesions"][0]
     cy, cx = layout.centre
@@ -150,6 +152,14 @@ def test_scanned_macrometastasis_is_found_in_place(scanned: dict) -> None:
     truth_xy = np.array([96 * cx + 48, 96 * cy + 48])
     assert np.hypot(*(np.array(lesion["centroid_level0"]) - truth_xy)) < 2.5 * 96
     assert lesion["category"] == "macrometastasis"
+    # The QuPath polygon of that lesion lies where the report says, with the same area.
+    feature = json.loads(geojson_path(result.heatmap).read_text())["features"][0]
+    polygon = shape(feature["geometry"])
+    assert (
+        polygon.is_valid and np.hypot(*(np.array(polygon.centroid.coords[0]) - truth_xy)) < 2.5 * 96
+    )
+    area_um2 = feature["properties"]["measurements"]["Area µm^2"]
+    assert area_um2 == pytest.approx(lesion["area_mm2"] * 1e6, rel=0.01)
 
 
 def test_skin_slide_is_not_an_unqualified_positive(
