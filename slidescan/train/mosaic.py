@@ -98,9 +98,11 @@ def image_mosaic(
     return out
 
 
-def write_slide(path: Path, image: np.ndarray, *, mpp: float = PCAM_MPP) -> Path:
-    """A tiled pyramidal TIFF (JPEG tiles, reduced levels ×4 and ×16) that slide readers open at
-    ``mpp`` µm/px."""
+def write_slide(
+    path: Path, image: np.ndarray, *, mpp: float = PCAM_MPP, quality: int = 90
+) -> Path:
+    """A tiled pyramidal TIFF (JPEG tiles of ``quality``, reduced levels ×4 and ×16) that slide
+    readers open at ``mpp`` µm/px."""
     import tifffile
     from PIL import Image
 
@@ -115,7 +117,7 @@ def write_slide(path: Path, image: np.ndarray, *, mpp: float = PCAM_MPP) -> Path
                     break
             tif.write(
                 level, tile=(256, 256), photometric="rgb", compression="jpeg",
-                compressionargs={"level": 90}, subfiletype=1 if i else 0, metadata=None,
+                compressionargs={"level": quality}, subfiletype=1 if i else 0, metadata=None,
                 resolution=(per_cm / factor, per_cm / factor), resolutionunit="CENTIMETER",
             )  # fmt: skip
     return path
