@@ -28,7 +28,9 @@ class ImageBackend:
             with open(path, "rb") as f:
                 magic = f.read(4)
         except OSError as exc:
-            raise SlidescanError(f"{self._name}: cannot read the file: {one_line(exc)}") from exc
+            raise SlidescanError(
+                f"{self._name}: cannot read the file: {one_line(exc, path=path)}"
+            ) from exc
         if magic in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
             self._pixels, self.mpp = _load_tiff(path)
             self.name = "tifffile (whole image)"
@@ -84,7 +86,7 @@ def _load_tiff(path: Path) -> tuple[np.ndarray, float | None]:
     except SlidescanError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt input
-        raise _unreadable(name, exc) from exc
+        raise _unreadable(path, exc) from exc
     if axes.startswith("S") and len(shape) == 3:  # planar (separate) samples
         pixels = np.moveaxis(pixels, 0, -1)
     return _to_rgb8(name, pixels), mpp
@@ -112,13 +114,14 @@ def _load_pil(path: Path) -> tuple[np.ndarray, float | None]:
     except SlidescanError:
         raise
     except Exception as exc:  # PIL raises many types for corrupt input
-        raise _unreadable(name, exc) from exc
+        raise _unreadable(path, exc) from exc
     return pixels, mpp
 
 
-def _unreadable(name: str, exc: Exception) -> SlidescanError:
+def _unreadable(path: Path, exc: Exception) -> SlidescanError:
     return SlidescanError(
-        f"{name}: not a readable slide or image (truncated or corrupt?): {one_line(exc)}"
+        f"{path.name}: not a readable slide or image (truncated or corrupt?): "
+        f"{one_line(exc, path=path)}"
     )
 
 

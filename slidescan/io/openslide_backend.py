@@ -18,7 +18,7 @@ class OpenSlideBackend:
     """Every format OpenSlide reads; regions are composited onto white."""
 
     def __init__(self, path: Path, vendor: str, *, direct_tiff: bool = True) -> None:
-        self._name = path.name
+        self._path, self._name = path, path.name
         osr = None
         try:
             osr = self._osr = openslide.OpenSlide(path)
@@ -29,7 +29,8 @@ class OpenSlideBackend:
             if osr is not None:  # opened, then failed on its properties: do not leak the handle
                 osr.close()
             raise SlidescanError(
-                f"{self._name}: not a readable slide (truncated or unsupported): {one_line(exc)}"
+                f"{self._name}: not a readable slide (truncated or unsupported): "
+                f"{one_line(exc, path=self._path)}"
             ) from exc
         self.mpp = openslide_mpp(properties)
         self._tiff: TiffTileReader | None = None
@@ -61,7 +62,7 @@ class OpenSlideBackend:
             except Exception as exc:  # tifffile/imagecodecs raise many types on corrupt tiles
                 raise SlidescanError(
                     f"{self._name}: failed to decode region at {location} level {level}: "
-                    f"{one_line(exc)}"
+                    f"{one_line(exc, path=self._path)}"
                 ) from exc
         return self._read_openslide(location, level, size)
 
@@ -72,7 +73,8 @@ class OpenSlideBackend:
             rgba = np.asarray(self._osr.read_region(location, level, size))
         except (openslide.OpenSlideError, OSError) as exc:
             raise SlidescanError(
-                f"{self._name}: failed to read region at {location} level {level}: {one_line(exc)}"
+                f"{self._name}: failed to read region at {location} level {level}: "
+                f"{one_line(exc, path=self._path)}"
             ) from exc
         return composite_on_white(rgba)
 

@@ -226,7 +226,7 @@ def open_slide(
     try:
         vendor = openslide.OpenSlide.detect_format(path)
     except (openslide.OpenSlideError, OSError) as exc:
-        raise SlidescanError(f"{name}: cannot read the file: {one_line(exc)}") from exc
+        raise SlidescanError(f"{name}: cannot read the file: {one_line(exc, path=path)}") from exc
     backend: _Backend
     if vendor is None and path.suffix.lower() in VENDOR_SUFFIXES:
         # Only OpenSlide reads these; a plain-image reader would find just a fragment of them.

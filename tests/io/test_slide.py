@@ -266,3 +266,30 @@ def test_tiff_without_a_readable_page_says_truncated(data_dir: Path, tmp_path: P
     cut.write_bytes(source[: int(len(source) * 0.6)])
     with pytest.raises(SlidescanError, match="truncated or corrupt.*no image in the TIFF"):
         open_slide(cut, mpp=0.5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Messages name the file, never the folders above it (they often carry patient identifiers)
+
+
+def test_library_messages_quoting_the_path_are_cut_to_the_file_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "patient-0042-mrn-9876"
+    folder.mkdir()
+    png = folder / "node.png"
+    png.write_bytes(b"not an image at all")  # PIL's message quotes the full path
+    with pytest.raises(SlidescanError) as caught:
+        open_slide(png)
+    assert "node.png" in str(caught.value) and "patient-0042" not in str(caught.value)
+
+    svs = write_pyramid(folder / "node.tif", tissue_image(256, 256)[0], mpp=0.5)
+
+    def fails(path: object) -> None:
+        raise openslide.OpenSlideError(f"Can't validate JPEG for directory 0: {path}")
+
+    monkeypatch.setattr(openslide.OpenSlide, "detect_format", staticmethod(fails))
+    with pytest.raises(SlidescanError) as caught:
+        open_slide(svs)
+    assert "Can't validate JPEG" in str(caught.value)
+    assert "node.tif" in str(caught.value) and "patient-0042" not in str(caught.value)
