@@ -6,6 +6,10 @@ at 96 px cells is ~1000 x 1000 cells = 4 MB) and remembers which zarr chunks hav
 scored cells cost at most (number of chunks touched) zarr writes rather than K. The in-memory
 grid is authoritative because the writer always creates the group itself.
 
+The group is also an OME-Zarr (NGFF 0.5) image with a tissue label image, so napari and other
+OME-Zarr viewers overlay it on the slide; see :mod:`slidescan.io.heatmap_format` for the layout
+and the coordinate convention.
+
 Crash safety (writing under a temporary name and renaming) is the caller's job.
 """
 
@@ -23,11 +27,19 @@ from slidescan.errors import SlidescanError
 from slidescan.io.heatmap_format import (
     ATTR_FORMAT,
     ATTR_FORMAT_VERSION,
+    ATTR_OME,
+    AXES,
     FORMAT_NAME,
     FORMAT_VERSION,
+    LABELS_GROUP,
     PROBABILITY_KEY,
     RESERVED_ATTRS,
     TISSUE_KEY,
+    TISSUE_LABEL_ARRAY,
+    HeatmapGeometry,
+    ome_image_attrs,
+    ome_labels_attrs,
+    ome_tissue_label_attrs,
 )
 
 # Roughly one default chunk of cells: bounds how much is lost from disk if the scan dies,
@@ -41,6 +53,10 @@ class HeatmapWriter:
     ``shape`` is the (rows, cols) cell grid and ``chunks`` its zarr chunking. ``attrs`` are
     stored next to the format name and version (which they may not override). Pending cells
     are flushed automatically every ``flush_cells`` cells, and on :meth:`flush`/:meth:`close`.
+    ``slide_mpp`` (µm per level-0 pixel), ``cell_origin_level0`` (level-0 ``(x, y)`` of the
+    top-left of cell (0, 0)'s area) and ``cell_level0_px`` (cell side in level-0 pixels) place
+    the OME-Zarr image on the slide in micrometres; give all three or none (then the image is
+    in unitless cells).
     An existing ``path`` is an error unless ``overwrite`` is True, because zarr would delete it.
     Usable as a context manager (closes, i.e. flushes, on exit).
     """
@@ -54,6 +70,9 @@ class HeatmapWriter:
         *,
         overwrite: bool = False,
         flush_cells: int = DEFAULT_FLUSH_CELLS,
+        slide_mpp: float | None = None,
+        cell_origin_level0: tuple[float, float] | list[float] | None = None,
+        cell_level0_px: float | None = None,
     ) -> None:
         rows, cols = (int(n) for n in shape)
         if rows < 1 or cols < 1:
@@ -63,6 +82,7 @@ class HeatmapWriter:
             raise ValueError(f"heatmap chunks must be positive, got {chunks}")
         extra = dict(attrs or {})
         _check_not_reserved(extra)
+        geometry = _geometry(slide_mpp, cell_origin_level0, cell_level0_px)
         path = Path(path)
         if path.exists() and not overwrite:
             raise SlidescanError(f"heatmap output already exists: {path}")
@@ -83,12 +103,35 @@ class HeatmapWriter:
             chunks=self.chunks,
             dtype="float32",
             fill_value=np.nan,
+            dimension_names=AXES,
         )
         self._tissue = self._group.create_array(
-            TISSUE_KEY, shape=self.shape, chunks=self.chunks, dtype="bool", fill_value=False
+            TISSUE_KEY,
+            shape=self.shape,
+            chunks=self.chunks,
+            dtype="bool",
+            fill_value=False,
+            dimension_names=AXES,
+        )
+        labels = self._group.create_group(LABELS_GROUP)
+        labels.attrs[ATTR_OME] = ome_labels_attrs()
+        tissue_label = labels.create_group(TISSUE_KEY)
+        tissue_label.attrs[ATTR_OME] = ome_tissue_label_attrs(geometry)
+        self._tissue_label = tissue_label.create_array(
+            TISSUE_LABEL_ARRAY,
+            shape=self.shape,
+            chunks=self.chunks,
+            dtype="uint8",
+            fill_value=0,
+            dimension_names=AXES,
         )
         self._group.attrs.update(
-            {ATTR_FORMAT: FORMAT_NAME, ATTR_FORMAT_VERSION: FORMAT_VERSION, **extra}
+            {
+                ATTR_FORMAT: FORMAT_NAME,
+                ATTR_FORMAT_VERSION: FORMAT_VERSION,
+                ATTR_OME: ome_image_attrs(geometry),
+                **extra,
+            }
         )
 
     @property
@@ -110,6 +153,7 @@ class HeatmapWriter:
                 raise TypeError(f"tissue must be bool or integer, got {tissue.dtype}")
             tissue = tissue != 0
         self._tissue[...] = tissue
+        self._tissue_label[...] = tissue.astype(np.uint8)
 
     def write_cells(self, cells: np.ndarray, probs: np.ndarray) -> None:
         """Record probabilities ``probs`` (K,) for grid ``cells`` (K, 2) given as (row, col).
@@ -215,6 +259,20 @@ def read_heatmap(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     except KeyError as err:
         raise SlidescanError(f"heatmap is missing array {err}: {path}") from err
     return probability, tissue, attrs
+
+
+def _geometry(
+    slide_mpp: float | None,
+    cell_origin_level0: tuple[float, float] | list[float] | None,
+    cell_level0_px: float | None,
+) -> HeatmapGeometry | None:
+    """The writer's placement arguments as one geometry, or None when none were given."""
+    if slide_mpp is None and cell_origin_level0 is None and cell_level0_px is None:
+        return None
+    if slide_mpp is None or cell_origin_level0 is None or cell_level0_px is None:
+        raise ValueError("give slide_mpp, cell_origin_level0 and cell_level0_px together, or none")
+    x0, y0 = (float(v) for v in cell_origin_level0)
+    return HeatmapGeometry(float(slide_mpp), (x0, y0), float(cell_level0_px))
 
 
 def _check_not_reserved(attrs: Mapping[str, Any]) -> None:

@@ -222,7 +222,11 @@ class Scanner:
             used_mpp = slide.mpp  # workers reopen the slide: hand them the scale chosen here
             thumb = slide.thumbnail(1024) if outputs.overlay is not None else None
             scale_doubts = check_scale(slide.mpp, card.mpp)
-        writer = HeatmapWriter(staging.heatmap, grid.shape, attrs=attrs, overwrite=True)
+        writer = HeatmapWriter(
+            staging.heatmap, grid.shape, attrs=attrs, overwrite=True,
+            slide_mpp=attrs["slide_mpp"], cell_origin_level0=attrs["cell_origin_level0"],
+            cell_level0_px=attrs["cell_level0_px"],
+        )  # fmt: skip
         writer.write_tissue(tissue)
         self._infer(slide_path, used_mpp, grid, cells, writer, workers)
         probability = writer.probability
