@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,12 +16,25 @@ from slidescan.train.metrics import BinaryMetrics, binary_metrics
 
 @dataclass
 class Evaluation:
-    """Per-patch probabilities and the metrics at the model's own threshold."""
+    """Per-patch probabilities, the metrics at the model's own threshold, and what produced
+    them (model, weights file, engine, test-time augmentation, data)."""
 
     labels: np.ndarray
     probs: np.ndarray
     metrics: BinaryMetrics
     engine: str = "torch"
+    model: str = ""
+    weights_sha256: str = ""
+    data: str = ""
+    tta: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        """The metrics and their provenance as one JSON-ready dict (nan as None): the object
+        ``slidescan evaluate --json`` prints and the report's metrics.json holds."""
+        return {
+            **self.metrics.to_dict(), "model": self.model, "tta": self.tta,
+            "engine": self.engine, "data": self.data, "weights_sha256": self.weights_sha256,
+        }  # fmt: skip
 
 
 class PatchImages:
@@ -55,15 +69,20 @@ def evaluate(
     )  # fmt: skip
     labels = np.asarray(dataset.labels)
     metrics = binary_metrics(labels, probs, loaded.card.threshold, n_bootstrap=n_bootstrap)
-    return Evaluation(labels=labels, probs=probs, metrics=metrics, engine=predictor.engine)
+    return Evaluation(
+        labels=labels, probs=probs, metrics=metrics, engine=predictor.engine,
+        model=loaded.card.model, weights_sha256=loaded.sha256, data=dataset.description, tta=tta,
+    )  # fmt: skip
 
 
 def write_evaluation_report(
     out_dir: Path, result: Evaluation, dataset: PatchDataset, title: str
 ) -> list[Path]:
-    """ROC, calibration, confusion-matrix and example-patch figures plus metrics.json."""
+    """ROC, calibration, confusion-matrix and example-patch figures plus metrics.json (which
+    holds :meth:`Evaluation.summary`)."""
     from slidescan.train.report import write_report
 
     return write_report(
-        out_dir, result.labels, result.probs, result.metrics, PatchImages(dataset), title=title
-    )
+        out_dir, result.labels, result.probs, result.metrics, PatchImages(dataset), title=title,
+        summary=result.summary(),
+    )  # fmt: skip

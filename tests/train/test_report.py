@@ -1,4 +1,5 @@
-"""Report files: valid PNGs of sensible size, metrics.json round-trip, example selection."""
+"""Report files: valid PNGs of sensible size, titles inside the figure, example-grid headings,
+metrics.json round-trip, example selection."""
 
 from __future__ import annotations
 
@@ -7,12 +8,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.transforms import Bbox
 from PIL import Image
 
 from slidescan.train.metrics import binary_metrics
-from slidescan.train.report import select_examples, write_report
+from slidescan.train.report import (
+    example_outcomes,
+    examples_figure,
+    report_figures,
+    select_examples,
+    write_report,
+)
 
 FIGURES = ("roc.png", "calibration.png", "confusion.png")
+# What `slidescan evaluate` titles a report with on the real data: a long path, few spaces.
+LONG_TITLE = (
+    "pcamnet-v2 on PCam JPEG folders at /work/shared/data/pcam-jpeg/valid "
+    "(32768 patches: 16399 tumour) (TTA)"
+)
 
 
 def _cases(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -113,3 +126,96 @@ def test_select_examples_fills_from_other_outcomes() -> None:
     assert chosen.size == 24 and len(set(chosen.tolist())) == 24
     assert (y[chosen] == 1).sum() == 12
     assert select_examples(y[:3], p[:3], 0.5, k=24).size == 3
+
+
+def _squash(text: str) -> str:
+    return "".join(text.split())
+
+
+def _inside(box: Bbox, frame: Bbox) -> bool:
+    """``box`` within ``frame``, to a pixel (text extents are measured in float pixels)."""
+    return bool(
+        box.x0 >= frame.x0 - 1 and box.y0 >= frame.y0 - 1
+        and box.x1 <= frame.x1 + 1 and box.y1 <= frame.y1 + 1
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("title", [LONG_TITLE, "short", ""])
+def test_titles_and_everything_else_lie_inside_the_figure(title: str) -> None:
+    y, p, images = _cases(60)
+    m = binary_metrics(y, p, n_bootstrap=20)
+    figures = report_figures(y, p, m, images, title=title)
+    assert list(figures) == [*FIGURES, "examples.png"]
+    for name, fig in figures.items():
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        titles = [t for t in fig.texts if _squash(t.get_text()).startswith(_squash(title))]
+        assert titles, f"{name}: no title drawn"
+        box = titles[0].get_window_extent(renderer)
+        assert _inside(box, fig.bbox), f"{name}: title {box} outside the figure {fig.bbox}"
+        # Nothing else may be cut either: axis labels, legends, headings, the footer.
+        width, height = fig.get_size_inches()
+        tight = fig.get_tightbbox(renderer)  # in inches
+        assert _inside(Bbox.from_bounds(*(v * fig.dpi for v in tight.bounds)), fig.bbox), name
+        for other in fig.texts:
+            if other.get_text():
+                assert _inside(other.get_window_extent(renderer), fig.bbox), other.get_text()
+
+
+def test_title_is_wrapped_only_when_needed() -> None:
+    y, p, _ = _cases(30)
+    m = binary_metrics(y, p, n_bootstrap=0)
+    short = report_figures(y, p, m, title="short title")["roc.png"]
+    long = report_figures(y, p, m, title=LONG_TITLE)["roc.png"]
+    assert any(t.get_text() == "short title" for t in short.texts)
+    wrapped = next(t.get_text() for t in long.texts if t.get_text().startswith("pcamnet-v2"))
+    assert "\n" in wrapped and _squash(wrapped) == _squash(LONG_TITLE)
+    # The wrapped title makes the figure taller rather than squeezing the plot.
+    assert long.get_size_inches()[1] > short.get_size_inches()[1]
+
+
+def test_example_rows_have_headings_with_counts() -> None:
+    y, p, images = _cases(80, seed=3)
+    m = binary_metrics(y, p, n_bootstrap=0)
+    outcomes = example_outcomes(y, p, m.threshold, k=24)
+    assert [o.cases.size for o in outcomes] == [m.fn, m.fp, m.tp, m.tn]
+    assert all(o.shown.size for o in outcomes), "the fixture should have every outcome"
+
+    fig = examples_figure(y, p, images, m, title="test run")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = {t.get_text(): t for t in fig.texts}
+    names = ("False negatives", "False positives", "True positives", "True negatives")
+    headings = []
+    for name, count in zip(names, (m.fn, m.fp, m.tp, m.tn), strict=True):
+        found = [s for s in texts if s.startswith(f"{name}: {count} (")]
+        assert len(found) == 1, (name, list(texts))
+        headings.append(texts[found[0]].get_window_extent(renderer))
+    # Headings run down the figure in that order, each over exactly its outcome's images.
+    tops = [h.y1 for h in headings]
+    assert tops == sorted(tops, reverse=True)
+    image_tops = [ax.get_window_extent(renderer).y1 for ax in fig.axes]
+    assert len(image_tops) == select_examples(y, p, m.threshold, k=24).size
+    bounds = [h.y0 for h in headings] + [0.0]
+    for outcome, upper, lower in zip(outcomes, bounds, bounds[1:], strict=False):
+        between = [t for t in image_tops if lower < t < upper]
+        assert len(between) == outcome.shown.size, outcome.name
+
+
+def test_example_headings_say_none_for_missing_outcomes() -> None:
+    y = np.array([0] * 10 + [1] * 10)
+    p = np.where(y == 1, 0.9, 0.1)
+    m = binary_metrics(y, p, n_bootstrap=0)
+    fig = examples_figure(y, p, np.zeros((20, 96, 96, 3), np.uint8), m, title="")
+    shown = [t.get_text() for t in fig.texts]
+    assert "False negatives: none (label 1, p < 0.50)" in shown
+    assert "False positives: none (label 0, p ≥ 0.50)" in shown
+    assert "True positives: 10 (label 1, p ≥ 0.50)" in shown
+
+
+def test_metrics_json_holds_the_given_summary(tmp_path: Path) -> None:
+    y, p, _ = _cases(20, seed=4)
+    m = binary_metrics(y, p, n_bootstrap=0)
+    summary = {**m.to_dict(), "model": "pcamnet-s", "weights_sha256": "ab" * 32}
+    write_report(tmp_path, y, p, m, summary=summary)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == summary
