@@ -463,11 +463,7 @@ def evaluate(
         title = f"{loaded.card.model} on {dataset.description}" + (" (TTA)" if tta else "")
         write_evaluation_report(report, result, dataset, title)
     if as_json:
-        _print_json(
-            {**result.metrics.to_dict(), "model": loaded.card.model, "tta": tta,
-             "engine": result.engine, "data": dataset.description,
-             "weights_sha256": loaded.sha256}
-        )  # fmt: skip
+        _print_json(result.summary())
         return
     typer.echo(
         f"{loaded.card.model} ({result.engine}) on {dataset.description}"

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from slidescan.about import __version__
 from slidescan.engine.inference import make_predictor, predict_dataset
 from slidescan.engine.weights import LoadedModel
 from slidescan.io.patches import PatchDataset
@@ -34,6 +35,7 @@ class Evaluation:
         return {
             **self.metrics.to_dict(), "model": self.model, "tta": self.tta,
             "engine": self.engine, "data": self.data, "weights_sha256": self.weights_sha256,
+            "slidescan_version": __version__,
         }  # fmt: skip
 
 
