@@ -262,7 +262,9 @@ class Scanner:
         staging.report.write_text(json.dumps(report, indent=2) + "\n")
         self._write_geojson(staging.geojson, probability, grid, call, attrs, summary)
         if thumb is not None and staging.overlay is not None:
-            self._overlay(thumb, probability, grid, slide_path, call, distribution, staging.overlay)
+            self._overlay(
+                thumb, probability, tissue, grid, slide_path, call, distribution, staging.overlay
+            )
         return ScanResult(
             slide_path, outputs.heatmap, outputs.report, call, len(cells), seconds,
             outputs.overlay, distribution,
@@ -392,12 +394,14 @@ class Scanner:
         self,
         thumb: tuple[np.ndarray, float],
         probability: np.ndarray,
+        tissue: np.ndarray,
         grid: Any,
         slide_path: Path,
         call: SlideCall,
         distribution: DistributionCheck,
         overlay: Path,
     ) -> None:
+        """The PNG: heatmap, scanned tissue and lesion outlines over the slide's thumbnail."""
         from slidescan.scan.overlay import grid_extent_in_thumbnail, render_overlay
 
         image, downsample = thumb
@@ -406,11 +410,17 @@ class Scanner:
         extent = grid_extent_in_thumbnail(
             probability.shape, grid.stride * grid.scale, downsample, origin
         )
-        title = f"{slide_path.name}: {verdict_text(call, distribution)}"
+        labels, lesions = label_lesions(
+            probability, seed_threshold=call.seed_threshold,
+            extent_threshold=call.extent_threshold, cell_mm=_cell_mm(grid, self.loaded.card),
+            seed_cells=call.seed_cells,
+        )  # fmt: skip
+        title = f"{slide_path.name}\n{verdict_text(call, distribution)}"
         overlay.parent.mkdir(parents=True, exist_ok=True)
         render_overlay(
-            image, probability, overlay, title=title, threshold=self.extent_threshold,
-            thumbnail_extent=extent,
+            image, probability, overlay, title=title, thumbnail_extent=extent, tissue=tissue,
+            lesion_labels=labels, lesions=lesions, seed_threshold=call.seed_threshold,
+            extent_threshold=call.extent_threshold,
         )  # fmt: skip
 
 
