@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from slidescan.errors import SlidescanError, one_line
 from slidescan.io.atomic import atomic_write
 from slidescan.io.outputs import OutputBusy, SlideOutputs
+from slidescan.scan.review_page import ReviewPage
 from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult
 
 # What OpenSlide reads, plus plain images for the fallback reader.
@@ -251,8 +252,9 @@ def scan_directory(
     on_outcome: Callable[[SlideOutcome], None] | None = None,
     on_result: Callable[[ScanResult], None] | None = None,
 ) -> list[SlideOutcome]:
-    """Scan every slide directly inside ``folder`` into ``out_dir`` (with ``summary.csv``): in this
-    process, or one Dask task per slide with ``scheduler`` (see ``scan.cluster``)."""
+    """Scan every slide directly inside ``folder`` into ``out_dir`` (with ``summary.csv`` and the
+    ``index.html`` review page): in this process, or one Dask task per slide with ``scheduler``
+    (see ``scan.cluster``)."""
     from slidescan.engine.weights import load_weights
 
     options = options or ScanOptions()
@@ -260,15 +262,26 @@ def scan_directory(
     if not slides:
         raise SlidescanError(f"{folder}: no slide files found")
     loaded = load_weights(weights)  # a bad weights file fails here, once, not once per slide
-    if scheduler:
-        from slidescan.scan.cluster import dask_client, run_batch_on_cluster
+    page = ReviewPage(out_dir, slides, overlay_dir)  # index.html: never fails the batch
+    page.write()
 
-        with dask_client(scheduler) as client:
-            return run_batch_on_cluster(
-                slides, out_dir, client, weights=weights, options=options,
-                overlay_dir=overlay_dir, on_outcome=on_outcome,
-            )  # fmt: skip
-    return run_batch(
-        slides, out_dir, Scanner(loaded, options), overwrite=options.overwrite,
-        overlay_dir=overlay_dir, on_outcome=on_outcome, on_result=on_result,
-    )  # fmt: skip
+    def record(outcome: SlideOutcome) -> None:
+        page.add(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    try:
+        if scheduler:
+            from slidescan.scan.cluster import dask_client, run_batch_on_cluster
+
+            with dask_client(scheduler) as client:
+                return run_batch_on_cluster(
+                    slides, out_dir, client, weights=weights, options=options,
+                    overlay_dir=overlay_dir, on_outcome=record,
+                )  # fmt: skip
+        return run_batch(
+            slides, out_dir, Scanner(loaded, options), overwrite=options.overwrite,
+            overlay_dir=overlay_dir, on_outcome=record, on_result=on_result,
+        )  # fmt: skip
+    finally:
+        page.write(finished=True)  # also when interrupted: a page that stops reloading

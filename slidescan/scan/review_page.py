@@ -1,0 +1,505 @@
+"""The review page of a directory run: ``OUT/index.html``, one self-contained table of every slide.
+
+The page needs no network and no server: inline CSS and JavaScript, relative links to each slide's
+report, GeoJSON and overlay, so it works from a file share (``file://``) and when the folder moves.
+While a batch runs it is rewritten after every slide and reloads itself; the final version does not.
+Everything from files (slide names are user input) is escaped, and a Content-Security-Policy
+allows only this page's own script and style, so an escaping slip still cannot run code.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from slidescan.about import RESEARCH_USE_NOTICE, __version__
+from slidescan.io.atomic import atomic_write
+from slidescan.io.outputs import geojson_path, report_path
+from slidescan.scan.slide_call import CATEGORY_NAMES
+
+if TYPE_CHECKING:
+    from slidescan.scan.batch import SlideOutcome
+
+PAGE_NAME = "index.html"
+REFRESH_SECONDS = 10
+FINISHED = frozenset({"done", "redone", "skipped"})  # statuses that leave a result on disk
+CATEGORY_RANK = {"negative": 0, "itc": 1, "micrometastasis": 2, "macrometastasis": 3}
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReviewEntry:
+    """One slide's row: its outcome, numbers from its report, and relative links to its files."""
+
+    slide: str
+    status: str  # a SlideOutcome status, or "pending" while the batch has not reached it
+    positive: bool | None = None
+    category: str = ""
+    max_probability: float | None = None
+    largest_lesion_mm: float | None = None
+    lesions: int | None = None
+    tissue_mm2: float | None = None
+    reliable: bool | None = None
+    flags: str = ""
+    error: str = ""
+    report: str = ""  # href relative to the page; "" when there is no such file
+    geojson: str = ""
+    overlay: str = ""
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for anything else (missing keys, null, text)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def tissue_area_mm2(report: dict[str, Any]) -> float | None:
+    """Scanned tissue in mm²: tissue cells × the area of one cell (level-0 px × slide µm/px)."""
+    if "tissue_area_mm2" in report:
+        return _number(report["tissue_area_mm2"])
+    attrs = report.get("attributes")
+    attrs = attrs if isinstance(attrs, dict) else {}
+    cells = _number(report.get("tiles_scanned"))
+    side_px, mpp = _number(attrs.get("cell_level0_px")), _number(attrs.get("slide_mpp"))
+    if cells is None or side_px is None or mpp is None:
+        return None
+    return cells * (side_px * mpp / 1000.0) ** 2
+
+
+def href(target: Path, page_dir: Path) -> str:
+    """A URL for ``target`` relative to the page (absolute ``file:`` URL if none exists)."""
+    try:
+        relative = os.path.relpath(target.absolute(), page_dir.absolute())
+    except ValueError:  # another drive on Windows: no relative path
+        return target.absolute().as_uri()
+    # "./" keeps a name such as "javascript:x.json" a path, never a URL scheme.
+    return "./" + quote(Path(relative).as_posix(), safe="/")
+
+
+def entry_for(outcome: SlideOutcome, out_dir: Path, overlay_dir: Path | None) -> ReviewEntry:
+    """The row of a slide the batch has finished with: the outcome, plus its report's numbers and
+    links to the files on disk (none for failed or busy slides: what is there is not this run's)."""
+    base = ReviewEntry(
+        slide=outcome.slide, status=outcome.status, positive=outcome.positive,
+        category=outcome.category, largest_lesion_mm=outcome.largest_lesion_mm,
+        lesions=outcome.lesions, reliable=outcome.reliable, flags=outcome.flags,
+        error=outcome.error,
+    )  # fmt: skip
+    if outcome.status not in FINISHED or not outcome.heatmap:
+        return base
+    heatmap = out_dir / outcome.heatmap
+    report_file, geojson = report_path(heatmap), geojson_path(heatmap)
+    overlay = overlay_dir / f"{Path(outcome.slide).stem}.png" if overlay_dir else None
+    try:
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        logger.warning("review page: %s: unreadable report (%s)", report_file, exc)
+        report = {}
+    report = report if isinstance(report, dict) else {}
+    call = report.get("call")
+    call = call if isinstance(call, dict) else {}
+    return replace(
+        base,
+        max_probability=_number(call.get("max_probability")),
+        tissue_mm2=tissue_area_mm2(report),
+        report=href(report_file, out_dir) if report_file.is_file() else "",
+        geojson=href(geojson, out_dir) if geojson.is_file() else "",
+        overlay=href(overlay, out_dir) if overlay and overlay.is_file() else "",
+    )
+
+
+def script_json(value: Any) -> str:
+    """JSON that is safe inside a ``<script>`` element: no ``</script>``, ``<!--`` or line
+    separators that end it or the statement early."""
+    text = json.dumps(value, ensure_ascii=False)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):  # fmt: skip
+        text = text.replace(char, escape)
+    return text
+
+
+def _csp_hash(source: str) -> str:
+    """The CSP source that allows exactly this inline script or style."""
+    digest = hashlib.sha256(source.encode("utf-8")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode('ascii')}'"
+
+
+def _esc(text: object) -> str:
+    """Text made safe for HTML content and quoted attributes."""
+    return html.escape(str(text), quote=True)
+
+
+def _fixed(value: float | int | None, digits: int) -> tuple[str, str]:
+    """(sort key, shown text) of a number; unknown sorts last and shows a dash."""
+    if value is None:
+        return "", "—"
+    return repr(float(value)), f"{value:,.{digits}f}"
+
+
+# Cells: (sort key, inner HTML); an empty key is an unknown, which always sorts last.
+
+
+def _call_cell(entry: ReviewEntry) -> tuple[str, str]:
+    if entry.positive is None:
+        return "", "—"
+    if entry.positive:
+        return "1", '<span class="badge pos">POSITIVE</span>'
+    return "0", '<span class="badge neg">negative</span>'
+
+
+def _slide_cell(entry: ReviewEntry) -> tuple[str, str]:
+    links = [
+        f'<a href="{_esc(url)}">{label}</a>'
+        for url, label in ((entry.report, "report"), (entry.geojson, "GeoJSON"))
+        if url
+    ]
+    files = f'<div class="files">{" · ".join(links)}</div>' if links else ""
+    return entry.slide.lower(), f'<span class="name">{_esc(entry.slide)}</span>{files}'
+
+
+def _reliability_cell(entry: ReviewEntry) -> tuple[str, str]:
+    if entry.reliable is None:
+        return "", "—"
+    if entry.reliable:
+        return "1", "reliable"
+    why = f'<div class="why">{_esc(entry.flags)}</div>' if entry.flags else ""
+    return "0", f'<span class="badge warn">unreliable</span>{why}'
+
+
+def _category_cell(entry: ReviewEntry) -> tuple[str, str]:
+    if not entry.category:
+        return "", "—"
+    words = CATEGORY_NAMES.get(entry.category, entry.category)
+    return str(CATEGORY_RANK.get(entry.category, "")), _esc(words)
+
+
+def _overlay_cell(entry: ReviewEntry) -> tuple[str, str]:
+    if not entry.overlay:
+        return "", "—"
+    url = _esc(entry.overlay)
+    alt = _esc(f"overlay of {entry.slide}")
+    return "", f'<a href="{url}"><img src="{url}" alt="{alt}" loading="lazy"></a>'
+
+
+# key, heading, sort type, cell: (sort key, inner HTML)
+Column = tuple[str, str, str, Callable[[ReviewEntry], tuple[str, str]]]
+COLUMNS: list[Column] = [
+    ("overlay", "Overlay", "", _overlay_cell),
+    ("slide", "Slide", "text", _slide_cell),
+    ("call", "Call", "num", _call_cell),
+    ("category", "Category", "num", _category_cell),
+    ("max_p", "Max p", "num", lambda e: _fixed(e.max_probability, 3)),
+    ("largest_mm", "Largest lesion mm", "num", lambda e: _fixed(e.largest_lesion_mm, 2)),
+    ("lesions", "Lesions", "num", lambda e: _fixed(e.lesions, 0)),
+    ("tissue_mm2", "Tissue mm²", "num", lambda e: _fixed(e.tissue_mm2, 2)),
+    ("reliability", "Reliability", "num", _reliability_cell),
+    ("status", "Status", "text", lambda e: (
+        e.status, f'<span class="status {_esc(e.status)}">{_esc(e.status)}</span>')),
+    ("error", "Error", "text", lambda e: (e.error.lower(), _esc(e.error))),
+]  # fmt: skip
+
+
+def _row(entry: ReviewEntry, index: int, columns: Sequence[Column]) -> str:
+    """One ``<tr>``; its classes drive the colours and the "show" filter."""
+    kinds = [
+        {True: "positive", False: "negative", None: "nocall"}[entry.positive],
+        "unreliable" if entry.reliable is False else "",
+        entry.status,
+    ]
+    cells = []
+    for key, _, _, cell in columns:
+        sort_key, inner = cell(entry)
+        cells.append(f'<td class="c-{key}" data-v="{_esc(sort_key)}">{inner}</td>')
+    return (
+        f'<tr class="{_esc(" ".join(k for k in kinds if k))}" data-i="{index}">'
+        + "".join(cells)
+        + "</tr>"
+    )
+
+
+STYLE = """
+:root { --pos: #b42318; --pos-bg: #fde8e6; --neg: #1a7f37; --neg-bg: #e3f4e8;
+        --warn: #8a5a00; --warn-bg: #fff4d6; --line: #d8dde3; --muted: #5b6570; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+       color: #1d2329; background: #f6f7f9; }
+header { padding: 16px 24px 8px; }
+h1 { margin: 0 0 4px; font-size: 20px; }
+.notice { margin: 8px 0; padding: 6px 10px; border-left: 4px solid var(--warn);
+          background: var(--warn-bg); color: #4a3300; }
+.progress { display: flex; gap: 12px; align-items: center; flex-wrap: wrap; color: var(--muted); }
+.progress strong { color: #1d2329; }
+progress { width: 200px; }
+.tools { display: flex; gap: 12px; align-items: center; padding: 8px 24px; flex-wrap: wrap; }
+.tools input { width: 320px; padding: 6px 8px; border: 1px solid var(--line); border-radius: 4px; }
+.tools select { padding: 5px 6px; border: 1px solid var(--line); border-radius: 4px; }
+main { padding: 0 24px 24px; }
+table { border-collapse: collapse; width: 100%; background: #fff; border: 1px solid var(--line); }
+th, td { padding: 6px 10px; border-bottom: 1px solid var(--line); text-align: left;
+         vertical-align: middle; }
+th { position: sticky; top: 0; background: #eef1f4; z-index: 1; vertical-align: bottom; }
+th button { all: unset; cursor: pointer; font-weight: 600; }
+th button:focus-visible { outline: 2px solid #3b6fd8; }
+th[aria-sort="ascending"] button::after { content: " ▲"; }
+th[aria-sort="descending"] button::after { content: " ▼"; }
+th[data-key="max_p"], th[data-key="lesions"] { white-space: nowrap; }
+th[data-key="max_p"], th[data-key="largest_mm"], th[data-key="lesions"], th[data-key="tissue_mm2"],
+td.c-max_p, td.c-largest_mm, td.c-lesions, td.c-tissue_mm2 {
+  text-align: right; font-variant-numeric: tabular-nums; }
+tr.positive td:first-child { box-shadow: inset 4px 0 var(--pos); }
+tr.negative td:first-child { box-shadow: inset 4px 0 var(--neg); }
+tr.failed { background: #fbf3f3; }
+tr:hover { background: #f3f6fa; }
+.c-overlay img { display: block; max-width: 200px; max-height: 150px;
+                 border: 1px solid var(--line); }
+.c-slide { min-width: 160px; max-width: 300px; }
+.name { font-weight: 600; overflow-wrap: anywhere; }
+.files, .why { font-size: 12px; color: var(--muted); }
+.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 600;
+         font-size: 12px; }
+.badge.pos { color: var(--pos); background: var(--pos-bg); }
+.badge.neg { color: var(--neg); background: var(--neg-bg); }
+.badge.warn { color: var(--warn); background: var(--warn-bg); }
+.status.failed, .status.busy { color: var(--pos); font-weight: 600; }
+.status.pending { color: var(--muted); font-style: italic; }
+.c-error { color: var(--pos); min-width: 180px; max-width: 360px; font-size: 12px;
+           overflow-wrap: anywhere; }
+footer { padding: 0 24px 24px; color: var(--muted); font-size: 12px; }
+a { color: #1f5fbf; }
+"""
+
+SCRIPT = """
+(() => {
+  "use strict";
+  const state = JSON.parse(document.getElementById("review-state").textContent);
+  const table = document.getElementById("slides");
+  const body = table.tBodies[0];
+  const heads = Array.from(table.tHead.rows[0].cells);
+  const rows = Array.from(body.rows);
+  const filter = document.getElementById("filter");
+  const show = document.getElementById("show");
+  const shown = document.getElementById("shown");
+  let sortCol = -1;
+  let sortDir = 1;
+
+  function value(row, col) {
+    return row.cells[col].dataset.v;
+  }
+  function compare(a, b, col, numeric) {
+    const x = value(a, col), y = value(b, col);
+    if (x === "" || y === "") {  // unknowns last, whichever the direction
+      return (x === "") - (y === "") || a.dataset.i - b.dataset.i;
+    }
+    const order = numeric ? Number(x) - Number(y) : x.localeCompare(y);
+    return sortDir * order || a.dataset.i - b.dataset.i;
+  }
+  function sortBy(col, dir) {
+    sortCol = col;
+    sortDir = dir;
+    const numeric = heads[col].dataset.type === "num";
+    body.append(...rows.slice().sort((a, b) => compare(a, b, col, numeric)));
+    heads.forEach((h, i) => {
+      if (h.dataset.type) {
+        h.setAttribute("aria-sort", i === col ? (dir > 0 ? "ascending" : "descending") : "none");
+      }
+    });
+  }
+  function applyFilter() {
+    const words = filter.value.toLowerCase().split(/\\s+/).filter(Boolean);
+    let count = 0;
+    for (const row of rows) {
+      const text = row.textContent.toLowerCase();
+      const ok = words.every((w) => text.includes(w)) &&
+        (show.value === "all" || row.classList.contains(show.value));
+      row.hidden = !ok;
+      count += ok;
+    }
+    shown.textContent = count + " of " + rows.length + " shown";
+  }
+  function remember() {  // in the URL, so the periodic reload keeps the view
+    const params = new URLSearchParams();
+    if (filter.value) params.set("q", filter.value);
+    if (show.value !== "all") params.set("show", show.value);
+    if (sortCol >= 0) params.set("sort", heads[sortCol].dataset.key + (sortDir < 0 ? "-" : ""));
+    const hash = params.toString();
+    if (hash !== location.hash.slice(1)) history.replaceState(null, "", "#" + hash);
+  }
+  function restore() {
+    const params = new URLSearchParams(location.hash.slice(1));
+    filter.value = params.get("q") || "";
+    if (params.has("show")) show.value = params.get("show");
+    const sort = params.get("sort") || "";
+    const col = heads.findIndex((h) => h.dataset.type && h.dataset.key === sort.replace(/-$/, ""));
+    if (col >= 0) sortBy(col, sort.endsWith("-") ? -1 : 1);
+  }
+
+  heads.forEach((h, i) => {
+    const button = h.querySelector("button");
+    if (!button) return;
+    button.addEventListener("click", () => {
+      sortBy(i, i === sortCol ? -sortDir : 1);
+      remember();
+    });
+  });
+  filter.addEventListener("input", () => { applyFilter(); remember(); });
+  show.addEventListener("change", () => { applyFilter(); remember(); });
+  restore();
+  applyFilter();
+
+  if (!state.finished) {
+    const reload = () => {
+      // Not while someone is typing a filter: the reload would eat the keystrokes.
+      if (document.activeElement === filter) setTimeout(reload, 2000);
+      else location.reload();
+    };
+    setTimeout(reload, state.refresh_seconds * 1000);
+  }
+})();
+"""
+
+
+def render_page(
+    entries: Sequence[ReviewEntry],
+    *,
+    finished: bool,
+    overlays: bool = True,
+    title: str = "slidescan review",
+    updated: str | None = None,
+    refresh_seconds: int = REFRESH_SECONDS,
+) -> str:
+    """The whole page, one row per entry (``pending`` entries count as not yet done)."""
+    columns = [c for c in COLUMNS if overlays or c[0] != "overlay"]
+    total = len(entries)
+    done = sum(e.status != "pending" for e in entries)
+    counts = {
+        "positive": sum(e.positive is True for e in entries),
+        "negative": sum(e.positive is False for e in entries),
+        "unreliable": sum(e.reliable is False for e in entries),
+        "failed": sum(e.status == "failed" for e in entries),
+    }
+    updated = updated or time.strftime("%Y-%m-%d %H:%M:%S")
+    if finished:
+        state_text = "finished" if done == total else "stopped before the end"
+    else:
+        state_text = f"running: this page reloads every {refresh_seconds} s"
+    state = {"done": done, "total": total, "finished": finished, "refresh_seconds": refresh_seconds}
+    heads = "".join(
+        f'<th data-key="{key}" data-type="{kind}" aria-sort="none"><button type="button">'
+        f"{_esc(label)}</button></th>"
+        if kind
+        else f'<th data-key="{key}">{_esc(label)}</th>'
+        for key, label, kind, _ in columns
+    )
+    body = "\n".join(_row(e, i, columns) for i, e in enumerate(entries))
+    files = ['<a href="./summary.csv">summary.csv</a>']
+    if counts["failed"]:
+        files.append('<a href="./slidescan.log">slidescan.log</a> (failures)')
+    options = "".join(
+        f'<option value="{value}">{label}</option>'
+        for value, label in (("all", "all slides"), ("positive", "positive"),
+                             ("negative", "negative"), ("unreliable", "unreliable"),
+                             ("failed", "failed"), ("pending", "not yet done"))
+    )  # fmt: skip
+    refresh = (
+        ""
+        if finished
+        else f'<noscript><meta http-equiv="refresh" content="{refresh_seconds}"></noscript>'
+    )
+    csp = (
+        f"default-src 'none'; img-src 'self' file: data:; style-src {_csp_hash(STYLE)}; "
+        f"script-src {_csp_hash(SCRIPT)}; base-uri 'none'; form-action 'none'"
+    )
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no results yet"
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="{_esc(csp)}">
+{refresh}
+<title>{_esc(title)} ({done} of {total})</title>
+<style>{STYLE}</style>
+</head>
+<body>
+<header>
+<h1>{_esc(title)}</h1>
+<p class="notice" role="note">{_esc(RESEARCH_USE_NOTICE)}</p>
+<div class="progress" id="progress">
+<progress value="{done}" max="{max(total, 1)}"></progress>
+<strong>{done} of {total} slides done</strong>
+<span>{_esc(summary)}</span>
+<span>{_esc(state_text)}; updated {_esc(updated)}</span>
+</div>
+</header>
+<div class="tools">
+<input id="filter" type="search" placeholder="Filter: slide name, call, flag, error…"
+ aria-label="Filter slides" autocomplete="off">
+<label>Show <select id="show">{options}</select></label>
+<span id="shown" aria-live="polite"></span>
+</div>
+<main>
+<table id="slides">
+<thead><tr>{heads}</tr></thead>
+<tbody>
+{body}
+</tbody>
+</table>
+</main>
+<footer>slidescan {_esc(__version__)} · {" · ".join(files)} · click a column heading to sort
+</footer>
+<script id="review-state" type="application/json">{script_json(state)}</script>
+<script>{SCRIPT}</script>
+</body>
+</html>
+"""
+
+
+class ReviewPage:
+    """``OUT/index.html`` of one directory run, rewritten as slides finish. Never raises: the page
+    is a view of the results, and failing to write it must not fail the batch."""
+
+    def __init__(self, out_dir: Path, slides: Iterable[Path], overlay_dir: Path | None) -> None:
+        """Every slide starts as ``pending``, in batch order."""
+        self.out_dir = out_dir
+        self.overlay_dir = overlay_dir
+        self.path = out_dir / PAGE_NAME
+        self.entries = {s.name: ReviewEntry(slide=s.name, status="pending") for s in slides}
+
+    def add(self, outcome: SlideOutcome) -> None:
+        """Record a finished slide and rewrite the page."""
+        try:
+            self.entries[outcome.slide] = entry_for(outcome, self.out_dir, self.overlay_dir)
+        except Exception as exc:  # the row from the outcome alone beats no page
+            logger.warning("review page: %s: %s", outcome.slide, exc)
+            self.entries[outcome.slide] = ReviewEntry(
+                slide=outcome.slide, status=outcome.status, error=outcome.error
+            )
+        self.write()
+
+    def write(self, *, finished: bool = False) -> bool:
+        """Write the page atomically; False (and a logged warning) when that failed."""
+        try:
+            page = render_page(
+                list(self.entries.values()), finished=finished,
+                overlays=self.overlay_dir is not None,
+            )  # fmt: skip
+            with atomic_write(self.path) as tmp:
+                tmp.write_text(page, encoding="utf-8")
+        except Exception as exc:
+            logger.warning("could not write the review page %s: %s", self.path, exc)
+            return False
+        return True
