@@ -41,7 +41,6 @@ from slidescan.scan.slide_call import (
     CATEGORY_NAMES,
     SlideCall,
     call_slide,
-    label_lesions,
     seed_cells_for,
 )
 from slidescan.scan.slide_tiles import SlideTileDataset
@@ -260,7 +259,7 @@ class Scanner:
             "attributes": attrs,
         }
         staging.report.write_text(json.dumps(report, indent=2) + "\n")
-        self._write_geojson(staging.geojson, probability, grid, call, attrs, summary)
+        self._write_geojson(staging.geojson, call, attrs, summary)
         if thumb is not None and staging.overlay is not None:
             self._overlay(
                 thumb, probability, tissue, grid, slide_path, call, distribution, staging.overlay
@@ -270,23 +269,13 @@ class Scanner:
             outputs.overlay, distribution,
         )  # fmt: skip
 
+    @staticmethod
     def _write_geojson(
-        self,
-        path: Path,
-        probability: np.ndarray,
-        grid: Any,
-        call: SlideCall,
-        attrs: dict[str, Any],
-        summary: dict[str, Any],
+        path: Path, call: SlideCall, attrs: dict[str, Any], summary: dict[str, Any]
     ) -> None:
         """The lesions as QuPath annotations (an empty collection when there are none)."""
-        labels, lesions = label_lesions(
-            probability, seed_threshold=call.seed_threshold,
-            extent_threshold=call.extent_threshold, cell_mm=_cell_mm(grid, self.loaded.card),
-            seed_cells=call.seed_cells,
-        )  # fmt: skip
         collection = lesion_feature_collection(
-            labels, lesions, cell_origin_level0=attrs["cell_origin_level0"],
+            call.lesion_labels, call.lesions, cell_origin_level0=attrs["cell_origin_level0"],
             cell_level0_px=attrs["cell_level0_px"], slide_mpp=attrs["slide_mpp"],
             slide=attrs["slide_path"], namespace=summary["fingerprint"],
         )  # fmt: skip
@@ -410,16 +399,12 @@ class Scanner:
         extent = grid_extent_in_thumbnail(
             probability.shape, grid.stride * grid.scale, downsample, origin
         )
-        labels, lesions = label_lesions(
-            probability, seed_threshold=call.seed_threshold,
-            extent_threshold=call.extent_threshold, cell_mm=_cell_mm(grid, self.loaded.card),
-            seed_cells=call.seed_cells,
-        )  # fmt: skip
         title = f"{slide_path.name}\n{verdict_text(call, distribution)}"
         overlay.parent.mkdir(parents=True, exist_ok=True)
         render_overlay(
             image, probability, overlay, title=title, thumbnail_extent=extent, tissue=tissue,
-            lesion_labels=labels, lesions=lesions, seed_threshold=call.seed_threshold,
+            lesion_labels=call.lesion_labels, lesions=call.lesions,
+            seed_threshold=call.seed_threshold,
             extent_threshold=call.extent_threshold,
         )  # fmt: skip
 

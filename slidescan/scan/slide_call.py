@@ -85,10 +85,15 @@ class SlideCall:
     tissue_tiles: int
     max_probability: float | None  # None: no tissue, so no probability at all
     lesions: tuple[Lesion, ...] = field(default=())
+    # Where the lesions lie: i + 1 on the cells of lesions[i] (see label_lesions); for outlines
+    # and polygons, not part of the JSON.
+    lesion_labels: np.ndarray = field(
+        default_factory=lambda: np.zeros((0, 0), dtype=np.int32), repr=False, compare=False
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict of the fields (lesions largest first)."""
-        out = asdict(self)
+        out = {k: v for k, v in asdict(self).items() if k != "lesion_labels"}
         out["lesions"] = [asdict(lesion) for lesion in self.lesions]
         return out
 
@@ -184,7 +189,7 @@ def call_slide(
 ) -> SlideCall:
     """The slide's pN-style call from its heatmap (see the module docstring)."""
     grid = _check_grid(probability)
-    lesions = find_lesions(
+    labels, lesions = label_lesions(
         grid, seed_threshold=seed_threshold, extent_threshold=extent_threshold, cell_mm=cell_mm,
         seed_cells=seed_cells,
     )  # fmt: skip
@@ -202,6 +207,7 @@ def call_slide(
         tissue_tiles=int(tissue.sum()),
         max_probability=float(grid[tissue].max()) if tissue.any() else None,
         lesions=tuple(lesions),
+        lesion_labels=labels,
     )
 
 

@@ -287,7 +287,7 @@ def test_cli_batch_with_failures_exits_1(slide_dir: Path, weights: Path, tmp_pat
     result = invoke(slide_dir, "--out", out, "--weights", weights, *FAST)
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
-    assert outputs(out) == sorted([*EXPECTED_OUTPUTS, LOG_NAME])
+    assert outputs(out) == sorted([*EXPECTED_OUTPUTS, LOG_NAME, "index.html"])
     rows = read_summary(out)
     assert [rows[n]["status"] for n in GOOD + BAD] == ["done", "done", "failed", "failed"]
     for name in BAD:
