@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import shapely
 
 from slidescan.about import RESEARCH_USE_NOTICE
 from slidescan.scan.lesion_geojson import cell_polygons
@@ -166,7 +167,12 @@ def draw_overlay(
     )
     _draw_outlines(ax, scanned, extent, TISSUE_COLOUR, 1.2, gid="tissue outline")
     if labels is not None:
-        _draw_outlines(ax, labels > 0, extent, LESION_COLOUR, 2.0, gid="lesion outline", halo=True)
+        # Single normal-looking tiles inside a lesion would draw a mesh of tiny rings: the
+        # outline keeps only holes of a 3×3 block or more (the GeoJSON keeps them all).
+        _draw_outlines(
+            ax, labels > 0, extent, LESION_COLOUR, 2.0, gid="lesion outline", halo=True,
+            min_hole_cells=9,
+        )  # fmt: skip
         _label_lesions(ax, labels, lesions, extent)
     # Keep the whole thumbnail in view even if the extent reaches past it, with a margin so
     # that outlines along the thumbnail's edges stay visible.
@@ -204,11 +210,11 @@ def draw_overlay(
     return fig
 
 
-def cell_outlines(mask: np.ndarray, extent: Extent) -> list[np.ndarray]:
+def cell_outlines(mask: np.ndarray, extent: Extent, min_hole_cells: int = 0) -> list[np.ndarray]:
     """Closed rings (k, 2) of x, y along the cell edges around ``mask``'s True cells.
 
-    The grid fills ``extent`` ``(x0, x1, y1, y0)``; outer boundaries and holes both come back,
-    each ring's last vertex equal to its first.
+    The grid fills ``extent`` ``(x0, x1, y1, y0)``; outer boundaries and holes of at least
+    ``min_hole_cells`` cells come back, each ring's last vertex equal to its first.
     """
     grid = np.asarray(mask, dtype=bool)
     if not grid.any():
@@ -220,7 +226,8 @@ def cell_outlines(mask: np.ndarray, extent: Extent) -> list[np.ndarray]:
     parts = shape.geoms if shape.geom_type == "MultiPolygon" else [shape]
     rings = []
     for part in parts:
-        for ring in (part.exterior, *part.interiors):
+        holes = [h for h in part.interiors if shapely.Polygon(h).area >= min_hole_cells]
+        for ring in (part.exterior, *holes):
             rings.append(np.asarray(ring.coords) * scale + (x0, y0))
     return rings
 
@@ -252,11 +259,12 @@ def _draw_outlines(
     *,
     gid: str,
     halo: bool = False,
+    min_hole_cells: int = 0,
 ) -> None:
     """``mask``'s cell-edge outline as one collection, named ``gid`` so it can be found."""
     from matplotlib.collections import LineCollection
 
-    rings = cell_outlines(mask, extent)
+    rings = cell_outlines(mask, extent, min_hole_cells)
     if rings:
         lines = LineCollection(rings, colors=colour, linewidths=width, zorder=4 if halo else 3)
         lines.set_gid(gid)

@@ -268,3 +268,12 @@ def test_grid_extent_and_bad_arguments(tmp_path: Path) -> None:
         render_overlay(_thumbnail(), _heatmap(), tmp_path / "x.png", thumbnail_extent=(0, 10, 0, 5))
     with pytest.raises(ValueError, match="tissue"):
         render_overlay(_thumbnail(), _heatmap(), tmp_path / "x.png", tissue=np.ones((2, 2), bool))
+
+
+def test_cell_outlines_drop_holes_below_the_minimum() -> None:
+    mask = np.ones((9, 9), dtype=bool)
+    mask[2, 2] = False  # a one-cell hole
+    mask[4:7, 4:7] = False  # a 3×3 hole
+    extent = (0.0, 9.0, 9.0, 0.0)
+    assert sorted(_area(r) for r in cell_outlines(mask, extent)) == [1.0, 9.0, 81.0]
+    assert sorted(_area(r) for r in cell_outlines(mask, extent, min_hole_cells=9)) == [9.0, 81.0]
