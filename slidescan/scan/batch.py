@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -127,11 +129,62 @@ def log_failure(out_dir: Path, outcome: SlideOutcome) -> None:
 
 
 def write_summary(path: Path, outcomes: Iterable[SlideOutcome]) -> None:
-    """Write summary.csv atomically."""
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS)
-        writer.writeheader()
-        writer.writerows(o.row() for o in outcomes)
+    """Write summary.csv atomically, merged with the rows other runs wrote there.
+
+    Several runs may share an output folder (a SLURM array, a Dask retry, a rerun): each keeps
+    the rows of slides it has no news about, and its "busy" note never hides another run's result
+    for that slide. The read-merge-write happens under an exclusive lock on the folder, so two
+    runs finishing at once cannot drop each other's rows.
+    """
+    with _folder_lock(path.parent):
+        rows = merge_summary_rows(read_summary_rows(path), [o.row() for o in outcomes])
+        with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def read_summary_rows(path: Path) -> list[dict[str, object]]:
+    """The rows of an existing summary.csv (none if it is missing or unreadable), in our columns."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [
+                {name: row.get(name) or "" for name in SUMMARY_FIELDS}
+                for row in csv.DictReader(fh)
+                if row.get("slide")
+            ]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
+def merge_summary_rows(
+    existing: list[dict[str, object]], new: list[dict[str, object]]
+) -> list[dict[str, object]]:
+    """``existing`` rows updated by ``new`` ones, slide by slide, sorted by slide name as
+    :func:`find_slides` lists them; a new "busy" row leaves another run's row in place."""
+    merged = {str(row["slide"]): row for row in existing}
+    for row in new:
+        old = merged.get(str(row["slide"]))
+        if row["status"] == "busy" and old is not None and old["status"] != "busy":
+            continue
+        merged[str(row["slide"])] = row
+    return [merged[name] for name in sorted(merged)]
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``folder`` (POSIX flock; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: runs sharing a folder there may lose a summary row
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 class SlideScanner(Protocol):

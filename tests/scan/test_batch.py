@@ -25,7 +25,14 @@ from typer.testing import Result
 from slidescan.engine.weights import load_weights
 from slidescan.io.heatmap import read_heatmap
 from slidescan.io.outputs import SlideOutputs, is_complete, read_report
-from slidescan.scan.batch import LOG_NAME, SUMMARY_FIELDS, find_slides, run_batch
+from slidescan.scan.batch import (
+    LOG_NAME,
+    SUMMARY_FIELDS,
+    SlideOutcome,
+    find_slides,
+    run_batch,
+    write_summary,
+)
 from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult
 
 GOOD = ["a_good.tif", "b_good.tif"]
@@ -320,3 +327,20 @@ def test_cli_batch_all_good_exit_0_and_resumes(
     assert "already done" not in redo.stdout
     assert stamp(out / "a_good.zarr") != before
     assert [r["status"] for r in read_summary(out).values()] == ["done", "done"]
+
+
+def test_summary_merges_the_rows_of_runs_sharing_a_folder(tmp_path: Path) -> None:
+    path = tmp_path / "summary.csv"
+    # Run 1 scanned a and found b busy; run 2 scanned b and found a busy, then wrote last.
+    write_summary(path, [SlideOutcome("a.tif", "done", tiles=4), SlideOutcome("b.tif", "busy")])
+    write_summary(path, [SlideOutcome("a.tif", "busy"), SlideOutcome("b.tif", "done", tiles=5)])
+    with open(path, newline="") as fh:
+        rows = {row["slide"]: row for row in csv.DictReader(fh)}
+    assert [rows["a.tif"]["status"], rows["b.tif"]["status"]] == ["done", "done"]
+    assert [rows["a.tif"]["tiles"], rows["b.tif"]["tiles"]] == ["4", "5"]
+    # A later run's news replaces a slide's row; slides it does not mention keep theirs.
+    write_summary(path, [SlideOutcome("b.tif", "failed", error="boom")])
+    with open(path, newline="") as fh:
+        rows = {row["slide"]: row for row in csv.DictReader(fh)}
+    assert rows["b.tif"]["status"] == "failed" and rows["a.tif"]["status"] == "done"
+    assert list(rows) == ["a.tif", "b.tif"]

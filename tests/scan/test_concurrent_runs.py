@@ -70,4 +70,6 @@ def test_two_runs_share_the_work_without_corrupting_it(
     with open(out / "summary.csv", newline="") as fh:
         rows = {row["slide"]: row for row in csv.DictReader(fh)}
     assert set(rows) == {f"{n}.tif" for n in names}
-    assert {row["status"] for row in rows.values()} <= {"done", "skipped", "busy"}
+    # Each run merges its rows into the file under a lock: whichever wrote last, every slide
+    # shows the run that scanned it, never the other run's "busy" note.
+    assert {row["status"] for row in rows.values()} <= {"done", "skipped"}, rows
