@@ -15,11 +15,7 @@ def one_line(exc: BaseException, *, path: Path | None = None) -> str:
     With ``path``, the file's full path is cut to its name wherever the library's message quotes
     it: folder names often carry patient or study identifiers, and lines go into shared logs.
     """
-    text = str(exc)
-    if path is not None:
-        for full in {str(path.resolve()), str(path.absolute()), str(path)}:
-            if full != path.name:
-                text = text.replace(full, path.name)
+    text = str(exc) if path is None else redact_path(str(exc), path)
     if "Original Traceback" in text:
         # PyTorch wraps worker errors as "Caught X in DataLoader worker...\nOriginal Traceback..."
         last = [ln for ln in text.splitlines() if ln.strip()][-1]
@@ -28,3 +24,17 @@ def one_line(exc: BaseException, *, path: Path | None = None) -> str:
     if len(first) < 4:  # e.g. tifffile's bare "0" for a truncated file: say what kind of error
         return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     return first
+
+
+def redact_path(text: str, path: Path) -> str:
+    """``text`` with every spelling of ``path`` (absolute, as given, POSIX, and as Python's
+    ``repr`` escapes it, as PIL and OSError quote it) cut to the file name."""
+    spellings: set[str] = set()
+    for form in (path.resolve(), path.absolute(), path):
+        for plain in (str(form), form.as_posix()):
+            spellings.update((plain, repr(plain)[1:-1]))
+    spellings.discard(path.name)
+    # Longest first: the absolute path must go before a relative path that is part of it.
+    for spelling in sorted(spellings, key=len, reverse=True):
+        text = text.replace(spelling, path.name)
+    return text

@@ -33,6 +33,10 @@ class OpenSlideBackend:
                 f"{one_line(exc, path=self._path)}"
             ) from exc
         self.mpp = openslide_mpp(properties)
+        self.bounds_origin = (
+            _int_property(properties, openslide.PROPERTY_NAME_BOUNDS_X),
+            _int_property(properties, openslide.PROPERTY_NAME_BOUNDS_Y),
+        )
         self._tiff: TiffTileReader | None = None
         if direct_tiff:
             self._tiff = open_tiff_reader(
@@ -82,3 +86,11 @@ class OpenSlideBackend:
         if self._tiff is not None:
             self._tiff.close()
         self._osr.close()
+
+
+def _int_property(properties: dict[str, str], name: str) -> int:
+    """An integer slide property, 0 when missing or malformed."""
+    try:
+        return int(properties.get(name, 0))
+    except (TypeError, ValueError):
+        return 0

@@ -251,10 +251,10 @@ class Staging:
         """
         out = self.outputs
         try:
+            remove_path(out.report)
             if self.overlay is not None and self.overlay.exists():
                 os.replace(self.overlay, out.overlay)  # type: ignore[arg-type]
             os.replace(self.geojson, out.geojson)
-            remove_path(out.report)
             remove_path(out.heatmap)
             os.replace(self.heatmap, out.heatmap)
             os.replace(self.report, out.report)

@@ -75,6 +75,13 @@ class Slide:
         return self._backend.name
 
     @property
+    def bounds_origin(self) -> tuple[int, int]:
+        """Level-0 top-left of the slide's non-empty region when its metadata gives one
+        (OpenSlide's bounds, e.g. MIRAX), else (0, 0): where viewers that crop to it, such as
+        QuPath, put their pixel (0, 0)."""
+        return getattr(self._backend, "bounds_origin", (0, 0))
+
+    @property
     def in_memory(self) -> bool:
         """True for plain images, which the fallback reader holds whole (no pyramid to read)."""
         return isinstance(self._backend, ImageBackend)

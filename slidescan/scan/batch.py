@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
-from slidescan.errors import SlidescanError, one_line
+from slidescan.errors import SlidescanError, one_line, redact_path
 from slidescan.io.atomic import atomic_write
 from slidescan.io.outputs import OutputBusy, SlideOutputs
 from slidescan.scan.review_page import ReviewPage
@@ -248,7 +248,7 @@ def process_slide(
     except Exception as exc:  # any failure is this slide's, never the whole batch's
         return SlideOutcome(
             slide=slide.name, status="failed", seconds=round(time.perf_counter() - start, 2),
-            error=one_line(exc), detail=traceback.format_exc(),
+            error=one_line(exc, path=slide), detail=redact_path(traceback.format_exc(), slide),
         )  # fmt: skip
 
 
@@ -308,12 +308,30 @@ def scan_directory(
     """Scan every slide directly inside ``folder`` into ``out_dir`` (with ``summary.csv`` and the
     ``index.html`` review page): in this process, or one Dask task per slide with ``scheduler``
     (see ``scan.cluster``)."""
-    from slidescan.engine.weights import load_weights
-
-    options = options or ScanOptions()
     slides = find_slides(folder)
     if not slides:
         raise SlidescanError(f"{folder}: no slide files found")
+    return scan_slides(
+        slides, out_dir, weights=weights, options=options, overlay_dir=overlay_dir,
+        scheduler=scheduler, on_outcome=on_outcome, on_result=on_result,
+    )  # fmt: skip
+
+
+def scan_slides(
+    slides: list[Path],
+    out_dir: Path,
+    *,
+    weights: Path | None = None,
+    options: ScanOptions | None = None,
+    overlay_dir: Path | None = None,
+    scheduler: str | None = None,
+    on_outcome: Callable[[SlideOutcome], None] | None = None,
+    on_result: Callable[[ScanResult], None] | None = None,
+) -> list[SlideOutcome]:
+    """:func:`scan_directory` for a given list of slides."""
+    from slidescan.engine.weights import load_weights
+
+    options = options or ScanOptions()
     loaded = load_weights(weights)  # a bad weights file fails here, once, not once per slide
     page = ReviewPage(out_dir, slides, overlay_dir)  # index.html: never fails the batch
     page.write()

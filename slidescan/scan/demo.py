@@ -18,7 +18,7 @@ from typing import Any
 
 from slidescan.errors import SlidescanError
 from slidescan.io.outputs import SlideOutputs, read_report
-from slidescan.scan.batch import SlideOutcome, scan_directory
+from slidescan.scan.batch import SlideOutcome, scan_slides
 from slidescan.scan.scanner import ScanOptions, ScanResult
 
 DEMO_SLIDE = "demo-node.tif"
@@ -36,7 +36,8 @@ def read_truth() -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise SlidescanError(f"{path}: demo truth missing or unreadable ({exc})") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise SlidescanError(f"{path}: demo truth missing or unreadable ({reason})") from None
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,27 @@ def match_lesions(
     return tuple(matches), len(left)
 
 
+def check_demo_folder(out_dir: Path) -> None:
+    """Refuse an output folder that holds anything but an earlier demo: the demo rewrites
+    summary.csv and index.html, which would wipe another batch's."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SlidescanError(f"{out_dir}: --out must be a folder, and this is a file")
+    if not out_dir.is_dir():
+        return
+    stem = Path(DEMO_SLIDE).stem
+    ours = {"summary.csv", "index.html", "slidescan.log"}
+    foreign = sorted(
+        p.name
+        for p in out_dir.iterdir()
+        if p.name not in ours and not p.name.startswith(".") and Path(p.name).stem != stem
+    )
+    if foreign:
+        raise SlidescanError(
+            f"{out_dir}: holds other results ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder with --out"
+        )
+
+
 def run_demo(
     out_dir: Path,
     *,
@@ -127,8 +149,9 @@ def run_demo(
     slide = demo_folder() / DEMO_SLIDE
     if not slide.is_file():
         raise SlidescanError(f"{slide}: the demo slide is missing from this installation")
-    (outcome,) = scan_directory(
-        demo_folder(), out_dir, weights=weights, options=options, overlay_dir=out_dir,
+    check_demo_folder(out_dir)
+    (outcome,) = scan_slides(
+        [slide], out_dir, weights=weights, options=options, overlay_dir=out_dir,
         on_result=on_result,
     )  # fmt: skip
     if outcome.status == "failed":

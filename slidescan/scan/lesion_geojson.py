@@ -5,7 +5,9 @@ expects (*File → Import objects from file*). Each lesion becomes one feature: 
 MultiPolygon where its cells touch only at corners, outlined along the edges of the grid cells it
 covers (the area each cell stands for), with holes kept. Properties follow QuPath's own export:
 ``objectType: annotation``, a ``classification`` with name and RGB colour, a ``name``, and a
-``measurements`` map (area in µm², longest diameter, probabilities, category index).
+``measurements`` map (area in µm², longest diameter, probabilities, category index). Polygons
+stay within the slide and, for formats QuPath crops to OpenSlide's bounds, start where QuPath's
+image does.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ def cell_polygons(
 
 
 def _oriented(geometry: BaseGeometry) -> BaseGeometry:
-    """Exterior rings counter-clockwise and holes clockwise (RFC 7946), whatever union gave."""
+    """One ring orientation whatever the union gave: exteriors counter-clockwise in the raw
+    numbers (RFC 7946's rule; on screen, with y down, they turn clockwise). QuPath ignores it;
+    a fixed order keeps files comparable."""
     if geometry.geom_type == "Polygon":
         return orient(geometry, 1.0)
     if geometry.geom_type == "MultiPolygon":
@@ -82,15 +86,29 @@ def lesion_feature_collection(
     cell_level0_px: float,
     slide_mpp: float,
     slide: str,
+    slide_size: Sequence[int] | None = None,
+    image_offset: Sequence[float] = (0.0, 0.0),
     namespace: str = "",
 ) -> dict[str, Any]:
     """The QuPath GeoJSON of ``lesions`` (``labels`` from :func:`label_lesions`).
 
-    ``slide_mpp`` is µm per level-0 pixel (areas in µm²). Feature ids are UUIDs derived from
+    ``slide_mpp`` is µm per level-0 pixel (areas in µm²). Polygons are clipped to
+    ``slide_size`` (width, height; the grid's last cells may reach past the edge) and moved by
+    ``-image_offset``: the level-0 point where the viewer's image starts (OpenSlide's bounds for
+    slides QuPath crops to them, such as MIRAX). Feature ids are UUIDs derived from
     ``namespace`` (e.g. the result's fingerprint), the slide and the lesion's rank, so a rerun
     with the same settings writes the same file.
     """
+    if len(lesions) != int(np.max(labels, initial=0)):
+        raise ValueError(
+            f"labels mark {np.max(labels, initial=0)} lesions, expected {len(lesions)}"
+        )
     shapes = cell_polygons(labels, len(lesions), cell_origin_level0, cell_level0_px)
+    if slide_size is not None:
+        shapes = [shapely.clip_by_rect(g, 0, 0, *slide_size) for g in shapes]
+    dx, dy = (-float(v) for v in image_offset)
+    if dx or dy:
+        shapes = [shapely.transform(g, lambda xy: xy + (dx, dy)) for g in shapes]
     features = []
     for rank, (lesion, shape) in enumerate(zip(lesions, shapes, strict=True), start=1):
         category = CATEGORY_NAMES[lesion.category]
@@ -105,10 +123,11 @@ def lesion_feature_collection(
                     "classification": {"name": CLASS_NAME, "color": list(CLASS_COLOR)},
                     "isLocked": False,
                     "measurements": {
-                        "Area µm^2": round(float(shape.area) * slide_mpp**2, 1),
+                        # Not "Area µm^2": QuPath computes that one itself for annotations.
+                        "Lesion area µm^2": round(float(shape.area) * slide_mpp**2, 1),
                         "Longest diameter µm": round(lesion.diameter_mm * 1000.0, 1),
-                        "Mean tumour probability": round(lesion.mean_probability, 4),
-                        "Max tumour probability": round(lesion.max_probability, 4),
+                        "Mean tumour probability": round(lesion.mean_probability, 6),
+                        "Max tumour probability": round(lesion.max_probability, 6),
                         "Tiles": lesion.cells,
                         "Category (1 ITC, 2 micro, 3 macro)": CATEGORY_RANK[lesion.category],
                     },

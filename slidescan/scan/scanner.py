@@ -277,7 +277,8 @@ class Scanner:
         collection = lesion_feature_collection(
             call.lesion_labels, call.lesions, cell_origin_level0=attrs["cell_origin_level0"],
             cell_level0_px=attrs["cell_level0_px"], slide_mpp=attrs["slide_mpp"],
-            slide=attrs["slide_path"], namespace=summary["fingerprint"],
+            slide=Path(attrs["slide_path"]).name, slide_size=attrs["slide_dimensions"],
+            image_offset=attrs["slide_bounds_origin_level0"], namespace=summary["fingerprint"],
         )  # fmt: skip
         path.write_text(json.dumps(collection) + "\n")
 
@@ -347,6 +348,8 @@ class Scanner:
             # File names often carry patient identifiers; whole paths reveal more (site, study).
             "slide_path": str(slide_path.resolve()) if self.options.full_paths else slide_path.name,
             "slide_dimensions": list(slide.dimensions),
+            # OpenSlide's non-empty region (MIRAX and others): QuPath's image starts there.
+            "slide_bounds_origin_level0": list(slide.bounds_origin),
             "slide_mpp": slide.mpp,
             "slide_mpp_source": slide.mpp_source,
             "slide_reader": slide.reader,

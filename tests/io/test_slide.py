@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ from slide_fixtures import (
 
 import slidescan.io.image_backend as image_backend
 import slidescan.io.slide as slide_module
-from slidescan.errors import SlidescanError
+from slidescan.errors import SlidescanError, redact_path
 from slidescan.io.slide import open_slide
 
 MPP = 0.25
@@ -293,3 +296,41 @@ def test_library_messages_quoting_the_path_are_cut_to_the_file_name(
         open_slide(svs)
     assert "Can't validate JPEG" in str(caught.value)
     assert "node.tif" in str(caught.value) and "patient-0042" not in str(caught.value)
+
+
+def test_bounds_origin_from_openslide_properties(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_pyramid(tmp_path / "b.tif", tissue_image(256, 256)[0], mpp=0.5)
+    with open_slide(path) as slide:
+        assert slide.bounds_origin == (0, 0)  # no bounds: the image starts at level-0 (0, 0)
+    real = openslide.OpenSlide.properties
+    bounds = {"openslide.bounds-x": "100", "openslide.bounds-y": "50"}
+    monkeypatch.setattr(
+        openslide.OpenSlide, "properties", property(lambda self: {**real.fget(self), **bounds})
+    )
+    with open_slide(path, reader="openslide") as slide:
+        assert slide.bounds_origin == (100, 50)
+
+
+@pytest.mark.parametrize("folder", ["plain", "tab\tdir", "back\\slash", "quote'dir"])
+def test_every_spelling_of_the_path_is_cut(tmp_path: Path, folder: str) -> None:
+    path = tmp_path / "secret-study" / folder / "node.png"
+    for text in (f"cannot open {path}", f"cannot identify image file {str(path)!r}",
+                 f"at {path.as_posix()} and {path.absolute()}"):  # fmt: skip
+        cut = redact_path(text, path)
+        assert "secret-study" not in cut and "node.png" in cut, cut
+
+
+def test_relative_paths_are_cut_whatever_the_hash_seed(tmp_path: Path) -> None:
+    # The absolute spelling contains the relative one: it must be replaced first, every time.
+    code = (
+        "from pathlib import Path; from slidescan.errors import redact_path; "
+        "p = Path('study-7/node.tif'); print(redact_path(f'x {p.resolve()} y {p}', p))"
+    )
+    for seed in ("0", "1", "2", "3", "4", "5"):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            cwd=tmp_path, env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout  # fmt: skip
+        assert out.strip() == "x node.tif y node.tif", (seed, out)

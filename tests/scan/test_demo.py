@@ -105,3 +105,18 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
 
     again = invoke("demo", "--out", out, "--device", "cpu", "--workers", "0")
     assert again.exit_code == 0 and "done before with the same settings" in again.stdout
+
+
+def test_demo_refuses_a_file_or_a_folder_of_other_results(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = invoke("demo", "--out", afile, "--device", "cpu", "--workers", "0")
+    assert result.exit_code == 1 and "must be a folder" in result.stderr
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "case-0001.json").write_text("{}")
+    (results / "summary.csv").write_text("slide,status\ncase-0001.svs,done\n")
+    result = invoke("demo", "--out", results, "--device", "cpu", "--workers", "0")
+    assert result.exit_code == 1 and "holds other results (case-0001.json)" in result.stderr
+    assert "case-0001" in (results / "summary.csv").read_text()  # left alone
+    assert "Traceback" not in result.output

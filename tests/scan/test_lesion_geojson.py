@@ -93,7 +93,7 @@ def test_feature_collection_in_qupath_layout() -> None:
         assert shape(feature["geometry"]).is_valid
     assert first["id"] != second["id"]
     m = first["properties"]["measurements"]
-    assert m["Area µm^2"] == pytest.approx(12 * (CELL * MPP) ** 2)
+    assert m["Lesion area µm^2"] == pytest.approx(12 * (CELL * MPP) ** 2)
     assert m["Tiles"] == 12 and m["Max tumour probability"] == pytest.approx(0.95)
     # Longest diameter: centre to centre plus one cell, along the 3×4 block's diagonal.
     assert m["Longest diameter µm"] == pytest.approx((np.hypot(2, 3) + 1) * CELL * MPP, abs=0.1)
@@ -113,3 +113,28 @@ def test_ids_are_stable_for_the_same_result_and_differ_for_another() -> None:
 def test_no_lesion_gives_an_empty_collection() -> None:
     collection = _collection(np.full((5, 5), 0.1))
     assert collection["type"] == "FeatureCollection" and collection["features"] == []
+
+
+def test_polygons_stay_on_the_slide_and_start_where_the_viewer_image_does() -> None:
+    grid = np.full((4, 4), 0.1)
+    grid[3, 2:4] = 0.99  # the last row and column reach past a 350 × 330 px slide
+    labels, lesions = label_lesions(
+        grid, seed_threshold=0.9, extent_threshold=0.5, cell_mm=0.1, seed_cells=1
+    )
+    common = {"cell_origin_level0": (0, 0), "cell_level0_px": 96.0, "slide_mpp": 1.0, "slide": "s"}
+    clipped = lesion_feature_collection(labels, lesions, slide_size=(350, 330), **common)
+    (feature,) = clipped["features"]
+    assert shape(feature["geometry"]).bounds == (192.0, 288.0, 350.0, 330.0)
+    assert feature["properties"]["measurements"]["Lesion area µm^2"] == pytest.approx(158 * 42)
+    # MIRAX-style bounds: QuPath's pixel (0, 0) is level-0 (100, 50).
+    moved = lesion_feature_collection(labels, lesions, image_offset=(100, 50), **common)
+    assert shape(moved["features"][0]["geometry"]).bounds == (92.0, 238.0, 284.0, 334.0)
+
+
+def test_labels_must_match_the_lesions() -> None:
+    labels = np.zeros((3, 3), dtype=np.int32)
+    with pytest.raises(ValueError, match="labels mark 0 lesions, expected 1"):
+        lesion_feature_collection(
+            labels, [object()], cell_origin_level0=(0, 0), cell_level0_px=1.0,  # type: ignore[list-item]
+            slide_mpp=1.0, slide="s",
+        )  # fmt: skip

@@ -491,7 +491,7 @@ def test_custom_threshold_is_used(tmp_path: Path, weights: Path, slides: dict[st
     (feature,) = json.loads(geojson_path(low.heatmap).read_text())["features"]
     _, _, attrs = read_heatmap(low.heatmap)
     cell_um = attrs["cell_level0_px"] * attrs["slide_mpp"]
-    assert feature["properties"]["measurements"]["Area µm^2"] == pytest.approx(
+    assert feature["properties"]["measurements"]["Lesion area µm^2"] == pytest.approx(
         4 * cell_um**2, rel=1e-3
     )
     assert json.loads(geojson_path(high.heatmap).read_text())["features"] == []

@@ -158,7 +158,7 @@ def test_scanned_macrometastasis_is_found_in_place(scanned: dict) -> None:
     assert (
         polygon.is_valid and np.hypot(*(np.array(polygon.centroid.coords[0]) - truth_xy)) < 2.5 * 96
     )
-    area_um2 = feature["properties"]["measurements"]["Area µm^2"]
+    area_um2 = feature["properties"]["measurements"]["Lesion area µm^2"]
     assert area_um2 == pytest.approx(lesion["area_mm2"] * 1e6, rel=0.01)
 
 
