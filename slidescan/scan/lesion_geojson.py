@@ -23,12 +23,10 @@ from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
 from slidescan.about import RESEARCH_USE_NOTICE
-from slidescan.scan.slide_call import CATEGORY_NAMES, Lesion
+from slidescan.scan.slide_call import CATEGORY_NAMES, CATEGORY_RANK, Lesion
 
 CLASS_NAME = "Tumor"  # one of QuPath's built-in classes, so imported lesions get its colour
 CLASS_COLOR = (200, 0, 0)
-# A number per category, so QuPath can sort and threshold lesions by it (measurements are numbers).
-CATEGORY_RANK = {"itc": 1, "micrometastasis": 2, "macrometastasis": 3}
 
 
 def cell_polygons(

@@ -25,7 +25,7 @@ from urllib.parse import quote
 from slidescan.about import RESEARCH_USE_NOTICE, __version__
 from slidescan.io.atomic import atomic_write
 from slidescan.io.outputs import geojson_path, report_path
-from slidescan.scan.slide_call import CATEGORY_NAMES
+from slidescan.scan.slide_call import CATEGORY_NAMES, CATEGORY_RANK
 
 if TYPE_CHECKING:
     from slidescan.scan.batch import SlideOutcome
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 PAGE_NAME = "index.html"
 REFRESH_SECONDS = 10
 FINISHED = frozenset({"done", "redone", "skipped"})  # statuses that leave a result on disk
-CATEGORY_RANK = {"negative": 0, "itc": 1, "micrometastasis": 2, "macrometastasis": 3}
 
 logger = logging.getLogger(__name__)
 

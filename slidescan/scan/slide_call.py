@@ -35,6 +35,8 @@ from scipy import ndimage
 MACRO_MM = 2.0
 MICRO_MM = 0.2
 SEED_CELLS = 3  # seed tiles a lesion needs on the default stride-96 grid (see above)
+# Categories in order of severity: a number to sort and threshold by (tables, QuPath).
+CATEGORY_RANK = {"negative": 0, "itc": 1, "micrometastasis": 2, "macrometastasis": 3}
 CATEGORY_NAMES = {  # category → words for people
     "negative": "negative",
     "itc": "isolated tumour cells",
