@@ -47,7 +47,7 @@ def test_ctrl_c_leaves_nothing_partial(
     folder = out.parent
     left = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     if proc.returncode == 0:  # finished before the signal: a complete result
-        assert is_complete(out) and left == ["big.json", "big.png", "big.zarr"]
+        assert is_complete(out) and left == ["big.geojson", "big.json", "big.png", "big.zarr"]
         return
     if proc.returncode in (-signal.SIGSEGV, -signal.SIGABRT):
         # Known, rare (about 1 in 50 interrupts mid-scan): a native crash while unwinding.
