@@ -23,7 +23,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -247,8 +249,12 @@ class Staging:
         """Move the staged files into place; the report goes last and marks completion.
 
         The old report goes first, so that no moment shows an old "complete" marker beside a
-        new heatmap.
+        new heatmap; a Ctrl-C meanwhile takes effect once everything is in place.
         """
+        with _ctrl_c_deferred():
+            self._move_into_place()
+
+    def _move_into_place(self) -> None:
         out = self.outputs
         try:
             remove_path(out.report)
@@ -263,6 +269,21 @@ class Staging:
             raise SlidescanError(
                 f"{out.heatmap}: cannot write the result ({_os_reason(exc)})"
             ) from exc
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Hold back SIGINT for the block (POSIX, main thread): a Ctrl-C during the renames arrives
+    right after them, so it never leaves half of a result under its final names."""
+    main = threading.current_thread() is threading.main_thread()
+    if not hasattr(signal, "pthread_sigmask") or not main:
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _os_reason(exc: OSError) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -159,3 +160,23 @@ def test_interrupted_commit_is_recognised(tmp_path: Path) -> None:
     out = SlideOutputs(tmp_path / "x.zarr")
     out.heatmap.mkdir()
     assert not out.interrupted(), "a folder that is not a slidescan heatmap is never ours"
+
+
+def test_ctrl_c_during_the_commit_waits_until_everything_is_in_place(tmp_path: Path) -> None:
+    out = SlideOutputs(tmp_path / "x.zarr", tmp_path / "x.png")
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_ctrl_c(src: object, dst: object) -> None:
+        real_replace(src, dst)  # type: ignore[arg-type]
+        calls.append(dst)
+        if len(calls) == 1:  # the first rename: the overlay
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt), out.locked(), out.staged() as staging:
+        _stage_result(staging, "one")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(outputs_mod.os, "replace", replace_then_ctrl_c)
+            staging.commit()
+    assert len(calls) == 4  # every rename ran before the interrupt arrived
+    assert is_complete(out.heatmap) and out.geojson.is_file() and _hidden(tmp_path) == []

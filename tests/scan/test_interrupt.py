@@ -60,4 +60,4 @@ def test_ctrl_c_leaves_nothing_partial(
     assert stderr.strip().splitlines()[-1:] in (["interrupted"], []), stderr[-2000:]
     assert [name for name in left if name.startswith(".")] == [], "partials or locks left"
     # Interrupted before the commit: nothing; after it (before the result line): all of it.
-    assert left in ([], ["big.json", "big.png", "big.zarr"]), left
+    assert left in ([], ["big.geojson", "big.json", "big.png", "big.zarr"]), left
