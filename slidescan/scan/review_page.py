@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from slidescan.about import RESEARCH_USE_NOTICE, __version__
 from slidescan.io.atomic import atomic_write
-from slidescan.io.outputs import geojson_path, report_path
+from slidescan.io.outputs import SlideOutputs, geojson_path, report_path
 from slidescan.scan.slide_call import CATEGORY_NAMES, CATEGORY_RANK
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def entry_for(outcome: SlideOutcome, out_dir: Path, overlay_dir: Path | None) ->
         return base
     heatmap = out_dir / outcome.heatmap
     report_file, geojson = report_path(heatmap), geojson_path(heatmap)
-    overlay = overlay_dir / f"{Path(outcome.slide).stem}.png" if overlay_dir else None
+    overlay = SlideOutputs.in_folder(Path(outcome.slide), out_dir, overlay_dir).overlay
     try:
         report = json.loads(report_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
