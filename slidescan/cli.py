@@ -765,17 +765,23 @@ def demo(
     look = [
         ("index.html", "the review page: open it in a browser"),
         (o.overlay.name if o.overlay else "", "the heatmap and lesion outlines over the slide"),
-        (o.geojson.name, f"lesions for QuPath: open {demo_folder() / DEMO_SLIDE}, then"),
-        ("", "File > Import objects from file"),
+        (
+            o.geojson.name,
+            f"lesions for QuPath: open {demo_folder() / DEMO_SLIDE}, then\n"
+            "File > Import objects from file",
+        ),
         (o.heatmap.name, "the heatmap as OME-Zarr (napari, ome-zarr)"),
         (o.report.name, "the call and every lesion, with the numbers behind them"),
     ]
     # Only what is really there: the review page, for one, never fails a run if unwritable.
-    look = [(n, what) for n, what in look if not n or (out / n).exists()]
+    look = [(name, what) for name, what in look if name and (out / name).exists()]
     width = max(len(name) for name, _ in look) + 2
     typer.echo(f"\nLook at (in {out}/):")
     for name, what in look:
-        typer.echo(f"  {name:<{width}}{what}")
+        first, *more = what.splitlines()
+        typer.echo(f"  {name:<{width}}{first}")
+        for line in more:
+            typer.echo(f"  {'':<{width}}{line}")
     typer.echo("Research use only.")
     if not result.right:
         raise typer.Exit(1)

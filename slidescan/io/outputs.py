@@ -273,17 +273,27 @@ class Staging:
 
 @contextlib.contextmanager
 def _ctrl_c_deferred() -> Iterator[None]:
-    """Hold back SIGINT for the block (POSIX, main thread): a Ctrl-C during the renames arrives
-    right after them, so it never leaves half of a result under its final names."""
-    main = threading.current_thread() is threading.main_thread()
-    if not hasattr(signal, "pthread_sigmask") or not main:
+    """Hold back Ctrl-C for the block: a SIGINT meanwhile is noted and delivered right after it,
+    so it never leaves half of a result under its final names.
+
+    Python runs signal handlers in the main thread whichever thread the signal hit, so swapping
+    the handler works where masking the signal would not (zarr, torch and ONNX keep threads).
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        signal.signal(signal.SIGINT, previous)
+    if not caught or previous == signal.SIG_IGN:
+        return
+    if callable(previous):
+        previous(signal.SIGINT, None)
+    else:  # SIG_DFL, or a handler installed outside Python: Ctrl-C's usual meaning
+        raise KeyboardInterrupt
 
 
 def _os_reason(exc: OSError) -> str:

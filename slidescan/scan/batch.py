@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import os
 import time
 import traceback
@@ -25,6 +26,7 @@ SLIDE_SUFFIXES = frozenset(
     {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
      ".dcm", ".png", ".jpg", ".jpeg"}
 )  # fmt: skip
+_log = logging.getLogger(__name__)
 LOG_NAME = "slidescan.log"  # beside summary.csv: the traceback of every failed slide
 SUMMARY_FIELDS = [
     "slide", "status", "positive", "category", "largest_lesion_mm", "lesions", "reliable",
@@ -129,7 +131,7 @@ def log_failure(out_dir: Path, outcome: SlideOutcome) -> None:
 
 
 def write_summary(path: Path, outcomes: Iterable[SlideOutcome]) -> None:
-    """Write summary.csv atomically, merged with the rows other runs wrote there.
+    """Merge ``outcomes`` (news: pass each row once, when it happens) into summary.csv, atomically.
 
     Several runs may share an output folder (a SLURM array, a Dask retry, a rerun): each keeps
     the rows of slides it has no news about, and its "busy" note never hides another run's result
@@ -181,7 +183,10 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # e.g. NFS without lock support: a lost row beats a dead batch
+            _log.warning("%s: no lock for summary.csv (%s); writing without it", folder, exc)
         yield
     finally:
         os.close(fd)  # closing releases the lock
@@ -290,7 +295,7 @@ def run_batch(
         log_failure(out_dir, outcome)
         if on_outcome is not None:
             on_outcome(outcome)
-        write_summary(summary, outcomes)
+        write_summary(summary, [outcome])  # only news: older rows may be another run's since
     return outcomes
 
 

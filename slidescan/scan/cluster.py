@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slidescan.errors import SlidescanError, one_line
+from slidescan.errors import SlidescanError, one_line, redact_path
 from slidescan.io.outputs import SlideOutputs
 from slidescan.scan.batch import (
     SlideOutcome,
@@ -133,6 +133,7 @@ def run_batch_on_cluster(
                 on_outcome(outcomes[slide])
         else:
             todo.append(slide)
+    write_summary(out_dir / "summary.csv", [outcomes[s] for s in slides if s in outcomes])
     futures = {
         client.submit(
             scan_task, str(s.resolve()), str(out_dir.resolve()),
@@ -148,12 +149,11 @@ def run_batch_on_cluster(
         try:
             outcome = future.result()
         except Exception as exc:  # a worker died or the task could not run at all
-            outcome = failed(slide, f"task failed: {one_line(exc)}")
-            outcome.detail = "".join(traceback.format_exception(exc))
+            outcome = failed(slide, f"task failed: {one_line(exc, path=slide)}")
+            outcome.detail = redact_path("".join(traceback.format_exception(exc)), slide)
         outcomes[slide] = outcome
         log_failure(out_dir, outcome)
         if on_outcome:
             on_outcome(outcome)
-        write_summary(summary, [outcomes[s] for s in slides if s in outcomes])
-    write_summary(summary, [outcomes[s] for s in slides])
+        write_summary(summary, [outcome])
     return [outcomes[s] for s in slides]

@@ -156,6 +156,8 @@ def run_demo(
     )  # fmt: skip
     if outcome.status == "failed":
         raise SlidescanError(f"the demo scan failed: {outcome.error}")
+    if outcome.status == "busy":
+        raise SlidescanError(f"{out_dir}: another demo is writing there; wait for it or use --out")
     outputs = SlideOutputs.in_folder(slide, out_dir, out_dir)
     report = read_report(outputs.heatmap)
     lesions, extra = match_lesions(report["call"]["lesions"], truth)

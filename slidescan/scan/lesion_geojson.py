@@ -82,7 +82,6 @@ def lesion_feature_collection(
     *,
     cell_origin_level0: Sequence[float],
     cell_level0_px: float,
-    slide_mpp: float,
     slide: str,
     slide_size: Sequence[int] | None = None,
     image_offset: Sequence[float] = (0.0, 0.0),
@@ -90,7 +89,7 @@ def lesion_feature_collection(
 ) -> dict[str, Any]:
     """The QuPath GeoJSON of ``lesions`` (``labels`` from :func:`label_lesions`).
 
-    ``slide_mpp`` is µm per level-0 pixel (areas in µm²). Polygons are clipped to
+    Polygons are clipped to
     ``slide_size`` (width, height; the grid's last cells may reach past the edge) and moved by
     ``-image_offset``: the level-0 point where the viewer's image starts (OpenSlide's bounds for
     slides QuPath crops to them, such as MIRAX). Feature ids are UUIDs derived from
@@ -121,8 +120,9 @@ def lesion_feature_collection(
                     "classification": {"name": CLASS_NAME, "color": list(CLASS_COLOR)},
                     "isLocked": False,
                     "measurements": {
-                        # Not "Area µm^2": QuPath computes that one itself for annotations.
-                        "Lesion area µm^2": round(float(shape.area) * slide_mpp**2, 1),
+                        # The report's area (whole cells), so JSON and QuPath agree; not named
+                        # "Area µm^2", which QuPath computes itself from the (clipped) polygon.
+                        "Lesion area µm^2": round(lesion.area_mm2 * 1e6, 1),
                         "Longest diameter µm": round(lesion.diameter_mm * 1000.0, 1),
                         "Mean tumour probability": round(lesion.mean_probability, 6),
                         "Max tumour probability": round(lesion.max_probability, 6),

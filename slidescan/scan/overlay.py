@@ -168,18 +168,20 @@ def draw_overlay(
     _draw_outlines(ax, scanned, extent, TISSUE_COLOUR, 1.2, gid="tissue outline")
     if labels is not None:
         # Single normal-looking tiles inside a lesion would draw a mesh of tiny rings: the
-        # outline keeps only holes of a 3×3 block or more (the GeoJSON keeps them all).
+        # outline keeps only holes of 9 cells or more (the GeoJSON keeps them all).
         _draw_outlines(
             ax, labels > 0, extent, LESION_COLOUR, 2.0, gid="lesion outline", halo=True,
             min_hole_cells=9,
         )  # fmt: skip
-        _label_lesions(ax, labels, lesions, extent)
     # Keep the whole thumbnail in view even if the extent reaches past it, with a margin so
-    # that outlines along the thumbnail's edges stay visible.
+    # that outlines along the thumbnail's edges stay visible. Set before the lesion labels:
+    # their overlap test measures them where they will be drawn.
     pad = 0.01 * max(width, height)
     ax.set_xlim(-pad, width + pad)
     ax.set_ylim(height + pad, -pad)
     ax.set_axis_off()
+    if labels is not None:
+        _label_lesions(ax, labels, lesions, extent)
 
     bar_height = 0.8 * image_height
     cax = fig.add_axes(

@@ -68,8 +68,6 @@ def _number(value: Any) -> float | None:
 
 def tissue_area_mm2(report: dict[str, Any]) -> float | None:
     """Scanned tissue in mm²: tissue cells × the area of one cell (level-0 px × slide µm/px)."""
-    if "tissue_area_mm2" in report:
-        return _number(report["tissue_area_mm2"])
     attrs = report.get("attributes")
     attrs = attrs if isinstance(attrs, dict) else {}
     cells = _number(report.get("tiles_scanned"))

@@ -276,7 +276,7 @@ class Scanner:
         """The lesions as QuPath annotations (an empty collection when there are none)."""
         collection = lesion_feature_collection(
             call.lesion_labels, call.lesions, cell_origin_level0=attrs["cell_origin_level0"],
-            cell_level0_px=attrs["cell_level0_px"], slide_mpp=attrs["slide_mpp"],
+            cell_level0_px=attrs["cell_level0_px"],
             slide=Path(attrs["slide_path"]).name, slide_size=attrs["slide_dimensions"],
             image_offset=attrs["slide_bounds_origin_level0"], namespace=summary["fingerprint"],
         )  # fmt: skip

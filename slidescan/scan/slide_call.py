@@ -26,7 +26,7 @@ produce a false lesion, so the rate that matters is per slide, and it grows with
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -95,29 +95,10 @@ class SlideCall:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict of the fields (lesions largest first)."""
-        out = {k: v for k, v in asdict(self).items() if k != "lesion_labels"}
+        # Field by field: asdict would deep-copy the label grid only for it to be dropped.
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lesion_labels"}
         out["lesions"] = [asdict(lesion) for lesion in self.lesions]
         return out
-
-
-def find_lesions(
-    probability: np.ndarray,
-    *,
-    seed_threshold: float,
-    extent_threshold: float,
-    cell_mm: float,
-    seed_cells: int = 1,
-) -> list[Lesion]:
-    """Lesions of a (rows, cols) heatmap (NaN where no tissue), largest diameter first.
-
-    A lesion's longest diameter is the largest distance between two of its cell centres plus one
-    cell (each end cell contributes half its width), times ``cell_mm``, the grid stride in mm; so
-    a single cell measures one cell and a straight run of k cells measures k cells.
-    """
-    return label_lesions(
-        probability, seed_threshold=seed_threshold, extent_threshold=extent_threshold,
-        cell_mm=cell_mm, seed_cells=seed_cells,
-    )[1]  # fmt: skip
 
 
 def label_lesions(
@@ -128,8 +109,14 @@ def label_lesions(
     cell_mm: float,
     seed_cells: int = 1,
 ) -> tuple[np.ndarray, list[Lesion]]:
-    """:func:`find_lesions` plus where each lesion lies: an int32 (rows, cols) grid holding
-    ``i + 1`` on the cells of ``lesions[i]`` and 0 elsewhere (for outlines and polygons)."""
+    """Lesions of a (rows, cols) heatmap (NaN where no tissue), largest diameter first, and where
+    each lies: an int32 (rows, cols) grid holding ``i + 1`` on the cells of ``lesions[i]`` and 0
+    elsewhere (for outlines and polygons).
+
+    A lesion's longest diameter is the largest distance between two of its cell centres plus one
+    cell (each end cell contributes half its width), times ``cell_mm``, the grid stride in mm; so
+    a single cell measures one cell and a straight run of k cells measures k cells.
+    """
     grid = _check_grid(probability)
     _check_thresholds(seed_threshold, extent_threshold, cell_mm)
     if seed_cells < 1:

@@ -6,7 +6,7 @@ disc of a chosen diameter (a lesion). With the truth known, a slide call can be 
 false positives (all-normal mosaics), detection and measured lesion size.
 
 The truth disc holds the cells whose centres lie within ``diameter/2 − cell/2`` of its centre, so
-that a perfect heatmap measures the lesion at ``diameter`` (``slide_call.find_lesions`` adds one
+that a perfect heatmap measures the lesion at ``diameter`` (``slide_call.label_lesions`` adds one
 cell to the centre-to-centre extent).
 """
 
@@ -98,9 +98,7 @@ def image_mosaic(
     return out
 
 
-def write_slide(
-    path: Path, image: np.ndarray, *, mpp: float = PCAM_MPP, quality: int = 90
-) -> Path:
+def write_slide(path: Path, image: np.ndarray, *, mpp: float = PCAM_MPP, quality: int = 90) -> Path:
     """A tiled pyramidal TIFF (JPEG tiles of ``quality``, reduced levels ×4 and ×16) that slide
     readers open at ``mpp`` µm/px."""
     import tifffile

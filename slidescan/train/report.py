@@ -317,14 +317,6 @@ def example_outcomes(
     return outcomes
 
 
-def select_examples(
-    labels: np.ndarray, probs: np.ndarray, threshold: float, k: int = 24
-) -> np.ndarray:
-    """Indices of up to ``k`` cases to show, in :func:`example_outcomes` order."""
-    outcomes = example_outcomes(labels, probs, threshold, k)
-    return np.concatenate([o.shown for o in outcomes]).astype(int)
-
-
 # Example grid geometry, in inches: column pitch, image side, the p caption above each image,
 # the space between rows, the minimum width of the image area (so headings stay one line).
 _CELL, _IMAGE, _CAPTION, _ROW_GAP, _MIN_WIDTH = 1.75, 1.5, 0.24, 0.1, 5.0

@@ -43,6 +43,9 @@ class TrainConfig:
     """Training settings; defaults follow the tutorial where it spoke (Adam, BCE, 10×100, 20%).
 
     The optimiser is AdamW: with ``weight_decay=0`` it is exactly the tutorial's Adam.
+
+    A new setting's default must reproduce what training did before it existed: ``--resume``
+    treats a checkpoint that predates a setting as written with its default.
     """
 
     model: str = DEFAULT_MODEL

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -173,10 +174,19 @@ def test_ctrl_c_during_the_commit_waits_until_everything_is_in_place(tmp_path: P
         if len(calls) == 1:  # the first rename: the overlay
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(KeyboardInterrupt), out.locked(), out.staged() as staging:
-        _stage_result(staging, "one")
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(outputs_mod.os, "replace", replace_then_ctrl_c)
-            staging.commit()
+    # Scans run with other threads alive (zarr's I/O loop, torch, ONNX): the signal may reach
+    # any of them, and must still wait for the renames.
+    stop = threading.Event()
+    others = [threading.Thread(target=stop.wait) for _ in range(4)]
+    for thread in others:
+        thread.start()
+    try:
+        with pytest.raises(KeyboardInterrupt), out.locked(), out.staged() as staging:
+            _stage_result(staging, "one")
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(outputs_mod.os, "replace", replace_then_ctrl_c)
+                staging.commit()
+    finally:
+        stop.set()
     assert len(calls) == 4  # every rename ran before the interrupt arrived
     assert is_complete(out.heatmap) and out.geojson.is_file() and _hidden(tmp_path) == []

@@ -27,7 +27,7 @@ def _collection(grid: np.ndarray, **kwargs: object) -> dict:
         grid, seed_threshold=0.9, extent_threshold=0.5, cell_mm=CELL * MPP / 1000, seed_cells=1
     )
     return lesion_feature_collection(
-        labels, lesions, cell_origin_level0=ORIGIN, cell_level0_px=CELL, slide_mpp=MPP,
+        labels, lesions, cell_origin_level0=ORIGIN, cell_level0_px=CELL,
         slide="s.svs", **kwargs,  # type: ignore[arg-type]
     )  # fmt: skip
 
@@ -121,11 +121,14 @@ def test_polygons_stay_on_the_slide_and_start_where_the_viewer_image_does() -> N
     labels, lesions = label_lesions(
         grid, seed_threshold=0.9, extent_threshold=0.5, cell_mm=0.1, seed_cells=1
     )
-    common = {"cell_origin_level0": (0, 0), "cell_level0_px": 96.0, "slide_mpp": 1.0, "slide": "s"}
+    common = {"cell_origin_level0": (0, 0), "cell_level0_px": 96.0, "slide": "s"}
     clipped = lesion_feature_collection(labels, lesions, slide_size=(350, 330), **common)
     (feature,) = clipped["features"]
     assert shape(feature["geometry"]).bounds == (192.0, 288.0, 350.0, 330.0)
-    assert feature["properties"]["measurements"]["Lesion area µm^2"] == pytest.approx(158 * 42)
+    # The measurement is the report's (whole cells); the polygon alone is clipped.
+    assert feature["properties"]["measurements"]["Lesion area µm^2"] == pytest.approx(
+        lesions[0].area_mm2 * 1e6
+    )
     # MIRAX-style bounds: QuPath's pixel (0, 0) is level-0 (100, 50).
     moved = lesion_feature_collection(labels, lesions, image_offset=(100, 50), **common)
     assert shape(moved["features"][0]["geometry"]).bounds == (92.0, 238.0, 284.0, 334.0)
@@ -136,5 +139,5 @@ def test_labels_must_match_the_lesions() -> None:
     with pytest.raises(ValueError, match="labels mark 0 lesions, expected 1"):
         lesion_feature_collection(
             labels, [object()], cell_origin_level0=(0, 0), cell_level0_px=1.0,  # type: ignore[list-item]
-            slide_mpp=1.0, slide="s",
+            slide="s",
         )  # fmt: skip

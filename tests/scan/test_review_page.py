@@ -208,7 +208,6 @@ def test_tissue_area_from_the_report() -> None:
     report = {"tiles_scanned": 10, "attributes": {"cell_level0_px": 200, "slide_mpp": 0.5}}
     assert tissue_area_mm2(report) == pytest.approx(10 * 0.1**2)
     assert tissue_area_mm2({"tiles_scanned": 3}) is None
-    assert tissue_area_mm2({**report, "tissue_area_mm2": 1.5}) == 1.5
 
 
 def test_a_page_that_cannot_be_written_only_warns(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,6 @@ from slidescan.scan.slide_call import (
     calibrate_seed_threshold,
     call_slide,
     false_positive_rate,
-    find_lesions,
     label_lesions,
     lesion_category,
     seed_cells_for,
@@ -23,6 +23,10 @@ from slidescan.scan.slide_call import (
 from slidescan.train.mosaic import cell_mm, lesion_layout
 
 BACKGROUND = 0.05
+
+
+def _lesions(probability: np.ndarray, **kwargs: Any) -> list:
+    return label_lesions(probability, **kwargs)[1]
 
 
 def _disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
@@ -81,12 +85,12 @@ def test_a_lesion_needs_seed_cells_confident_tiles() -> None:
     grid = np.full((12, 12), BACKGROUND)
     grid[5, 2:9] = 0.6
     grid[5, 3] = grid[5, 6] = 0.95  # two seeds
-    assert len(find_lesions(grid, cell_mm=0.1, seed_cells=2, **CALL)) == 1
-    assert find_lesions(grid, cell_mm=0.1, seed_cells=3, **CALL) == []
+    assert len(_lesions(grid, cell_mm=0.1, seed_cells=2, **CALL)) == 1
+    assert _lesions(grid, cell_mm=0.1, seed_cells=3, **CALL) == []
     grid[5, 8] = 0.91
-    assert find_lesions(grid, cell_mm=0.1, seed_cells=3, **CALL)[0].cells == 7
+    assert _lesions(grid, cell_mm=0.1, seed_cells=3, **CALL)[0].cells == 7
     with pytest.raises(ValueError, match="seed_cells"):
-        find_lesions(grid, cell_mm=0.1, seed_cells=0, **CALL)
+        _lesions(grid, cell_mm=0.1, seed_cells=0, **CALL)
 
 
 def test_seed_cells_cover_the_same_area_at_every_stride() -> None:
@@ -98,13 +102,13 @@ def test_seed_cells_cover_the_same_area_at_every_stride() -> None:
 def test_straight_line_measures_its_length() -> None:
     grid = np.full((10, 40), BACKGROUND)
     grid[4, 5:30] = 0.95  # 25 cells in a row
-    lesions = find_lesions(grid, cell_mm=0.1, **CALL)
+    lesions = _lesions(grid, cell_mm=0.1, **CALL)
     assert len(lesions) == 1
     assert lesions[0].diameter_mm == pytest.approx(2.5)
     assert lesions[0].category == "macrometastasis"
     grid[4, 5:30] = BACKGROUND
     grid[np.arange(3), np.arange(3)] = 0.95  # diagonal run of 3: 2√2 + 1 cells
-    assert find_lesions(grid, cell_mm=0.1, **CALL)[0].diameter_mm == pytest.approx(
+    assert _lesions(grid, cell_mm=0.1, **CALL)[0].diameter_mm == pytest.approx(
         0.1 * (2 * math.sqrt(2) + 1)
     )
 
@@ -114,7 +118,7 @@ def test_large_lesion_diameter_uses_the_outline_correctly() -> None:
     rng = np.random.default_rng(3)
     blob = _disc((60, 60), (30, 28), 20) & (rng.random((60, 60)) < 0.97)
     blob |= _disc((60, 60), (30, 28), 12)
-    lesion = max(find_lesions(_grid(blob), cell_mm=1.0, **CALL), key=lambda les: les.cells)
+    lesion = max(_lesions(_grid(blob), cell_mm=1.0, **CALL), key=lambda les: les.cells)
     pts = np.argwhere(blob & (np.arange(60)[:, None] >= 0))
     from scipy import ndimage
 
@@ -128,9 +132,9 @@ def test_large_lesion_diameter_uses_the_outline_correctly() -> None:
 def test_hysteresis_needs_a_seed_and_extends_to_the_extent_threshold() -> None:
     grid = np.full((20, 20), BACKGROUND)
     grid[5, 2:12] = 0.6  # a run above the extent threshold, no seed: no lesion
-    assert find_lesions(grid, cell_mm=0.1, **CALL) == []
+    assert _lesions(grid, cell_mm=0.1, **CALL) == []
     grid[5, 7] = 0.95  # one seed: the whole run is the lesion
-    lesions = find_lesions(grid, cell_mm=0.1, **CALL)
+    lesions = _lesions(grid, cell_mm=0.1, **CALL)
     assert len(lesions) == 1 and lesions[0].cells == 10
     assert lesions[0].max_probability == pytest.approx(0.95)
     assert lesions[0].mean_probability == pytest.approx((9 * 0.6 + 0.95) / 10)
@@ -171,7 +175,7 @@ def test_no_tissue_and_nan_cells() -> None:
     grid = np.full((5, 7), np.nan)
     grid[2, 1:6] = 0.95
     grid[2, 3] = np.nan  # glass splits the run in two
-    assert len(find_lesions(grid, cell_mm=0.1, **CALL)) == 2
+    assert len(_lesions(grid, cell_mm=0.1, **CALL)) == 2
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,6 @@ from slidescan.train.report import (
     example_outcomes,
     examples_figure,
     report_figures,
-    select_examples,
     write_report,
 )
 
@@ -26,6 +25,14 @@ LONG_TITLE = (
     "pcamnet-v2 on PCam JPEG folders at /work/shared/data/pcam-jpeg/valid "
     "(32768 patches: 16399 tumour) (TTA)"
 )
+
+
+def select_examples(
+    labels: np.ndarray, probs: np.ndarray, threshold: float, k: int = 24
+) -> np.ndarray:
+    """Indices of the cases the example grid shows, in its order."""
+    outcomes = example_outcomes(labels, probs, threshold, k)
+    return np.concatenate([o.shown for o in outcomes]).astype(int)
 
 
 def _cases(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
