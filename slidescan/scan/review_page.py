@@ -465,6 +465,23 @@ def render_page(
 """
 
 
+def finished_elsewhere(slide: str, out_dir: Path) -> SlideOutcome | None:
+    """The outcome of ``slide`` from a complete result that another run left in ``out_dir``."""
+    from slidescan.io.outputs import read_report
+    from slidescan.scan.batch import outcome_from_previous  # batch imports this module
+
+    outputs = SlideOutputs.in_folder(Path(slide), out_dir)
+    if not outputs.is_complete():
+        return None
+    try:
+        outcome = outcome_from_previous(Path(slide), outputs.heatmap, read_report(outputs.heatmap))
+    except Exception:  # unreadable: the row stays "busy"
+        return None
+    if outcome is not None:
+        outcome.status = "done"
+    return outcome
+
+
 class ReviewPage:
     """``OUT/index.html`` of one directory run, rewritten as slides finish. Never raises: the page
     is a view of the results, and failing to write it must not fail the batch."""
@@ -475,6 +492,13 @@ class ReviewPage:
         self.overlay_dir = overlay_dir
         self.path = out_dir / PAGE_NAME
         self.entries = {s.name: ReviewEntry(slide=s.name, status="pending") for s in slides}
+
+    def _pick_up_busy_slides(self) -> None:
+        for name, entry in list(self.entries.items()):
+            if entry.status == "busy":
+                outcome = finished_elsewhere(name, self.out_dir)
+                if outcome is not None:
+                    self.entries[name] = entry_for(outcome, self.out_dir, self.overlay_dir)
 
     def add(self, outcome: SlideOutcome) -> None:
         """Record a finished slide and rewrite the page."""
@@ -488,8 +512,14 @@ class ReviewPage:
         self.write()
 
     def write(self, *, finished: bool = False) -> bool:
-        """Write the page atomically; False (and a logged warning) when that failed."""
+        """Write the page atomically; False (and a logged warning) when that failed.
+
+        The final version also shows slides that another run sharing the folder was writing
+        ("busy" here) and has finished since.
+        """
         try:
+            if finished:
+                self._pick_up_busy_slides()
             page = render_page(
                 list(self.entries.values()), finished=finished,
                 overlays=self.overlay_dir is not None,

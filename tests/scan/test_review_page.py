@@ -379,3 +379,24 @@ def test_browser_running_page_reloads_and_keeps_the_view(browser: Any, tmp_path:
     assert browser.find_element("id", "filter").get_attribute("value") == "two"
     assert _visible(browser) == ["two.tif"]
     assert _errors(browser) == []
+
+
+def test_final_page_picks_up_slides_another_run_finished(tmp_path: Path) -> None:
+    page = ReviewPage(tmp_path, [tmp_path / "a.tif", tmp_path / "b.tif"], None)
+    page.add(SlideOutcome("a.tif", "busy", error="a.zarr: being written by another run"))
+    page.add(SlideOutcome("b.tif", "busy", error="b.zarr: being written by another run"))
+    # The other run finishes a.tif (b.tif it never finishes).
+    (tmp_path / "a.zarr").mkdir()
+    report = {
+        "call": {"positive": True, "category": "macrometastasis", "largest_diameter_mm": 2.4,
+                 "lesions": [{}], "max_probability": 0.99},
+        "distribution": {"flagged": False, "reasons": []},
+        "tiles_scanned": 100, "wall_seconds": 3.0,
+    }  # fmt: skip
+    (tmp_path / "a.json").write_text(json.dumps(report))
+    assert "macrometastasis" not in (tmp_path / PAGE_NAME).read_text()
+    page.write(finished=True)
+    assert page.entries["a.tif"].status == "done"
+    assert page.entries["a.tif"].category == "macrometastasis"
+    assert page.entries["b.tif"].status == "busy"
+    assert "macrometastasis" in (tmp_path / PAGE_NAME).read_text()
