@@ -725,6 +725,9 @@ def demo(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Scan again even if the demo ran here before.")
     ] = False,
+    open_page: Annotated[
+        bool, typer.Option("--open", help="Open the review page in your web browser afterwards.")
+    ] = False,
 ) -> None:
     """Scan the demo slide shipped with slidescan and check its call against the known truth.
 
@@ -783,5 +786,11 @@ def demo(
         for line in more:
             typer.echo(f"  {'':<{width}}{line}")
     typer.echo("Research use only.")
+    page = out / "index.html"
+    if open_page and page.is_file():
+        import webbrowser
+
+        if not webbrowser.open(page.resolve().as_uri()):
+            typer.echo(f"no web browser found: open {page} yourself", err=True)
     if not result.right:
         raise typer.Exit(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import webbrowser
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ def test_match_lesions_reports_misses_wrong_categories_and_extras() -> None:
     assert extra == 1
 
 
-def test_demo_end_to_end(tmp_path: Path) -> None:
+def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "demo"
     result = invoke("demo", "--out", out, "--device", "cpu", "--workers", "0")
     assert result.exit_code == 0, result.output
@@ -108,8 +109,11 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         assert png.size[0] > 500
     assert DEMO_SLIDE in (out / "index.html").read_text()
 
-    again = invoke("demo", "--out", out, "--device", "cpu", "--workers", "0")
+    opened: list[str] = []
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or True)
+    again = invoke("demo", "--out", out, "--device", "cpu", "--workers", "0", "--open")
     assert again.exit_code == 0 and "done before with the same settings" in again.stdout
+    assert opened == [(out / "index.html").resolve().as_uri()]
 
 
 def test_demo_refuses_a_file_or_a_folder_of_other_results(tmp_path: Path) -> None:
