@@ -671,9 +671,11 @@ def run(
             on_result=lambda result: typer.echo(describe(result)),
         )  # fmt: skip
         failed = sum(o.status == "failed" for o in outcomes)
+        page = out_dir / "index.html"
         typer.echo(
             f"{len(outcomes) - failed}/{len(outcomes)} slides done, {failed} failed; "
             f"summary: {out_dir / 'summary.csv'}"
+            + (f"; review page: {page}" if page.is_file() else "")
         )
         if failed:
             raise typer.Exit(1)

@@ -313,6 +313,7 @@ def test_cli_batch_all_good_exit_0_and_resumes(
     first = invoke(*args, "--overlay", overlays)
     assert first.exit_code == 0, first.output
     assert "2/2 slides done, 0 failed" in first.stdout
+    assert f"review page: {out / 'index.html'}" in first.stdout
     assert sorted(p.name for p in overlays.iterdir()) == ["a_good.png", "b_good.png"]
     before = stamp(out / "a_good.zarr")
 
