@@ -8,13 +8,14 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
+from slidescan.engine.weights import load_weights
 from slidescan.errors import SlidescanError, one_line, redact_path
 from slidescan.io.atomic import atomic_write
 from slidescan.io.outputs import OutputBusy, SlideOutputs
@@ -300,7 +301,7 @@ def run_batch(
 
 
 def scan_directory(
-    folder: Path,
+    source: Path | Sequence[Path],
     out_dir: Path,
     *,
     weights: Path | None = None,
@@ -310,31 +311,15 @@ def scan_directory(
     on_outcome: Callable[[SlideOutcome], None] | None = None,
     on_result: Callable[[ScanResult], None] | None = None,
 ) -> list[SlideOutcome]:
-    """Scan every slide directly inside ``folder`` into ``out_dir`` (with ``summary.csv`` and the
-    ``index.html`` review page): in this process, or one Dask task per slide with ``scheduler``
-    (see ``scan.cluster``)."""
-    slides = find_slides(folder)
-    if not slides:
-        raise SlidescanError(f"{folder}: no slide files found")
-    return scan_slides(
-        slides, out_dir, weights=weights, options=options, overlay_dir=overlay_dir,
-        scheduler=scheduler, on_outcome=on_outcome, on_result=on_result,
-    )  # fmt: skip
-
-
-def scan_slides(
-    slides: list[Path],
-    out_dir: Path,
-    *,
-    weights: Path | None = None,
-    options: ScanOptions | None = None,
-    overlay_dir: Path | None = None,
-    scheduler: str | None = None,
-    on_outcome: Callable[[SlideOutcome], None] | None = None,
-    on_result: Callable[[ScanResult], None] | None = None,
-) -> list[SlideOutcome]:
-    """:func:`scan_directory` for a given list of slides."""
-    from slidescan.engine.weights import load_weights
+    """Scan every slide directly inside the folder ``source`` (or the slides ``source`` lists)
+    into ``out_dir``, with ``summary.csv`` and the ``index.html`` review page: in this process,
+    or one Dask task per slide with ``scheduler`` (see ``scan.cluster``)."""
+    if isinstance(source, Path):
+        slides = find_slides(source)
+        if not slides:
+            raise SlidescanError(f"{source}: no slide files found")
+    else:
+        slides = list(source)
 
     options = options or ScanOptions()
     loaded = load_weights(weights)  # a bad weights file fails here, once, not once per slide

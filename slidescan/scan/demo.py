@@ -18,7 +18,7 @@ from typing import Any
 
 from slidescan.errors import SlidescanError
 from slidescan.io.outputs import SlideOutputs, read_report
-from slidescan.scan.batch import SlideOutcome, scan_slides
+from slidescan.scan.batch import SlideOutcome, scan_directory
 from slidescan.scan.scanner import ScanOptions, ScanResult
 
 DEMO_SLIDE = "demo-node.tif"
@@ -150,7 +150,7 @@ def run_demo(
     if not slide.is_file():
         raise SlidescanError(f"{slide}: the demo slide is missing from this installation")
     check_demo_folder(out_dir)
-    (outcome,) = scan_slides(
+    (outcome,) = scan_directory(
         [slide], out_dir, weights=weights, options=options, overlay_dir=out_dir,
         on_result=on_result,
     )  # fmt: skip

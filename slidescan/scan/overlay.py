@@ -19,7 +19,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import shapely
@@ -64,24 +64,11 @@ def grid_extent_in_thumbnail(
 
 
 def render_overlay(
-    thumbnail: np.ndarray,
-    probability: np.ndarray,
-    out_png: Path,
-    *,
-    title: str = "",
-    thumbnail_extent: Extent | None = None,
-    tissue: np.ndarray | None = None,
-    lesion_labels: np.ndarray | None = None,
-    lesions: Sequence[Lesion] = (),
-    seed_threshold: float | None = None,
-    extent_threshold: float | None = None,
+    thumbnail: np.ndarray, probability: np.ndarray, out_png: Path, **options: Any
 ) -> Path:
-    """Draw the overlay (see :func:`draw_overlay`) and write it to ``out_png``; returns it."""
-    fig = draw_overlay(
-        thumbnail, probability, title=title, thumbnail_extent=thumbnail_extent, tissue=tissue,
-        lesion_labels=lesion_labels, lesions=lesions, seed_threshold=seed_threshold,
-        extent_threshold=extent_threshold,
-    )  # fmt: skip
+    """Draw the overlay (:func:`draw_overlay`, whose keywords ``options`` are) and write it to
+    ``out_png``; returns it."""
+    fig = draw_overlay(thumbnail, probability, **options)
     out_png = Path(out_png)
     fig.savefig(out_png, format="png", dpi=DPI)
     return out_png
