@@ -264,6 +264,18 @@ def train(
             "per-step decay (e.g. 0.998); 0 keeps the raw weights.",
         ),
     ] = 0.0,
+    teacher: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Distil from this trained weights file (repeat for an ensemble): each target "
+            "becomes a mix of the label and the teachers' mean probability. Teachers must have "
+            "held out the same patches (same DATA, --val-fraction and --seed).",
+        ),
+    ] = None,
+    distill_weight: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="The teachers' share of each target with --teacher."),
+    ] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and augmentation.")] = 0,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run of the same settings.")
@@ -286,7 +298,8 @@ def train(
     cfg = TrainConfig(
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         schedule=schedule.value, val_fraction=val_fraction, augment=augment.value, ema=ema,
-        seed=seed, workers=workers, device=device, int8=int8,
+        teachers=[str(t) for t in teacher or []], distill_weight=distill_weight, seed=seed,
+        workers=workers, device=device, int8=int8,
     )  # fmt: skip
     description = train_data.description
     if val_data is not None:

@@ -25,6 +25,7 @@ from slidescan.engine.weights import ModelCard, save_weights
 from slidescan.errors import SlidescanError, one_line
 from slidescan.io.atomic import atomic_write
 from slidescan.models import DEFAULT_MODEL, count_parameters, create_model
+from slidescan.train.distill import SoftTargets, teacher_probabilities
 from slidescan.train.distributed import (
     DistContext,
     barrier,
@@ -58,6 +59,8 @@ class TrainConfig:
     val_fraction: float = 0.2
     augment: str = "strong"  # none, basic or strong (see slidescan.engine.augment)
     ema: float = 0.0  # per-step decay of an exponential moving average of the weights; 0 = off
+    teachers: list[str] = field(default_factory=list)  # weights files to distil from; [] = off
+    distill_weight: float = 0.5  # share of the teachers' probability in each training target
     seed: int = 0
     workers: int = 2
     device: str = "auto"
@@ -201,6 +204,15 @@ def _train(
     for name, labels in (("training", train_labels), ("validation", val_labels)):
         if len(np.unique(labels)) < 2 or labels.min() < 0:
             raise SlidescanError(f"the {name} data needs labelled examples of both classes")
+    fit_data = train_data
+    if cfg.teachers:
+        if not 0.0 < cfg.distill_weight <= 1.0:
+            raise SlidescanError(f"--distill-weight must be in (0, 1], got {cfg.distill_weight}")
+        teacher_probs = teacher_probabilities(
+            [Path(t) for t in cfg.teachers], train_data, device=str(device), workers=cfg.workers,
+            holdout_ids=holdout_ids if holdout_ids else None,
+        )  # fmt: skip
+        fit_data = SoftTargets(train_data, teacher_probs, cfg.distill_weight)
 
     mean, std = channel_stats(train_data, seed=cfg.seed)
     card = ModelCard(model=cfg.model, config=dict(cfg.model_config), mean=mean, std=std)  # type: ignore[arg-type]
@@ -264,13 +276,13 @@ def _train(
         sampler: DistributedSampler | None = None
         if ctx.distributed:
             sampler = DistributedSampler(
-                train_data, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                fit_data, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                 seed=cfg.seed, drop_last=True,
             )  # fmt: skip
             sampler.set_epoch(epoch)
         per_rank_batch = cfg.batch_size // ctx.world_size
         loader = DataLoader(
-            train_data,
+            fit_data,
             batch_size=per_rank_batch,
             shuffle=sampler is None,
             sampler=sampler,
@@ -307,7 +319,7 @@ def _train(
             n = len(labels)
             seen += n
             loss_sum += float(loss.detach()) * n
-            correct += int(((logits.detach() > 0).float() == y).sum())
+            correct += int(((logits.detach() > 0) == (y >= 0.5)).sum())  # y is soft when distilling
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
 
         seen_f, loss_sum, correct_f = sum_across([seen, loss_sum, correct], ctx)

@@ -1,0 +1,117 @@
+"""Distillation: soft targets mix label and teachers; leaky teachers are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from patch_fixtures import write_toy_set
+
+import slidescan.train.trainer as trainer_mod
+from slidescan.engine.inference import make_predictor, predict_dataset
+from slidescan.engine.weights import load_weights
+from slidescan.errors import SlidescanError
+from slidescan.io.patches import PatchDataset, open_patch_dataset
+from slidescan.train.distill import SoftTargets, teacher_probabilities
+from slidescan.train.trainer import TrainConfig, train
+
+SMALL = {"width": 16}
+
+
+def _cfg(**changes: object) -> TrainConfig:
+    base: dict = {
+        "epochs": 1, "batch_size": 8, "workers": 0, "device": "cpu", "seed": 3, "int8": False,
+        "model": "pcamnet-s", "model_config": SMALL, "lr": 3e-3,
+    }  # fmt: skip
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> PatchDataset:
+    return open_patch_dataset(write_toy_set(tmp_path_factory.mktemp("toy"), 20, seed=1))
+
+
+@pytest.fixture(scope="module")
+def teachers(toy: PatchDataset, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("teachers")
+    paths = [folder / "a.pt", folder / "b.pt"]
+    train(toy, paths[0], _cfg())
+    train(toy, paths[1], _cfg(lr=1e-2, augment="basic"))
+    return paths
+
+
+def test_soft_targets_mix_label_and_teacher(toy: PatchDataset) -> None:
+    probs = np.linspace(0.0, 1.0, len(toy))
+    soft = SoftTargets(toy, probs, 0.25)
+    assert len(soft) == len(toy)
+    for i in (0, 7, len(toy) - 1):
+        image, target = soft[i]
+        expected_image, label = toy[i]
+        assert torch.equal(image, expected_image)
+        assert float(target) == pytest.approx(0.75 * float(label) + 0.25 * probs[i], abs=1e-6)
+    with pytest.raises(ValueError):
+        SoftTargets(toy, probs[:-1], 0.5)
+
+
+def test_teacher_probability_is_the_mean_logit(toy: PatchDataset, teachers: list[Path]) -> None:
+    singles = []
+    for path in teachers:
+        predictor = make_predictor(load_weights(path), "cpu", "torch")
+        singles.append(predict_dataset(predictor.model, toy, predictor.normalizer, workers=0))
+    p = np.clip(np.stack(singles).astype(np.float64), 1e-6, 1 - 1e-6)
+    expected = 1 / (1 + np.exp(-np.log(p / (1 - p)).mean(axis=0)))
+    got = teacher_probabilities(teachers, toy, holdout_ids=None, device="cpu", workers=0)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert not np.allclose(singles[0], singles[1], atol=1e-3), "teachers should differ"
+
+
+def test_student_trains_on_the_soft_targets(
+    toy: PatchDataset, teachers: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[torch.Tensor] = []
+    real_loss = torch.nn.BCEWithLogitsLoss.forward
+
+    def spy(self, logits, target):  # noqa: ANN001, ANN202
+        seen.append(target.detach().clone())
+        return real_loss(self, logits, target)
+
+    monkeypatch.setattr(torch.nn.BCEWithLogitsLoss, "forward", spy)
+    out = tmp_path / "student.pt"
+    train(toy, out, _cfg(teachers=[str(t) for t in teachers], distill_weight=0.5))
+    targets = torch.cat(seen)
+    assert ((targets > 0.01) & (targets < 0.99)).float().mean() > 0.9, "targets are not soft"
+    assert load_weights(out).card.training["config"]["teachers"] == [str(t) for t in teachers]
+
+
+def test_teacher_that_trained_on_held_out_patches_is_refused(
+    toy: PatchDataset, teachers: list[Path], tmp_path: Path
+) -> None:
+    with pytest.raises(SlidescanError, match=r"teacher a\.pt trained on \d+ of the patches"):
+        train(toy, tmp_path / "s.pt", _cfg(seed=4, teachers=[str(teachers[0])]))
+
+
+def test_teacher_without_held_out_record_is_refused(
+    toy: PatchDataset, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    other = open_patch_dataset(write_toy_set(tmp_path_factory.mktemp("other"), 10, seed=2))
+    teacher = tmp_path / "t.pt"
+    train(toy, teacher, _cfg(), val_data=other)  # held out nothing of toy: trained on all of it
+    with pytest.raises(SlidescanError, match="records no held-out patches"):
+        train(toy, tmp_path / "s.pt", _cfg(teachers=[str(teacher)]))
+
+
+def test_distill_weight_must_be_a_share(
+    toy: PatchDataset, teachers: list[Path], tmp_path: Path
+) -> None:
+    with pytest.raises(SlidescanError, match="--distill-weight"):
+        train(toy, tmp_path / "s.pt", _cfg(teachers=[str(teachers[0])], distill_weight=0.0))
+    assert not (tmp_path / "s.pt").exists()
+
+
+def test_checkpoint_from_before_distillation_resumes() -> None:
+    saved = trainer_mod._json_config(TrainConfig())
+    del saved["teachers"], saved["distill_weight"]
+    assert trainer_mod._changed_settings(saved, trainer_mod._json_config(TrainConfig())) == []
