@@ -19,6 +19,7 @@ from slidescan.engine.weights import load_weights
 from slidescan.errors import SlidescanError, one_line, redact_path
 from slidescan.io.atomic import atomic_write
 from slidescan.io.outputs import OutputBusy, SlideOutputs
+from slidescan.scan.pacing import Pacer
 from slidescan.scan.review_page import ReviewPage
 from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult
 
@@ -174,6 +175,36 @@ def merge_summary_rows(
     return [merged[name] for name in sorted(merged)]
 
 
+class SummaryBook:
+    """A run's bookkeeping per finished slide: the failure log, then its row in summary.csv.
+
+    Rows are merged in paced (:class:`Pacer`): after every slide in batches of hundreds, every
+    few seconds in batches of many thousands, where each rewrite costs tenths of a second.
+    :meth:`flush` writes what is pending; a run calls it when it ends, however it ends.
+    """
+
+    def __init__(self, out_dir: Path, pacer: Pacer | None = None) -> None:
+        self.out_dir = out_dir
+        self.path = out_dir / "summary.csv"
+        self.pacer = pacer or Pacer()
+        self._pending: list[SlideOutcome] = []
+
+    def record(self, outcome: SlideOutcome) -> None:
+        """Log a failure's full story now; merge the row in when the pacer says so."""
+        log_failure(self.out_dir, outcome)
+        self._pending.append(outcome)
+        if self.pacer.due():
+            self.flush()
+
+    def flush(self) -> None:
+        """Merge every pending row into summary.csv."""
+        if not self._pending:
+            return
+        with self.pacer.timed():
+            write_summary(self.path, self._pending)  # only news: older rows may be another run's
+        self._pending.clear()
+
+
 @contextlib.contextmanager
 def _folder_lock(folder: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``folder`` (POSIX flock; elsewhere no lock)."""
@@ -277,26 +308,29 @@ def run_batch(
 
     ``on_result`` sees each finished scan, ``on_outcome`` each summary row (scanned or not).
 
-    Failures are recorded (status ``failed`` with the error) and the batch goes on; summary.csv
-    is rewritten after every slide so a killed batch still leaves an up-to-date summary.
+    Failures are recorded (status ``failed`` with the error) and the batch goes on. summary.csv
+    keeps up as slides finish (:class:`SummaryBook`) and is complete when the run ends, also by
+    an error or Ctrl-C.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: list[SlideOutcome] = []
-    summary = out_dir / "summary.csv"
+    book = SummaryBook(out_dir)
     duplicates = duplicate_outputs(slides, out_dir)
-    for slide in tqdm(slides, desc="slides", unit="slide", disable=len(slides) < 2):
-        if slide in duplicates:
-            outcome = failed(slide, duplicates[slide])
-        else:
-            outputs = SlideOutputs.in_folder(slide, out_dir, overlay_dir)
-            outcome = process_slide(
-                slide, outputs, scanner, overwrite=overwrite, on_result=on_result
-            )
-        outcomes.append(outcome)
-        log_failure(out_dir, outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
-        write_summary(summary, [outcome])  # only news: older rows may be another run's since
+    try:
+        for slide in tqdm(slides, desc="slides", unit="slide", disable=len(slides) < 2):
+            if slide in duplicates:
+                outcome = failed(slide, duplicates[slide])
+            else:
+                outputs = SlideOutputs.in_folder(slide, out_dir, overlay_dir)
+                outcome = process_slide(
+                    slide, outputs, scanner, overwrite=overwrite, on_result=on_result
+                )
+            outcomes.append(outcome)
+            book.record(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+    finally:
+        book.flush()
     return outcomes
 
 

@@ -28,11 +28,10 @@ from slidescan.errors import SlidescanError, one_line, redact_path
 from slidescan.io.outputs import SlideOutputs
 from slidescan.scan.batch import (
     SlideOutcome,
+    SummaryBook,
     duplicate_outputs,
     failed,
-    log_failure,
     process_slide,
-    write_summary,
 )
 from slidescan.scan.scanner import Scanner, ScanOptions
 
@@ -124,36 +123,39 @@ def run_batch_on_cluster(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: dict[Path, SlideOutcome] = {}
-    todo = []
-    duplicates = duplicate_outputs(slides, out_dir)
-    for slide in slides:
-        if slide in duplicates:
-            outcomes[slide] = failed(slide, duplicates[slide])
-            if on_outcome:
-                on_outcome(outcomes[slide])
-        else:
-            todo.append(slide)
-    write_summary(out_dir / "summary.csv", [outcomes[s] for s in slides if s in outcomes])
-    futures = {
-        client.submit(
-            scan_task, str(s.resolve()), str(out_dir.resolve()),
-            str(weights.resolve()) if weights else None, options,
-            str(overlay_dir.resolve()) if overlay_dir else None,
-            pure=False,
-        ): s
-        for s in todo
-    }  # fmt: skip
-    summary = out_dir / "summary.csv"
-    for future in tqdm(as_completed(futures), total=len(futures), desc="slides", unit="slide"):
-        slide = futures[future]
-        try:
-            outcome = future.result()
-        except Exception as exc:  # a worker died or the task could not run at all
-            outcome = failed(slide, f"task failed: {one_line(exc, path=slide)}")
-            outcome.detail = redact_path("".join(traceback.format_exception(exc)), slide)
+    book = SummaryBook(out_dir)
+
+    def record(slide: Path, outcome: SlideOutcome) -> None:
         outcomes[slide] = outcome
-        log_failure(out_dir, outcome)
+        book.record(outcome)
         if on_outcome:
             on_outcome(outcome)
-        write_summary(summary, [outcome])
+
+    todo = []
+    duplicates = duplicate_outputs(slides, out_dir)
+    try:
+        for slide in slides:
+            if slide in duplicates:
+                record(slide, failed(slide, duplicates[slide]))
+            else:
+                todo.append(slide)
+        futures = {
+            client.submit(
+                scan_task, str(s.resolve()), str(out_dir.resolve()),
+                str(weights.resolve()) if weights else None, options,
+                str(overlay_dir.resolve()) if overlay_dir else None,
+                pure=False,
+            ): s
+            for s in todo
+        }  # fmt: skip
+        for future in tqdm(as_completed(futures), total=len(futures), desc="slides", unit="slide"):
+            slide = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as exc:  # a worker died or the task could not run at all
+                outcome = failed(slide, f"task failed: {one_line(exc, path=slide)}")
+                outcome.detail = redact_path("".join(traceback.format_exception(exc)), slide)
+            record(slide, outcome)
+    finally:
+        book.flush()
     return [outcomes[s] for s in slides]

@@ -25,6 +25,7 @@ from urllib.parse import quote
 from slidescan.about import RESEARCH_USE_NOTICE, __version__
 from slidescan.io.atomic import atomic_write
 from slidescan.io.outputs import SlideOutputs, geojson_path, report_path
+from slidescan.scan.pacing import Pacer
 from slidescan.scan.slide_call import CATEGORY_NAMES, CATEGORY_RANK
 
 if TYPE_CHECKING:
@@ -486,8 +487,16 @@ class ReviewPage:
     """``OUT/index.html`` of one directory run, rewritten as slides finish. Never raises: the page
     is a view of the results, and failing to write it must not fail the batch."""
 
-    def __init__(self, out_dir: Path, slides: Iterable[Path], overlay_dir: Path | None) -> None:
-        """Every slide starts as ``pending``, in batch order."""
+    def __init__(
+        self,
+        out_dir: Path,
+        slides: Iterable[Path],
+        overlay_dir: Path | None,
+        pacer: Pacer | None = None,
+    ) -> None:
+        """Every slide starts as ``pending``, in batch order. Rewrites after :meth:`add` are
+        paced (see :class:`Pacer`); the finished page is always written."""
+        self.pacer = pacer or Pacer()
         self.out_dir = out_dir
         self.overlay_dir = overlay_dir
         self.path = out_dir / PAGE_NAME
@@ -501,7 +510,7 @@ class ReviewPage:
                     self.entries[name] = entry_for(outcome, self.out_dir, self.overlay_dir)
 
     def add(self, outcome: SlideOutcome) -> None:
-        """Record a finished slide and rewrite the page."""
+        """Record a finished slide; rewrite the page when the pacer says so."""
         try:
             self.entries[outcome.slide] = entry_for(outcome, self.out_dir, self.overlay_dir)
         except Exception as exc:  # the row from the outcome alone beats no page
@@ -509,7 +518,8 @@ class ReviewPage:
             self.entries[outcome.slide] = ReviewEntry(
                 slide=outcome.slide, status=outcome.status, error=outcome.error
             )
-        self.write()
+        if self.pacer.due():
+            self.write()
 
     def write(self, *, finished: bool = False) -> bool:
         """Write the page atomically; False (and a logged warning) when that failed.
@@ -520,12 +530,13 @@ class ReviewPage:
         try:
             if finished:
                 self._pick_up_busy_slides()
-            page = render_page(
-                list(self.entries.values()), finished=finished,
-                overlays=self.overlay_dir is not None,
-            )  # fmt: skip
-            with atomic_write(self.path) as tmp:
-                tmp.write_text(page, encoding="utf-8")
+            with self.pacer.timed():
+                page = render_page(
+                    list(self.entries.values()), finished=finished,
+                    overlays=self.overlay_dir is not None,
+                )  # fmt: skip
+                with atomic_write(self.path) as tmp:
+                    tmp.write_text(page, encoding="utf-8")
         except Exception as exc:
             logger.warning("could not write the review page %s: %s", self.path, exc)
             return False

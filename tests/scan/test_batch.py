@@ -29,10 +29,12 @@ from slidescan.scan.batch import (
     LOG_NAME,
     SUMMARY_FIELDS,
     SlideOutcome,
+    SummaryBook,
     find_slides,
     run_batch,
     write_summary,
 )
+from slidescan.scan.pacing import Pacer
 from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult
 
 GOOD = ["a_good.tif", "b_good.tif"]
@@ -345,3 +347,48 @@ def test_summary_merges_the_rows_of_runs_sharing_a_folder(tmp_path: Path) -> Non
         rows = {row["slide"]: row for row in csv.DictReader(fh)}
     assert rows["b.tif"]["status"] == "failed" and rows["a.tif"]["status"] == "done"
     assert list(rows) == ["a.tif", "b.tif"]
+
+
+class _Clock:
+    """Every reading advances it 0.25 s: each write seems to take that long."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.25
+        return self.now
+
+
+def test_summary_book_paces_rewrites_and_flushes_the_rest(tmp_path: Path) -> None:
+    clock = _Clock()
+    book = SummaryBook(tmp_path, Pacer(share=0.5, clock=clock))
+    book.record(SlideOutcome("a.tif", "done", tiles=1))  # the first row: written at once
+    assert list(read_summary(tmp_path)) == ["a.tif"]
+    book.record(SlideOutcome("b.tif", "failed", error="boom", detail="Traceback: boom"))
+    assert list(read_summary(tmp_path)) == ["a.tif"], "rewritten before it was due"
+    assert "Traceback: boom" in (tmp_path / LOG_NAME).read_text(), "the log must not wait"
+    clock.now += 1.0  # waited 2× the last write's cost: due again at share 0.5
+    book.record(SlideOutcome("c.tif", "done", tiles=3))
+    assert list(read_summary(tmp_path)) == ["a.tif", "b.tif", "c.tif"]
+    book.flush()  # nothing pending: no rewrite needed, no harm done
+    assert read_summary(tmp_path)["b.tif"]["error"] == "boom"
+
+
+def test_interrupted_batch_still_writes_every_finished_row(
+    good_dir: Path, weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Pacer, "due", lambda self: False)  # nothing written along the way
+    scanner = CountingScanner(weights)
+    real_write = scanner.write
+
+    def write_then_interrupt(slide: Path, outputs: SlideOutputs) -> ScanResult:
+        if scanner.scanned:
+            raise KeyboardInterrupt
+        return real_write(slide, outputs)
+
+    monkeypatch.setattr(scanner, "write", write_then_interrupt)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(find_slides(good_dir), out, scanner)
+    assert {name: row["status"] for name, row in read_summary(out).items()} == {GOOD[0]: "done"}

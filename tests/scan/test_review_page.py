@@ -23,6 +23,7 @@ from slide_fixtures import square_image, write_pyramid, write_random_bytes
 
 from slidescan.about import RESEARCH_USE_NOTICE
 from slidescan.scan.batch import SlideOutcome, scan_directory
+from slidescan.scan.pacing import Pacer
 from slidescan.scan.review_page import (
     PAGE_NAME,
     ReviewEntry,
@@ -102,9 +103,12 @@ def batch(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> dict[str, 
         snapshots.append((out / PAGE_NAME).read_text(encoding="utf-8"))
 
     options = ScanOptions(workers=0, device="cpu", progress=False)
-    outcomes = scan_directory(
-        slides, out, weights=weights, options=options, overlay_dir=overlays, on_outcome=snapshot
-    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Pacer, "due", lambda self: True)  # a rewrite after every slide, however quick
+        outcomes = scan_directory(
+            slides, out, weights=weights, options=options, overlay_dir=overlays,
+            on_outcome=snapshot,
+        )  # fmt: skip
     return {"out": out, "outcomes": outcomes, "snapshots": snapshots}
 
 
@@ -188,6 +192,33 @@ def test_page_updates_after_every_slide_then_stops_reloading(batch: dict[str, An
     final = _page(batch)
     assert 'http-equiv="refresh"' not in final and '"finished": true' in final
     assert "finished" in final and ">pending<" not in final
+
+
+def test_rewrites_are_paced_but_the_finished_page_always_written(tmp_path: Path) -> None:
+    now = [0.0]
+
+    def clock() -> float:  # every reading advances it: each write seems to take 0.25 s
+        now[0] += 0.25
+        return now[0]
+
+    page = ReviewPage(
+        tmp_path, [Path("a.svs"), Path("b.svs"), Path("c.svs")], None,
+        pacer=Pacer(share=0.5, clock=clock),
+    )  # fmt: skip
+    page.add(SlideOutcome(slide="a.svs", status="failed", error="boom"))
+    assert "1 of 3 slides done" in _text(page.path)
+    page.add(SlideOutcome(slide="b.svs", status="failed", error="boom"))
+    assert "1 of 3 slides done" in _text(page.path), "rewritten before it was due"
+    now[0] += 1.0
+    page.add(SlideOutcome(slide="c.svs", status="failed", error="boom"))
+    assert "3 of 3 slides done" in _text(page.path)
+    page.add(SlideOutcome(slide="c.svs", status="failed", error="bang"))
+    assert page.write(finished=True)
+    assert '"finished": true' in _text(page.path) and "bang" in _text(page.path)
+
+
+def _text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
 
 
 def test_geojson_linked_only_when_it_exists(tmp_path: Path) -> None:
