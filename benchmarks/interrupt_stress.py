@@ -28,6 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from scan_helpers import SLIDE_MPP, write_untrained_weights  # noqa: E402
 from slide_fixtures import tissue_image, write_pyramid  # noqa: E402
 
+from slidescan.io.outputs import is_complete  # noqa: E402
+
+RESULT_FILES = ["slide.geojson", "slide.json", "slide.png", "slide.zarr"]
+
 
 def interrupt_once(slide: Path, weights: Path, out: Path, after: float) -> tuple[str, str]:
     """Start a scan, SIGINT its process group after ``after`` s; (ending, stderr)."""
@@ -43,15 +47,21 @@ def interrupt_once(slide: Path, weights: Path, out: Path, after: float) -> tuple
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=300)
-    left = [p.name for p in out.iterdir()] if out.is_dir() else []
+    left = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    complete = left == RESULT_FILES and is_complete(out / "slide.zarr")
     if "Traceback" in stderr:
         return "BAD: traceback", stderr
     if any(name.startswith(".") for name in left):
         return "BAD: partial or lock left", stderr
     if proc.returncode == 130:
-        return "interrupted (130)", stderr
+        # Interrupted before the commit: nothing; after it: the complete result.
+        if left and not complete:
+            return "BAD: incomplete result after 130", stderr
+        return "interrupted (130), " + ("result complete" if left else "nothing left"), stderr
     if proc.returncode == 0:
-        return "finished first (0)", stderr
+        if not complete:
+            return "BAD: exit 0 without a complete result", stderr
+        return "finished first (0), result complete", stderr
     return f"BAD: exit {proc.returncode}", stderr
 
 

@@ -268,13 +268,16 @@ def train(
         list[Path] | None,
         typer.Option(
             help="Distil from this trained weights file (repeat for an ensemble): each target "
-            "becomes a mix of the label and the teachers' mean probability. Teachers must have "
-            "held out the same patches (same DATA, --val-fraction and --seed).",
+            "becomes a mix of the label and the teachers' probability (sigmoid of their mean "
+            "logit). Teachers must have held out the same patches (same DATA, --val-fraction "
+            "and --seed); not with --val.",
         ),
     ] = None,
     distill_weight: Annotated[
         float,
-        typer.Option(min=0.0, max=1.0, help="The teachers' share of each target with --teacher."),
+        typer.Option(
+            min=0.0, max=0.5, help="The teachers' share of each target with --teacher (≤ 0.5)."
+        ),
     ] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and augmentation.")] = 0,
     resume: Annotated[
@@ -293,13 +296,15 @@ def train(
     from slidescan.train.trainer import TrainConfig
     from slidescan.train.trainer import train as run_training
 
+    if distill_weight != 0.5 and not teacher:
+        raise SlidescanError("--distill-weight needs --teacher")
     train_data = open_patch_datasets(data, split=split, resize=resize)
     val_data = open_patch_datasets(val, split="valid", resize=resize) if val else None
     cfg = TrainConfig(
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         schedule=schedule.value, val_fraction=val_fraction, augment=augment.value, ema=ema,
-        teachers=[str(t) for t in teacher or []], distill_weight=distill_weight, seed=seed,
-        workers=workers, device=device, int8=int8,
+        teachers=[str(t.resolve()) for t in teacher or []], distill_weight=distill_weight,
+        seed=seed, workers=workers, device=device, int8=int8,
     )  # fmt: skip
     description = train_data.description
     if val_data is not None:

@@ -10,6 +10,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,7 +33,7 @@ _log = logging.getLogger(__name__)
 LOG_NAME = "slidescan.log"  # beside summary.csv: the traceback of every failed slide
 SUMMARY_FIELDS = [
     "slide", "status", "positive", "category", "largest_lesion_mm", "lesions", "reliable",
-    "flags", "tiles", "seconds", "heatmap", "error",
+    "flags", "tiles", "seconds", "heatmap", "error", "finished",
 ]  # fmt: skip
 
 
@@ -55,6 +56,7 @@ class SlideOutcome:
     heatmap: str = ""
     error: str = ""
     detail: str = ""  # the failure's full traceback: for LOG_NAME, never for summary.csv
+    finished: str = ""  # when this run recorded it (UTC, ISO 8601): the newer row wins a merge
 
     def row(self) -> dict[str, object]:
         """The CSV row (empty cells for unknowns)."""
@@ -73,6 +75,7 @@ class SlideOutcome:
             "seconds": "" if self.seconds is None else f"{self.seconds:.2f}",
             "heatmap": self.heatmap,
             "error": self.error,
+            "finished": self.finished,
         }
         return values
 
@@ -165,12 +168,16 @@ def merge_summary_rows(
     existing: list[dict[str, object]], new: list[dict[str, object]]
 ) -> list[dict[str, object]]:
     """``existing`` rows updated by ``new`` ones, slide by slide, sorted by slide name as
-    :func:`find_slides` lists them; a new "busy" row leaves another run's row in place."""
+    :func:`find_slides` lists them. A new row leaves another run's row in place when it is only
+    "busy" or was recorded earlier (rows are written a little after they happen)."""
     merged = {str(row["slide"]): row for row in existing}
     for row in new:
         old = merged.get(str(row["slide"]))
-        if row["status"] == "busy" and old is not None and old["status"] != "busy":
-            continue
+        if old is not None:
+            if row["status"] == "busy" and old["status"] != "busy":
+                continue
+            if str(old.get("finished") or "") > str(row.get("finished") or ""):
+                continue
         merged[str(row["slide"])] = row
     return [merged[name] for name in sorted(merged)]
 
@@ -179,8 +186,10 @@ class SummaryBook:
     """A run's bookkeeping per finished slide: the failure log, then its row in summary.csv.
 
     Rows are merged in paced (:class:`Pacer`): after every slide in batches of hundreds, every
-    few seconds in batches of many thousands, where each rewrite costs tenths of a second.
-    :meth:`flush` writes what is pending; a run calls it when it ends, however it ends.
+    few seconds in batches of many thousands, where each rewrite costs tenths of a second. Use it
+    as a context manager: whatever is pending is written when the run ends, also by an error or
+    Ctrl-C (then a failure to write is only logged, so the original error is what is reported).
+    Only a run killed outright (SIGKILL) can miss its last rows; a rerun restores them.
     """
 
     def __init__(self, out_dir: Path, pacer: Pacer | None = None) -> None:
@@ -189,10 +198,23 @@ class SummaryBook:
         self.pacer = pacer or Pacer()
         self._pending: list[SlideOutcome] = []
 
+    def __enter__(self) -> SummaryBook:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.flush()
+            return
+        try:
+            self.flush()
+        except Exception as err:
+            _log.warning("%s: could not write the last rows: %s", self.path, err)
+
     def record(self, outcome: SlideOutcome) -> None:
-        """Log a failure's full story now; merge the row in when the pacer says so."""
-        log_failure(self.out_dir, outcome)
+        """Stamp the row, log a failure's full story now, merge the row in when due."""
+        outcome.finished = outcome.finished or datetime.now(UTC).isoformat(timespec="seconds")
         self._pending.append(outcome)
+        log_failure(self.out_dir, outcome)
         if self.pacer.due():
             self.flush()
 
@@ -314,9 +336,8 @@ def run_batch(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: list[SlideOutcome] = []
-    book = SummaryBook(out_dir)
     duplicates = duplicate_outputs(slides, out_dir)
-    try:
+    with SummaryBook(out_dir) as book:
         for slide in tqdm(slides, desc="slides", unit="slide", disable=len(slides) < 2):
             if slide in duplicates:
                 outcome = failed(slide, duplicates[slide])
@@ -329,8 +350,6 @@ def run_batch(
             book.record(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)
-    finally:
-        book.flush()
     return outcomes
 
 

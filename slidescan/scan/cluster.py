@@ -123,17 +123,16 @@ def run_batch_on_cluster(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: dict[Path, SlideOutcome] = {}
-    book = SummaryBook(out_dir)
-
-    def record(slide: Path, outcome: SlideOutcome) -> None:
-        outcomes[slide] = outcome
-        book.record(outcome)
-        if on_outcome:
-            on_outcome(outcome)
-
     todo = []
     duplicates = duplicate_outputs(slides, out_dir)
-    try:
+    with SummaryBook(out_dir) as book:
+
+        def record(slide: Path, outcome: SlideOutcome) -> None:
+            outcomes[slide] = outcome
+            book.record(outcome)
+            if on_outcome:
+                on_outcome(outcome)
+
         for slide in slides:
             if slide in duplicates:
                 record(slide, failed(slide, duplicates[slide]))
@@ -156,6 +155,4 @@ def run_batch_on_cluster(
                 outcome = failed(slide, f"task failed: {one_line(exc, path=slide)}")
                 outcome.detail = redact_path("".join(traceback.format_exception(exc)), slide)
             record(slide, outcome)
-    finally:
-        book.flush()
     return [outcomes[s] for s in slides]

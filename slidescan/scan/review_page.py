@@ -495,7 +495,7 @@ class ReviewPage:
         pacer: Pacer | None = None,
     ) -> None:
         """Every slide starts as ``pending``, in batch order. Rewrites after :meth:`add` are
-        paced (see :class:`Pacer`); the finished page is always written."""
+        paced (see :class:`Pacer`); ``write(finished=True)`` always writes."""
         self.pacer = pacer or Pacer()
         self.out_dir = out_dir
         self.overlay_dir = overlay_dir

@@ -37,30 +37,53 @@ class SoftTargets(Dataset):
         return image, torch.tensor(target, dtype=torch.float32)
 
 
+def check_distill_settings(weight: float, *, separate_validation: bool) -> None:
+    """Refuse distillation settings that are wrong before any work is done.
+
+    The teachers' share is at most the label's, so every target stays on its label's side of
+    0.5. Teachers are only checked against a held-out part of the training data: with a
+    separate validation set nothing tells whether a teacher trained on it.
+    """
+    if not 0.0 < weight <= 0.5:
+        raise SlidescanError(f"--distill-weight must be in (0, 0.5], got {weight}")
+    if separate_validation:
+        raise SlidescanError(
+            "--teacher works with a held-out part of DATA (--val-fraction), not with --val: "
+            "only then can slidescan check that no teacher trained on the held-out patches"
+        )
+
+
 def teacher_probabilities(
     teachers: Sequence[Path],
     data: Dataset,
     *,
-    holdout_ids: Sequence[str] | None,
+    holdout_ids: Sequence[str],
     device: str = "auto",
     workers: int = 2,
+    progress: bool = True,
 ) -> np.ndarray:
-    """The teachers' ensemble probability (mean logit) for every item of ``data``, unaugmented.
+    """The teachers' ensemble probability (sigmoid of their mean logit) for every item of
+    ``data``, unaugmented.
 
     ``holdout_ids``: the patches this run holds out to choose its epoch and thresholds. A teacher
-    that trained on any of them would leak them into the student, so it is refused.
+    that did not hold out every one of them may have trained on them, which would leak them
+    into the student, so it is refused (as is a run whose patches have no ids to check).
     """
     if not teachers:
         raise SlidescanError("distillation needs at least one --teacher weights file")
+    if not holdout_ids:
+        raise SlidescanError(
+            "--teacher: the training patches have no ids, so no teacher can be checked for "
+            "having trained on the held-out ones"
+        )
     logits = np.zeros(len(data), dtype=np.float64)  # type: ignore[arg-type]
     for path in teachers:
         loaded = load_weights(path)
-        if holdout_ids is not None:
-            _check_no_leak(path, loaded.card.training, holdout_ids)
+        _check_no_leak(path, loaded.card.training, holdout_ids)
         predictor = make_predictor(loaded, device, "torch")
         probs = predict_dataset(
             predictor.model, data, predictor.normalizer, workers=workers,
-            desc=f"teacher {path.name}",
+            desc=f"teacher {path.name}", progress=progress,
         )  # fmt: skip
         p = np.clip(probs.astype(np.float64), 1e-6, 1 - 1e-6)
         logits += np.log(p / (1 - p))
@@ -69,15 +92,15 @@ def teacher_probabilities(
 
 def _check_no_leak(path: Path, training: dict, holdout_ids: Sequence[str]) -> None:
     theirs = training.get("holdout_ids")
+    same_split = "use teachers trained on the same DATA with the same --val-fraction and --seed"
     if not theirs:
         raise SlidescanError(
             f"teacher {path.name} records no held-out patches, so it may have trained on the "
-            "ones this run holds out; use teachers trained on the same data with the same "
-            "--val-fraction and --seed"
+            f"ones this run holds out; {same_split}"
         )
     missing = set(holdout_ids) - set(theirs)
     if missing:
         raise SlidescanError(
-            f"teacher {path.name} trained on {len(missing)} of the patches this run holds out; "
-            "use teachers trained on the same data with the same --val-fraction and --seed"
+            f"teacher {path.name} did not hold out {len(missing)} of the patches this run holds "
+            f"out, so it may have trained on them; {same_split}"
         )

@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 from slidescan.engine.augment import augment_batch
 from slidescan.engine.device import autocast, pin_memory
 from slidescan.engine.inference import Normalizer, predict_dataset, prepare_model
-from slidescan.engine.weights import ModelCard, save_weights
+from slidescan.engine.weights import ModelCard, file_sha256, save_weights
 from slidescan.errors import SlidescanError, one_line
 from slidescan.io.atomic import atomic_write
 from slidescan.models import DEFAULT_MODEL, count_parameters, create_model
-from slidescan.train.distill import SoftTargets, teacher_probabilities
+from slidescan.train.distill import SoftTargets, check_distill_settings, teacher_probabilities
 from slidescan.train.distributed import (
     DistContext,
     barrier,
@@ -60,7 +60,7 @@ class TrainConfig:
     augment: str = "strong"  # none, basic or strong (see slidescan.engine.augment)
     ema: float = 0.0  # per-step decay of an exponential moving average of the weights; 0 = off
     teachers: list[str] = field(default_factory=list)  # weights files to distil from; [] = off
-    distill_weight: float = 0.5  # share of the teachers' probability in each training target
+    distill_weight: float = 0.5  # the teachers' share of each target, at most the label's
     seed: int = 0
     workers: int = 2
     device: str = "auto"
@@ -186,6 +186,8 @@ def _train(
         raise SlidescanError(
             f"--batch-size {cfg.batch_size} must divide evenly over {ctx.world_size} processes"
         )
+    if cfg.teachers:
+        check_distill_settings(cfg.distill_weight, separate_validation=val_data is not None)
     holdout_ids: list[str] = []
     if val_data is None:
         n_items = len(train_data)  # type: ignore[arg-type]
@@ -204,15 +206,6 @@ def _train(
     for name, labels in (("training", train_labels), ("validation", val_labels)):
         if len(np.unique(labels)) < 2 or labels.min() < 0:
             raise SlidescanError(f"the {name} data needs labelled examples of both classes")
-    fit_data = train_data
-    if cfg.teachers:
-        if not 0.0 < cfg.distill_weight <= 1.0:
-            raise SlidescanError(f"--distill-weight must be in (0, 1], got {cfg.distill_weight}")
-        teacher_probs = teacher_probabilities(
-            [Path(t) for t in cfg.teachers], train_data, device=str(device), workers=cfg.workers,
-            holdout_ids=holdout_ids if holdout_ids else None,
-        )  # fmt: skip
-        fit_data = SoftTargets(train_data, teacher_probs, cfg.distill_weight)
 
     mean, std = channel_stats(train_data, seed=cfg.seed)
     card = ModelCard(model=cfg.model, config=dict(cfg.model_config), mean=mean, std=std)  # type: ignore[arg-type]
@@ -255,6 +248,18 @@ def _train(
             ema.load_state_dict(ckpt["ema"])
         first_epoch, best_auc, best_epoch = ckpt["epoch"] + 1, ckpt["best_auc"], ckpt["best_epoch"]
         history, best_metrics = ckpt["history"], ckpt["best_metrics"]
+
+    fit_data = train_data
+    if cfg.teachers:
+        # Each process scores its share of the patches; all of them train on all the targets.
+        shard = shard_indices(len(train_data), ctx)  # type: ignore[arg-type]
+        local = teacher_probabilities(
+            [Path(t) for t in cfg.teachers], Subset(train_data, shard.tolist()),
+            holdout_ids=holdout_ids, device=str(device), workers=cfg.workers,
+            progress=ctx.is_main,
+        )  # fmt: skip
+        teacher_probs = gather_shards(local, len(train_data), ctx)  # type: ignore[arg-type]
+        fit_data = SoftTargets(train_data, teacher_probs, cfg.distill_weight)
 
     n_params = count_parameters(model)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -319,7 +324,8 @@ def _train(
             n = len(labels)
             seen += n
             loss_sum += float(loss.detach()) * n
-            correct += int(((logits.detach() > 0) == (y >= 0.5)).sum())  # y is soft when distilling
+            # Distilled targets stay on their label's side of 0.5 (weight ≤ 0.5): same count.
+            correct += int(((logits.detach() > 0) == (y >= 0.5)).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
 
         seen_f, loss_sum, correct_f = sum_across([seen, loss_sum, correct], ctx)
@@ -402,6 +408,10 @@ def _json_config(cfg: TrainConfig) -> dict[str, Any]:
     raw.pop("workers")  # how many loader processes ran changes nothing about the result
     raw.pop("device")
     raw.pop("int8")  # added after training, never changes the float32 weights
+    if cfg.teachers:  # a teacher retrained in place changes the targets: --resume must notice
+        raw["teacher_sha256"] = [file_sha256(Path(t)) for t in cfg.teachers]
+    else:
+        raw.pop("distill_weight")
     return raw
 
 

@@ -392,3 +392,32 @@ def test_interrupted_batch_still_writes_every_finished_row(
     with pytest.raises(KeyboardInterrupt):
         run_batch(find_slides(good_dir), out, scanner)
     assert {name: row["status"] for name, row in read_summary(out).items()} == {GOOD[0]: "done"}
+
+
+def test_a_row_recorded_earlier_never_replaces_a_newer_one(tmp_path: Path) -> None:
+    path = tmp_path / "summary.csv"
+    # Run B scanned the slide at 10:05 and wrote at once; run A's failure at 10:00 came late.
+    write_summary(path, [SlideOutcome("a.tif", "done", finished="2026-12-03T10:05:00+00:00")])
+    write_summary(path, [SlideOutcome("a.tif", "failed", finished="2026-12-03T10:00:00+00:00")])
+    assert read_summary(tmp_path)["a.tif"]["status"] == "done"
+    write_summary(path, [SlideOutcome("a.tif", "redone", finished="2026-12-03T10:09:00+00:00")])
+    assert read_summary(tmp_path)["a.tif"]["status"] == "redone"
+
+
+def test_book_stamps_rows_and_keeps_the_original_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SummaryBook(tmp_path) as book:
+        book.record(SlideOutcome("a.tif", "done"))
+    assert read_summary(tmp_path)["a.tif"]["finished"].endswith("+00:00")
+
+    def disk_full(path: Path, outcomes: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("slidescan.scan.batch.write_summary", disk_full)
+    monkeypatch.setattr(Pacer, "due", lambda self: False)
+    with pytest.raises(KeyboardInterrupt), SummaryBook(tmp_path) as book:  # Ctrl-C stays Ctrl-C
+        book.record(SlideOutcome("b.tif", "done"))
+        raise KeyboardInterrupt
+    with pytest.raises(OSError, match="No space"), SummaryBook(tmp_path) as book:
+        book.record(SlideOutcome("b.tif", "done"))  # no other error: the write's own is raised

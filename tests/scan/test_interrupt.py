@@ -31,8 +31,8 @@ def test_ctrl_c_leaves_nothing_partial(
 ) -> None:
     out = tmp_path / "out" / "big.zarr"
     cmd = [
-        sys.executable, "-X", "faulthandler", "-m", "slidescan", "run", str(slide), "--out", str(out),
-        "--weights", str(weights), "--device", "cpu", "--workers", "2",
+        sys.executable, "-X", "faulthandler", "-m", "slidescan", "run", str(slide),
+        "--out", str(out), "--weights", str(weights), "--device", "cpu", "--workers", "2",
         "--overlay", str(tmp_path / "out" / "big.png"),
     ]  # fmt: skip
     # A terminal's Ctrl-C reaches the whole foreground process group: DataLoader workers too.

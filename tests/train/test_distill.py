@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from patch_fixtures import write_toy_set
 
 import slidescan.train.trainer as trainer_mod
 from slidescan.engine.inference import make_predictor, predict_dataset
-from slidescan.engine.weights import load_weights
+from slidescan.engine.weights import file_sha256, load_weights
 from slidescan.errors import SlidescanError
 from slidescan.io.patches import PatchDataset, open_patch_dataset
 from slidescan.train.distill import SoftTargets, teacher_probabilities
@@ -63,7 +64,8 @@ def test_teacher_probability_is_the_mean_logit(toy: PatchDataset, teachers: list
         singles.append(predict_dataset(predictor.model, toy, predictor.normalizer, workers=0))
     p = np.clip(np.stack(singles).astype(np.float64), 1e-6, 1 - 1e-6)
     expected = 1 / (1 + np.exp(-np.log(p / (1 - p)).mean(axis=0)))
-    got = teacher_probabilities(teachers, toy, holdout_ids=None, device="cpu", workers=0)
+    held = load_weights(teachers[0]).card.training["holdout_ids"]
+    got = teacher_probabilities(teachers, toy, holdout_ids=held, device="cpu", workers=0)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert not np.allclose(singles[0], singles[1], atol=1e-3), "teachers should differ"
 
@@ -83,13 +85,16 @@ def test_student_trains_on_the_soft_targets(
     train(toy, out, _cfg(teachers=[str(t) for t in teachers], distill_weight=0.5))
     targets = torch.cat(seen)
     assert ((targets > 0.01) & (targets < 0.99)).float().mean() > 0.9, "targets are not soft"
-    assert load_weights(out).card.training["config"]["teachers"] == [str(t) for t in teachers]
+    config = load_weights(out).card.training["config"]
+    assert config["teachers"] == [str(t) for t in teachers]
+    assert config["teacher_sha256"] == [file_sha256(t) for t in teachers]
+    assert config["distill_weight"] == 0.5
 
 
 def test_teacher_that_trained_on_held_out_patches_is_refused(
     toy: PatchDataset, teachers: list[Path], tmp_path: Path
 ) -> None:
-    with pytest.raises(SlidescanError, match=r"teacher a\.pt trained on \d+ of the patches"):
+    with pytest.raises(SlidescanError, match=r"teacher a\.pt did not hold out \d+ of the patches"):
         train(toy, tmp_path / "s.pt", _cfg(seed=4, teachers=[str(teachers[0])]))
 
 
@@ -103,15 +108,68 @@ def test_teacher_without_held_out_record_is_refused(
         train(toy, tmp_path / "s.pt", _cfg(teachers=[str(teacher)]))
 
 
-def test_distill_weight_must_be_a_share(
+def test_teachers_need_a_held_out_split_not_a_separate_validation_set(
     toy: PatchDataset, teachers: list[Path], tmp_path: Path
 ) -> None:
+    with pytest.raises(SlidescanError, match="not with --val"):
+        train(toy, tmp_path / "s.pt", _cfg(teachers=[str(teachers[0])]), val_data=toy)
+    with pytest.raises(SlidescanError, match="no ids"):
+        teacher_probabilities(teachers, toy, holdout_ids=[], device="cpu", workers=0)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.6, 1.0])
+def test_distill_weight_is_at_most_the_labels_share(
+    toy: PatchDataset, teachers: list[Path], tmp_path: Path, weight: float
+) -> None:
     with pytest.raises(SlidescanError, match="--distill-weight"):
-        train(toy, tmp_path / "s.pt", _cfg(teachers=[str(teachers[0])], distill_weight=0.0))
+        train(toy, tmp_path / "s.pt", _cfg(teachers=[str(teachers[0])], distill_weight=weight))
     assert not (tmp_path / "s.pt").exists()
+
+
+def test_train_accuracy_counts_against_the_labels(toy: PatchDataset, teachers: list[Path]) -> None:
+    # The most a teacher can pull a target is 0.5 of the way, from a clipped probability.
+    probs = np.where(np.asarray(toy.labels) == 1, 1e-6, 1 - 1e-6)  # teachers wrong everywhere
+    soft = SoftTargets(toy, probs, 0.5)
+    for i in range(len(toy)):
+        assert (float(soft[i][1]) >= 0.5) == bool(toy.labels[i])
+
+
+def test_resume_notices_a_teacher_retrained_in_place(
+    toy: PatchDataset, teachers: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    teacher = tmp_path / "t.pt"
+    shutil.copy(teachers[0], teacher)
+    out = tmp_path / "s.pt"
+    cfg = _cfg(epochs=2, teachers=[str(teacher)])
+    real_save = trainer_mod._save_checkpoint
+
+    def save_then_stop(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_mod, "_save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(toy, out, cfg)
+    monkeypatch.undo()
+    shutil.copy(teachers[1], teacher)  # "retrained" under the same name
+    with pytest.raises(SlidescanError, match=r"other settings \(teacher_sha256\)"):
+        train(toy, out, cfg, resume=True)
+    shutil.copy(teachers[0], teacher)
+    result = train(toy, out, cfg, resume=True)  # the same teacher: resumes and finishes
+    assert [row["epoch"] for row in result.history] == [1, 2]
 
 
 def test_checkpoint_from_before_distillation_resumes() -> None:
     saved = trainer_mod._json_config(TrainConfig())
-    del saved["teachers"], saved["distill_weight"]
+    assert "teachers" in saved and "distill_weight" not in saved  # recorded only when distilling
+    saved.pop("teachers")  # as written before --teacher existed
     assert trainer_mod._changed_settings(saved, trainer_mod._json_config(TrainConfig())) == []
+
+
+def test_cli_refuses_a_distill_weight_without_teachers(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from slidescan.cli import app
+
+    result = CliRunner().invoke(app, ["train", str(tmp_path), "--distill-weight", "0.3"])
+    assert result.exit_code == 1 and "--distill-weight needs --teacher" in result.output
