@@ -12,20 +12,16 @@ moments (tests/scan/test_interrupt.py); this draws as many as you like.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from scan_helpers import SLIDE_MPP, write_untrained_weights  # noqa: E402
+from scan_helpers import SLIDE_MPP, ctrl_c_scan, write_untrained_weights  # noqa: E402
 from slide_fixtures import tissue_image, write_pyramid  # noqa: E402
 
 from slidescan.io.outputs import is_complete  # noqa: E402
@@ -35,34 +31,23 @@ RESULT_FILES = ["slide.geojson", "slide.json", "slide.png", "slide.zarr"]
 
 def interrupt_once(slide: Path, weights: Path, out: Path, after: float) -> tuple[str, str]:
     """Start a scan, SIGINT its process group after ``after`` s; (ending, stderr)."""
-    cmd = [
-        sys.executable, "-X", "faulthandler", "-m", "slidescan", "run", str(slide),
-        "--out", str(out / "slide.zarr"), "--weights", str(weights), "--device", "cpu",
-        "--workers", "2", "--overlay", str(out / "slide.png"),
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    time.sleep(after)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=300)
+    returncode, stderr = ctrl_c_scan(slide, weights, out / "slide.zarr", after, timeout=300)
     left = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     complete = left == RESULT_FILES and is_complete(out / "slide.zarr")
     if "Traceback" in stderr:
         return "BAD: traceback", stderr
     if any(name.startswith(".") for name in left):
         return "BAD: partial or lock left", stderr
-    if proc.returncode == 130:
+    if returncode == 130:
         # Interrupted before the commit: nothing; after it: the complete result.
         if left and not complete:
             return "BAD: incomplete result after 130", stderr
         return "interrupted (130), " + ("result complete" if left else "nothing left"), stderr
-    if proc.returncode == 0:
+    if returncode == 0:
         if not complete:
             return "BAD: exit 0 without a complete result", stderr
         return "finished first (0), result complete", stderr
-    return f"BAD: exit {proc.returncode}", stderr
+    return f"BAD: exit {returncode}", stderr
 
 
 def main() -> int:

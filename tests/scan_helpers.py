@@ -1,8 +1,14 @@
 """Helpers (not tests) shared by the scan, batch, cluster and CLI tests: the slide/model scale,
-untrained weights at the model's resolution, and a plain-terminal CLI runner."""
+untrained weights at the model's resolution, a plain-terminal CLI runner, and a real scan
+process interrupted the way a terminal's Ctrl-C does."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -29,3 +35,25 @@ def write_untrained_weights(path: Path, mpp: float = MODEL_MPP, seed: int = 0) -
 def invoke(*args: str | Path) -> Result:
     """``slidescan ARGS`` in-process with a wide, colourless terminal."""
     return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
+
+
+def ctrl_c_scan(
+    slide: Path, weights: Path, out: Path, after: float, timeout: float = 120
+) -> tuple[int, str]:
+    """Run ``slidescan run SLIDE --out OUT`` (2 loader workers, overlay ``OUT.png``) in its own
+    process group under faulthandler, SIGINT the whole group after ``after`` s unless it has
+    finished, and return (exit status, stderr)."""
+    cmd = [
+        sys.executable, "-X", "faulthandler", "-m", "slidescan", "run", str(slide),
+        "--out", str(out), "--weights", str(weights), "--device", "cpu", "--workers", "2",
+        "--overlay", str(out.with_suffix(".png")),
+    ]  # fmt: skip
+    # A terminal's Ctrl-C reaches the whole foreground process group: DataLoader workers too.
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    time.sleep(after)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=timeout)
+    return proc.returncode, stderr

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from patch_fixtures import write_toy_set
+from train_helpers import Interrupted, stop_after_checkpoint
 
 import slidescan.train.trainer as trainer_mod
 from slidescan.engine.inference import make_predictor, predict_dataset
@@ -141,14 +142,8 @@ def test_resume_notices_a_teacher_retrained_in_place(
     shutil.copy(teachers[0], teacher)
     out = tmp_path / "s.pt"
     cfg = _cfg(epochs=2, teachers=[str(teacher)])
-    real_save = trainer_mod._save_checkpoint
-
-    def save_then_stop(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_mod, "_save_checkpoint", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
+    stop_after_checkpoint(monkeypatch)
+    with pytest.raises(Interrupted):
         train(toy, out, cfg)
     monkeypatch.undo()
     shutil.copy(teachers[1], teacher)  # "retrained" under the same name

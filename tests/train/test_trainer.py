@@ -10,6 +10,7 @@ import pytest
 import torch
 from patch_fixtures import write_toy_set
 from sklearn.metrics import roc_auc_score
+from train_helpers import Interrupted, stop_after_checkpoint
 
 import slidescan.train.trainer as trainer_mod
 from slidescan.engine.inference import make_predictor, predict_probs
@@ -163,10 +164,6 @@ def test_same_seed_same_weights(small_toy: PatchDataset, tmp_path: Path) -> None
     assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
 
 
-class _Interrupted(Exception):
-    pass
-
-
 @pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_resume_continues_and_matches_uninterrupted(
     small_toy: PatchDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema: float
@@ -183,7 +180,7 @@ def test_resume_continues_and_matches_uninterrupted(
         finals[str(path)] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         real_save(*args, **kwargs)
         if interrupt_after is not None and epoch + 1 == interrupt_after:
-            raise _Interrupted
+            raise Interrupted
 
     monkeypatch.setattr(trainer_mod, "_save_checkpoint", recording_save)
 
@@ -194,7 +191,7 @@ def test_resume_continues_and_matches_uninterrupted(
     out = tmp_path / "resumed.pt"
     interrupt_after = 1
     epochs_run.clear()
-    with pytest.raises(_Interrupted):
+    with pytest.raises(Interrupted):
         train(small_toy, out, cfg)
     assert epochs_run == [1]
     assert resume_path(out).is_file(), "the interrupted run must leave its checkpoint"
@@ -243,14 +240,8 @@ def test_resume_with_other_settings(
     small_toy: PatchDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "x.pt"
-    real_save = trainer_mod._save_checkpoint
-
-    def save_then_stop(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        real_save(*args, **kwargs)
-        raise _Interrupted
-
-    monkeypatch.setattr(trainer_mod, "_save_checkpoint", save_then_stop)
-    with pytest.raises(_Interrupted):
+    stop_after_checkpoint(monkeypatch)
+    with pytest.raises(Interrupted):
         train(small_toy, out, _cfg(epochs=2, model_config=SMALL))
     monkeypatch.undo()
     with pytest.raises(SlidescanError, match=r"other settings \(lr\)"):
