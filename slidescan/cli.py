@@ -17,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -171,7 +171,7 @@ WeightsOpt = Annotated[
 ]
 
 
-class Backend(str, Enum):
+class Backend(StrEnum):
     """Inference engines (``slidescan.engine.inference.BACKENDS``)."""
 
     auto = "auto"
@@ -180,14 +180,14 @@ class Backend(str, Enum):
     onnx_int8 = "onnx-int8"
 
 
-class Reader(str, Enum):
+class Reader(StrEnum):
     """Slide decoders (``slidescan.io.slide.READERS``)."""
 
     auto = "auto"
     openslide = "openslide"
 
 
-class Augment(str, Enum):
+class Augment(StrEnum):
     """Training augmentation levels (``slidescan.engine.augment.AUGMENT_LEVELS``)."""
 
     strong = "strong"
@@ -195,7 +195,7 @@ class Augment(str, Enum):
     none = "none"
 
 
-class Schedule(str, Enum):
+class Schedule(StrEnum):
     """Learning-rate schedules of the trainer."""
 
     cosine = "cosine"

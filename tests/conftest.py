@@ -16,11 +16,33 @@ from slidescan.errors import SlidescanError
 from slidescan.io.data_paths import ENV_VAR, shared_data_dir
 
 REQUIRE_ENV = "SLIDESCAN_REQUIRE_DATA"
+# Set by .ci/run: test the installed wheel, never the source tree.
+INSTALLED_ENV = "SLIDESCAN_TEST_INSTALLED"
+CHECKOUT = Path(__file__).resolve().parents[1]
 WEIGHTS_ENV = "SLIDESCAN_TEST_WEIGHTS"
 
 
 def _required() -> bool:
     return os.environ.get(REQUIRE_ENV, "") not in ("", "0")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    import slidescan
+
+    return f"slidescan under test: {slidescan.__file__}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under SLIDESCAN_TEST_INSTALLED=1, refuse to test the source tree instead of the wheel."""
+    import slidescan
+
+    package = Path(slidescan.__file__).resolve()
+    required = os.environ.get(INSTALLED_ENV, "") not in ("", "0")
+    if required and package.is_relative_to(CHECKOUT / "slidescan"):
+        raise pytest.UsageError(
+            f"{INSTALLED_ENV}=1 but slidescan is imported from the checkout ({package}): "
+            "run `pytest`, not `python -m pytest`, from an environment with the wheel installed"
+        )
 
 
 @pytest.fixture(scope="session")

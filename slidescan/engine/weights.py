@@ -26,9 +26,14 @@ SHIPPED_NAME = "pcamnet-v2.pt"
 
 def shipped_weights_path() -> Path:
     """The default model's weights, installed with the package (from the repo's ``weights/``)."""
-    from importlib.resources import files
+    from importlib.util import find_spec
 
-    return Path(str(files("slidescan.shipped_weights") / SHIPPED_NAME))
+    if find_spec("slidescan.shipped_weights") is not None:
+        from importlib.resources import files
+
+        return Path(str(files("slidescan.shipped_weights") / SHIPPED_NAME))
+    # An editable install maps only slidescan/ to the checkout; the weights sit beside it.
+    return Path(__file__).resolve().parents[2] / "weights" / SHIPPED_NAME
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Where the real example data lives: ``$SLIDESCAN_DATA`` or ``../shared/data`` by the checkout."""
+"""Where the real example data lives: ``$SLIDESCAN_DATA``, else ``../shared/data``."""
 
 from __future__ import annotations
 
@@ -13,4 +13,8 @@ def shared_data_dir() -> Path:
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env)
+    # Run from the checkout (tests, benchmarks): the installed package may live anywhere else.
+    beside_cwd = Path.cwd().resolve().parent / "shared" / "data"
+    if beside_cwd.is_dir():
+        return beside_cwd
     return Path(__file__).resolve().parents[3] / "shared" / "data"

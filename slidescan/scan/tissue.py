@@ -126,12 +126,7 @@ def _ink(
 
 
 def _drop_small_objects(mask: np.ndarray, min_px: int) -> np.ndarray:
-    # Own implementation: skimage renamed remove_small_objects' size argument across versions.
-    labels = measure.label(mask, connectivity=2)
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_px
-    keep[0] = False
-    return keep[labels]
+    return morphology.remove_small_objects(mask, max_size=min_px - 1, connectivity=2)
 
 
 def _fill_small_holes(mask: np.ndarray, max_px: int) -> np.ndarray:
