@@ -10,7 +10,7 @@ The Python API, for notebooks and scripts (each name is imported on first use, s
 Building blocks: ``load_weights``, ``Scanner`` and ``ScanOptions`` (one model, many slides),
 ``scan_directory`` (a folder of slides, here or on a Dask cluster), ``run_batch`` and
 ``find_slides``, ``open_slide``, ``read_heatmap`` and
-``read_report`` (outputs), ``call_slide`` (the lesion call on any probability map),
+``read_report`` (outputs; ``read_slide_report`` gives the typed ``SlideReport``), ``call_slide`` (the lesion call on any probability map),
 ``open_patch_datasets``, ``TrainConfig`` and ``train`` (training), ``evaluate`` (patch metrics).
 """
 
@@ -34,6 +34,8 @@ _API = {
     "open_slide": "slidescan.io.slide",
     "read_heatmap": "slidescan.io.heatmap",
     "read_report": "slidescan.io.outputs",
+    "SlideReport": "slidescan.scan.slide_report",
+    "read_slide_report": "slidescan.scan.slide_report",
     "open_patch_datasets": "slidescan.io.patches",
     "TrainConfig": "slidescan.train.trainer",
     "train": "slidescan.train.trainer",
@@ -45,6 +47,7 @@ __all__ = [
     "Scanner",
     "ScanOptions",
     "ScanResult",
+    "SlideReport",
     "TrainConfig",
     "__version__",
     "call_slide",
@@ -55,6 +58,7 @@ __all__ = [
     "open_slide",
     "read_heatmap",
     "read_report",
+    "read_slide_report",
     "run_batch",
     "scan_directory",
     "scan_slide",
@@ -70,6 +74,7 @@ if TYPE_CHECKING:
     from slidescan.scan.batch import find_slides, run_batch, scan_directory
     from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult, scan_slide
     from slidescan.scan.slide_call import call_slide
+    from slidescan.scan.slide_report import SlideReport, read_slide_report
     from slidescan.train.evaluation import evaluate
     from slidescan.train.trainer import TrainConfig, train
 

@@ -7,6 +7,7 @@ of skipping it, and any skipped test at all fails the session.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,37 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from scan_helpers import write_untrained_weights
 
     return write_untrained_weights(tmp_path_factory.mktemp("weights") / "w.pt")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_report_matches_the_schema(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
+    """After the session, every slide report any test wrote (in-process or by a CLI run) must
+    validate against the JSON Schema shipped in the package."""
+    yield
+    import json
+
+    import jsonschema
+
+    from slidescan.scan.slide_report import report_schema
+
+    validator = jsonschema.Draft202012Validator(report_schema())
+    checked, bad = 0, []
+    for path in tmp_path_factory.getbasetemp().rglob("*.json"):
+        if not path.with_suffix(".zarr").exists():
+            continue  # a slide report sits beside its heatmap
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not (isinstance(data, dict) and "fingerprint" in data and "call" in data):
+            continue  # not a slide report
+        checked += 1
+        errors = [e.message for e in validator.iter_errors(data)]
+        if errors:
+            bad.append(f"{path}: {errors[:3]}")
+    assert not bad, f"{len(bad)} of {checked} slide reports break the schema:\n" + "\n".join(bad)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

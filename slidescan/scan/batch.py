@@ -9,7 +9,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +23,7 @@ from slidescan.io.outputs import OutputBusy, SlideOutputs
 from slidescan.scan.pacing import Pacer
 from slidescan.scan.review_page import ReviewPage
 from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult
+from slidescan.scan.slide_report import SlideReport
 
 # What OpenSlide reads, plus plain images for the fallback reader.
 SLIDE_SUFFIXES = frozenset(
@@ -95,15 +96,22 @@ def find_slides(folder: Path) -> list[Path]:
     )
 
 
+def outcome_from_report(report: SlideReport, slide: str, status: str) -> SlideOutcome:
+    """A slide's summary row, derived from its report."""
+    call, check = report.call, report.distribution
+    return SlideOutcome(
+        slide=slide, status=status, positive=call.positive, category=call.category,
+        largest_lesion_mm=call.largest_diameter_mm, lesions=len(call.lesions),
+        reliable=report.reliable, flags="; ".join(check.reasons), tiles=report.tiles_scanned,
+        seconds=round(report.wall_seconds, 2), heatmap=report.heatmap,
+    )  # fmt: skip
+
+
 def outcome_from_result(result: ScanResult) -> SlideOutcome:
     """A finished scan as a summary row."""
-    call, check = result.call, result.distribution
-    return SlideOutcome(
-        slide=result.slide.name, status="done", positive=call.positive, category=call.category,
-        largest_lesion_mm=call.largest_diameter_mm, lesions=len(call.lesions),
-        reliable=not check.flagged, flags="; ".join(check.reasons), tiles=result.tiles,
-        seconds=round(result.seconds, 2), heatmap=result.heatmap.name,
-    )  # fmt: skip
+    if result.slide_report is None:
+        raise ValueError("a scan result without its report")
+    return outcome_from_report(result.slide_report, result.slide.name, "done")
 
 
 def outcome_from_previous(
@@ -112,17 +120,10 @@ def outcome_from_previous(
     """A slide finished by an earlier run, from its JSON report; None when the report is
     incomplete (then the slide is scanned again)."""
     try:
-        call, check = report["call"], report["distribution"]
-        return SlideOutcome(
-            slide=slide.name, status="skipped", positive=bool(call["positive"]),
-            category=str(call["category"]),
-            largest_lesion_mm=float(call["largest_diameter_mm"]), lesions=len(call["lesions"]),
-            reliable=not check["flagged"], flags="; ".join(check["reasons"]),
-            tiles=int(report["tiles_scanned"]), seconds=float(report["wall_seconds"]),
-            heatmap=heatmap.name,
-        )  # fmt: skip
-    except (KeyError, TypeError, ValueError):
+        parsed = SlideReport.from_dict(report)
+    except ValueError:
         return None
+    return outcome_from_report(replace(parsed, heatmap=heatmap.name), slide.name, "skipped")
 
 
 def log_failure(out_dir: Path, outcome: SlideOutcome) -> None:

@@ -43,6 +43,13 @@ from slidescan.scan.slide_call import (
     call_slide,
     seed_cells_for,
 )
+from slidescan.scan.slide_report import (
+    NO_TISSUE_WARNING,
+    CallReport,
+    DistributionReport,
+    LesionReport,
+    SlideReport,
+)
 from slidescan.scan.slide_tiles import SlideTileDataset
 from slidescan.scan.tiling import TileGrid, make_grid, tissue_fraction
 from slidescan.scan.tissue import mask_size_limits, tissue_mask
@@ -85,6 +92,7 @@ class ScanResult:
     seconds: float
     overlay: Path | None = None
     distribution: DistributionCheck = DistributionCheck(False)
+    slide_report: SlideReport | None = None  # what X.json holds
 
 
 def mask_thumbnail(slide: Slide, max_size: int = 2048) -> tuple[np.ndarray, float]:
@@ -238,47 +246,36 @@ class Scanner:
             self._check_distribution(slide_path, used_mpp, grid, cells), scale_doubts
         )
         seconds = time.perf_counter() - start
-        summary = {
-            "call": _call_dict(call, grid),
-            "distribution": distribution.to_dict(),
-            "reliable": not distribution.flagged,
-            "tiles_scanned": len(cells),
-            "warnings": [] if len(cells) else ["no tissue found: nothing was scanned"],
-            "wall_seconds": round(seconds, 3),
-            "fingerprint": self.fingerprint(slide_path),
-        }
-        writer.update_attrs(**summary)
+        report = SlideReport(
+            slide=slide_path.name, heatmap=outputs.heatmap.name, geojson=outputs.geojson.name,
+            call=_call_report(call, grid), distribution=_distribution_report(distribution),
+            reliable=not distribution.flagged, tiles_scanned=len(cells),
+            warnings=() if len(cells) else (NO_TISSUE_WARNING,), wall_seconds=round(seconds, 3),
+            fingerprint=self.fingerprint(slide_path), settings=self.settings(), attributes=attrs,
+        )  # fmt: skip
+        writer.update_attrs(**report.summary())
         writer.close()
-        report = {
-            "notice": RESEARCH_USE_NOTICE,
-            "slide": slide_path.name,
-            "heatmap": outputs.heatmap.name,
-            "geojson": outputs.geojson.name,
-            **summary,
-            "settings": self.settings(),
-            "attributes": attrs,
-        }
-        staging.report.write_text(json.dumps(report, indent=2) + "\n")
-        self._write_geojson(staging.geojson, call, attrs, summary)
+        report.write(staging.report)
+        self._write_geojson(staging.geojson, call, attrs, report.fingerprint)
         if thumb is not None and staging.overlay is not None:
             self._overlay(
                 thumb, probability, tissue, grid, slide_path, call, distribution, staging.overlay
             )
         return ScanResult(
             slide_path, outputs.heatmap, outputs.report, call, len(cells), seconds,
-            outputs.overlay, distribution,
+            outputs.overlay, distribution, report,
         )  # fmt: skip
 
     @staticmethod
     def _write_geojson(
-        path: Path, call: SlideCall, attrs: dict[str, Any], summary: dict[str, Any]
+        path: Path, call: SlideCall, attrs: dict[str, Any], fingerprint: str
     ) -> None:
         """The lesions as QuPath annotations (an empty collection when there are none)."""
         collection = lesion_feature_collection(
             call.lesion_labels, call.lesions, cell_origin_level0=attrs["cell_origin_level0"],
             cell_level0_px=attrs["cell_level0_px"],
             slide=Path(attrs["slide_path"]).name, slide_size=attrs["slide_dimensions"],
-            image_offset=attrs["slide_bounds_origin_level0"], namespace=summary["fingerprint"],
+            image_offset=attrs["slide_bounds_origin_level0"], namespace=fingerprint,
         )  # fmt: skip
         path.write_text(json.dumps(collection) + "\n")
 
@@ -442,13 +439,20 @@ def describe(result: ScanResult) -> str:
     return line
 
 
-def _call_dict(call: SlideCall, grid: Any) -> dict[str, Any]:
-    """The call as JSON, lesion centroids also in level-0 pixels."""
-    out = call.to_dict()
-    for lesion in out["lesions"]:
+def _call_report(call: SlideCall, grid: TileGrid) -> CallReport:
+    """The call for the report, lesion centroids also in level-0 pixels."""
+    values = call.to_dict()
+    lesions = []
+    for lesion in values.pop("lesions"):
         x, y = grid.cell_center_level0(lesion["row"], lesion["col"])
-        lesion["centroid_level0"] = [round(float(x), 1), round(float(y), 1)]
-    return out
+        lesions.append(
+            LesionReport(**lesion, centroid_level0=(round(float(x), 1), round(float(y), 1)))
+        )
+    return CallReport(**values, lesions=tuple(lesions))
+
+
+def _distribution_report(check: DistributionCheck) -> DistributionReport:
+    return DistributionReport(**{**check.to_dict(), "reasons": tuple(check.reasons)})
 
 
 def scan_slide(
