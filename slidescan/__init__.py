@@ -9,8 +9,9 @@ The Python API, for notebooks and scripts (each name is imported on first use, s
 
 Building blocks: ``load_weights``, ``Scanner`` and ``ScanOptions`` (one model, many slides),
 ``scan_directory`` (a folder of slides, here or on a Dask cluster), ``run_batch`` and
-``find_slides``, ``open_slide``, ``read_heatmap`` and
-``read_report`` (outputs; ``read_slide_report`` gives the typed ``SlideReport``), ``call_slide`` (the lesion call on any probability map),
+``find_slides``, ``open_slide``, ``read_heatmap``, ``read_report`` and ``read_slide_report``
+(outputs; the latter gives the typed ``SlideReport``), ``call_slide`` (the lesion call on any
+probability map),
 ``open_patch_datasets``, ``TrainConfig`` and ``train`` (training), ``evaluate`` (patch metrics).
 """
 
