@@ -494,6 +494,62 @@ def evaluate(
 
 @app.command()
 @user_errors
+def validate(
+    results: Annotated[
+        Path, typer.Argument(help="Output folder of `slidescan run` (or of single-slide runs).")
+    ],
+    truth: Annotated[
+        Path,
+        typer.Option(
+            help="CSV: slide (file name as in the results), label (negative, itc, micro, macro; "
+            "or normal/tumor, 0/1 for slide-level truth), optional patient.",
+            show_default=False,
+        ),
+    ],
+    annotations: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of tumour outlines, one file per slide named after it: QuPath GeoJSON "
+            "(.geojson) or Camelyon16 ASAP XML (.xml). Adds the lesion-level FROC.",
+            show_default=False,
+        ),
+    ] = None,
+    tumour_class: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="QuPath classification names that mean tumour (repeatable).",
+            show_default="Tumor, Tumour, Metastasis",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for validation.json, figures and validation.html "
+            "(default: RESULTS/validation).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print validation.json only.")] = False,
+) -> None:
+    """Compare a finished run with the truth: slide AUC, sensitivity, specificity, kappa, FROC.
+
+    slidescan validate results/ --truth truth.csv --annotations annotations/
+    """
+    from slidescan.validate.annotations import DEFAULT_TUMOUR_CLASSES
+    from slidescan.validate.validation import describe_validation, validate, write_validation
+
+    classes = tuple(tumour_class) if tumour_class else DEFAULT_TUMOUR_CLASSES
+    result = validate(results, truth, annotations, classes)
+    written = write_validation(result, out or results / "validation")
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(describe_validation(result))
+    typer.echo(f"written: {', '.join(str(p) for p in written)}")
+
+
+@app.command()
+@user_errors
 def predict(
     inputs: Annotated[
         list[Path],
@@ -658,6 +714,14 @@ def run(
             show_default=False,
         ),
     ] = None,
+    patients: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV with columns slide,patient (one lymph node per slide): a directory run "
+            "also writes OUT/patients.csv with each patient's pN stage (Camelyon17 rules).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Scan slides: tissue mask, tile at the model's resolution, heatmap (zarr) and slide call.
 
@@ -680,11 +744,16 @@ def run(
         device=device, backend=backend.value, tta=tta, overwrite=overwrite, threshold=threshold,
         dense=dense, reader=reader.value, default_mpp=default_mpp, full_paths=full_paths,
     )  # fmt: skip
+    if patients is not None and not input.is_dir():
+        raise SlidescanError("--patients stages the slides of a directory run: give a folder")
     if input.is_dir():
+        from slidescan.scan.patients import PATIENTS_NAME, read_patient_map
+
+        patient_of = read_patient_map(patients) if patients is not None else None
         out_dir = out or Path("slidescan-results")
         outcomes = scan_directory(
             input, out_dir, weights=weights, options=options, overlay_dir=overlay,
-            scheduler=scheduler,
+            scheduler=scheduler, patients=patient_of,
             on_outcome=functools.partial(_echo_outcome, remote=bool(scheduler)),
             on_result=lambda result: typer.echo(describe(result)),
         )  # fmt: skip
@@ -694,6 +763,7 @@ def run(
             f"{len(outcomes) - failed}/{len(outcomes)} slides done, {failed} failed; "
             f"summary: {out_dir / 'summary.csv'}"
             + (f"; review page: {page}" if page.is_file() else "")
+            + (f"; patients: {out_dir / PATIENTS_NAME}" if patient_of is not None else "")
         )
         if failed:
             raise typer.Exit(1)
@@ -784,6 +854,14 @@ def demo(
         typer.echo(f"  {match.category} {match.diameter_mm:.2f} mm: {found}")
     if result.extra_lesions:
         typer.echo(f"  {result.extra_lesions} reported lesion(s) where the truth has none")
+    from slidescan.scan.demo import write_demo_truth
+    from slidescan.validate.validation import describe_validation, validate, write_validation
+
+    truth_csv, annotations = write_demo_truth(out, result.truth)
+    validation = validate(out, truth_csv, annotations)
+    write_validation(validation, out / "validation")
+    typer.echo(f"\nslidescan validate {out} --truth {truth_csv} --annotations {annotations}:")
+    typer.echo(describe_validation(validation).removesuffix("Research use only.").rstrip())
     o = result.outputs
     look = [
         ("index.html", "the review page: open it in a browser"),
@@ -795,6 +873,10 @@ def demo(
         ),
         (o.heatmap.name, "the heatmap as OME-Zarr (napari, ome-zarr)"),
         (o.report.name, "the call and every lesion, with the numbers behind them"),
+        (
+            "validation/validation.html",
+            "the validation against the truth (truth.csv, annotations/)",
+        ),
     ]
     # Only what is really there: the review page, for one, never fails a run if unwritable.
     look = [(name, what) for name, what in look if name and (out / name).exists()]

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +21,7 @@ from slidescan.errors import SlidescanError, one_line, redact_path
 from slidescan.io.atomic import atomic_write
 from slidescan.io.outputs import OutputBusy, SlideOutputs
 from slidescan.scan.pacing import Pacer
+from slidescan.scan.patients import PATIENTS_NAME, NodeResult, stage_patients, write_patients
 from slidescan.scan.review_page import ReviewPage
 from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult
 from slidescan.scan.slide_report import SlideReport
@@ -124,6 +125,15 @@ def outcome_from_previous(
     except ValueError:
         return None
     return outcome_from_report(replace(parsed, heatmap=heatmap.name), slide.name, "skipped")
+
+
+def node_results(outcomes: Iterable[SlideOutcome]) -> dict[str, NodeResult]:
+    """Each slide's category for staging (None when it has no result)."""
+    return {
+        o.slide: NodeResult(o.category if o.status not in ("failed", "busy") else None,
+                            bool(o.reliable))
+        for o in outcomes
+    }  # fmt: skip
 
 
 def log_failure(out_dir: Path, outcome: SlideOutcome) -> None:
@@ -364,10 +374,13 @@ def scan_directory(
     scheduler: str | None = None,
     on_outcome: Callable[[SlideOutcome], None] | None = None,
     on_result: Callable[[ScanResult], None] | None = None,
+    patients: Mapping[str, str] | None = None,
 ) -> list[SlideOutcome]:
     """Scan every slide directly inside the folder ``source`` (or the slides ``source`` lists)
     into ``out_dir``, with ``summary.csv`` and the ``index.html`` review page: in this process,
-    or one Dask task per slide with ``scheduler`` (see ``scan.cluster``)."""
+    or one Dask task per slide with ``scheduler`` (see ``scan.cluster``). With ``patients``
+    (slide name → patient, one lymph node per slide) the patients' pN stages go to
+    ``patients.csv``."""
     if isinstance(source, Path):
         slides = find_slides(source)
         if not slides:
@@ -375,6 +388,13 @@ def scan_directory(
     else:
         slides = list(source)
 
+    if patients is not None:
+        unmapped = sorted(s.name for s in slides if s.name not in patients)
+        if unmapped:
+            more = f" and {len(unmapped) - 3} more" if len(unmapped) > 3 else ""
+            raise SlidescanError(
+                f"no patient for {', '.join(unmapped[:3])}{more} in the patient map"
+            )
     options = options or ScanOptions()
     loaded = load_weights(weights)  # a bad weights file fails here, once, not once per slide
     page = ReviewPage(out_dir, slides, overlay_dir)  # index.html: never fails the batch
@@ -390,13 +410,19 @@ def scan_directory(
             from slidescan.scan.cluster import dask_client, run_batch_on_cluster
 
             with dask_client(scheduler) as client:
-                return run_batch_on_cluster(
+                outcomes = run_batch_on_cluster(
                     slides, out_dir, client, weights=weights, options=options,
                     overlay_dir=overlay_dir, on_outcome=record,
                 )  # fmt: skip
-        return run_batch(
-            slides, out_dir, Scanner(loaded, options), overwrite=options.overwrite,
-            overlay_dir=overlay_dir, on_outcome=record, on_result=on_result,
-        )  # fmt: skip
+        else:
+            outcomes = run_batch(
+                slides, out_dir, Scanner(loaded, options), overwrite=options.overwrite,
+                overlay_dir=overlay_dir, on_outcome=record, on_result=on_result,
+            )  # fmt: skip
+        if patients is not None:
+            write_patients(
+                out_dir / PATIENTS_NAME, stage_patients(patients, node_results(outcomes))
+            )
+        return outcomes
     finally:
         page.write(finished=True)  # also when interrupted: a page that stops reloading

@@ -115,6 +115,34 @@ def match_lesions(
     return tuple(matches), len(left)
 
 
+TRUTH_CSV = "truth.csv"
+TRUTH_LABELS = {"negative": "negative", "itc": "itc", "micrometastasis": "micro",
+                "macrometastasis": "macro"}  # fmt: skip
+
+
+def write_demo_truth(out_dir: Path, truth: dict[str, Any]) -> tuple[Path, Path]:
+    """The demo's truth as a lab would give it to ``slidescan validate``: ``truth.csv`` and
+    ``annotations/<slide>.geojson`` (its lesions as QuPath tumour discs)."""
+    from shapely.geometry import Point, mapping
+
+    truth_csv = out_dir / TRUTH_CSV
+    truth_csv.write_text(
+        f"slide,label\n{truth['slide']},{TRUTH_LABELS[truth['call']['category']]}\n"
+    )
+    folder = out_dir / "annotations"
+    folder.mkdir(exist_ok=True)
+    features = [
+        {"type": "Feature",
+         "geometry": mapping(Point(*lesion["centre_level0"]).buffer(
+             lesion["diameter_mm"] * 500.0 / truth["mpp"], quad_segs=16)),
+         "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}}
+        for lesion in truth["lesions"]
+    ]  # fmt: skip
+    geojson = {"type": "FeatureCollection", "features": features}
+    (folder / f"{Path(truth['slide']).stem}.geojson").write_text(json.dumps(geojson) + "\n")
+    return truth_csv, folder
+
+
 def check_demo_folder(out_dir: Path) -> None:
     """Refuse an output folder that holds anything but an earlier demo: the demo rewrites
     summary.csv and index.html, which would wipe another batch's."""
@@ -123,7 +151,7 @@ def check_demo_folder(out_dir: Path) -> None:
     if not out_dir.is_dir():
         return
     stem = Path(DEMO_SLIDE).stem
-    ours = {"summary.csv", "index.html", "slidescan.log"}
+    ours = {"summary.csv", "index.html", "slidescan.log", TRUTH_CSV, "annotations", "validation"}
     foreign = sorted(
         p.name
         for p in out_dir.iterdir()

@@ -130,6 +130,21 @@ def _bootstrap_auc(
     return out[~np.isnan(out)]
 
 
+def auc_with_ci(
+    labels: np.ndarray, scores: np.ndarray, *, n_bootstrap: int = 1000, seed: int = 0
+) -> tuple[float, tuple[float, float]]:
+    """ROC AUC and its bootstrap 95% percentile CI (``nan`` where undefined)."""
+    y, p = _check_inputs(labels, scores)
+    auc = roc_auc(y, p) if y.size else float("nan")
+    ci = (float("nan"), float("nan"))
+    if not math.isnan(auc):
+        boot = _bootstrap_auc(y, p, n_bootstrap, seed)
+        if boot.size:
+            lo, hi = np.percentile(boot, [2.5, 97.5])
+            ci = (float(lo), float(hi))
+    return auc, ci
+
+
 def roc_curve(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ROC points ``(fpr, tpr, thresholds)`` from (0, 0) to (1, 1), one per distinct probability.
 
@@ -231,13 +246,7 @@ def binary_metrics(
     tn = int(np.sum(~pred & ~truth))
     fn = int(np.sum(~pred & truth))
 
-    auc = roc_auc(y, p)
-    ci = (float("nan"), float("nan"))
-    if not math.isnan(auc):
-        boot = _bootstrap_auc(y, p, n_bootstrap, seed)
-        if boot.size:
-            lo, hi = np.percentile(boot, [2.5, 97.5])
-            ci = (float(lo), float(hi))
+    auc, ci = auc_with_ci(y, p, n_bootstrap=n_bootstrap, seed=seed)
 
     pc = np.clip(p, _EPS, 1 - _EPS)
     nll = float(-np.mean(y * np.log(pc) + (1 - y) * np.log1p(-pc)))
