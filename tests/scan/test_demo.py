@@ -95,8 +95,14 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     stem = Path(DEMO_SLIDE).stem
     assert names == sorted(
         [f"{stem}.geojson", f"{stem}.json", f"{stem}.png", f"{stem}.zarr", "index.html",
-         "summary.csv"]
+         "summary.csv", "truth.csv", "annotations", "validation"]
     )  # fmt: skip
+    # The demo goes through `validate` with its truth: both lesions found, the call right.
+    assert (
+        "slidescan validate" in result.stdout and "FROC score 1.000 over 2 lesions" in result.stdout
+    )
+    validation = json.loads((out / "validation" / "validation.json").read_text())
+    assert validation["sensitivity"]["count"] == "1/1" and validation["kappa"] == 1.0
 
     report = json.loads((out / f"{stem}.json").read_text())
     assert report["call"]["category"] == "macrometastasis" and report["reliable"]

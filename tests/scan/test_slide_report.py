@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from report_fixtures import make_report
 
 from slidescan.errors import SlidescanError
 from slidescan.scan.slide_report import (
@@ -21,28 +22,8 @@ from slidescan.scan.slide_report import (
 )
 
 
-def _report(**changes: object) -> SlideReport:
-    lesion = LesionReport(3.0, 4.5, 0.8, 0.4, 12, 0.9, 0.99, "micrometastasis", (432.0, 336.0))
-    call = CallReport(
-        positive=True, category="micrometastasis", largest_diameter_mm=0.8, seed_threshold=0.98,
-        extent_threshold=0.7, seed_cells=3, positive_tiles=12, tissue_tiles=500,
-        max_probability=0.99, lesions=(lesion,),
-    )  # fmt: skip
-    report = SlideReport(
-        slide="a.svs", heatmap="a.zarr", geojson="a.geojson", call=call,
-        distribution=DistributionReport(False, (), 0.01, 0.6, 256), reliable=True,
-        tiles_scanned=500, wall_seconds=1.5, fingerprint="abc",
-        settings={"weights_sha256": "x", "model": "m", "engine": "torch", "stride": 96,
-                  "seed_threshold": 0.98, "extent_threshold": 0.7, "slidescan_version": "0"},
-        attributes={"slide_path": "a.svs", "slide_dimensions": [10, 10], "slide_mpp": 0.5,
-                    "mpp": 0.972, "grid": {}, "cell_origin_level0": [0, 0],
-                    "cell_level0_px": 96.0},
-    )  # fmt: skip
-    return dataclasses.replace(report, **changes)
-
-
 def test_round_trip_through_json(tmp_path: Path) -> None:
-    report = _report()
+    report = make_report()
     report.write(tmp_path / "a.json")
     assert read_slide_report(tmp_path / "a.json") == report
     data = json.loads((tmp_path / "a.json").read_text())
@@ -52,7 +33,7 @@ def test_round_trip_through_json(tmp_path: Path) -> None:
 
 def test_written_report_validates_and_the_schema_catches_damage() -> None:
     validator = jsonschema.Draft202012Validator(report_schema())
-    data = _report().to_dict()
+    data = make_report().to_dict()
     assert list(validator.iter_errors(data)) == []
     broken = {**data, "call": {**data["call"], "positive": "yes"}}
     assert list(validator.iter_errors(broken))
@@ -73,10 +54,10 @@ def test_schema_names_every_field() -> None:
 
 
 def test_reports_of_earlier_versions_are_read(tmp_path: Path) -> None:
-    data = _report().to_dict()
+    data = make_report().to_dict()
     del data["schema_version"]  # slidescan 0.1.0 before the schema: version 0
     (tmp_path / "old.json").write_text(json.dumps(data))
-    assert read_slide_report(tmp_path / "old.json") == _report()
+    assert read_slide_report(tmp_path / "old.json") == make_report()
 
 
 @pytest.mark.parametrize(
@@ -88,7 +69,7 @@ def test_reports_of_earlier_versions_are_read(tmp_path: Path) -> None:
     ],
 )
 def test_malformed_reports_are_refused_in_one_line(tmp_path: Path, damage) -> None:
-    data = _report().to_dict()
+    data = make_report().to_dict()
     damage(data)
     (tmp_path / "bad.json").write_text(json.dumps(data))
     with pytest.raises(SlidescanError, match="unreadable slide report") as info:
