@@ -52,7 +52,7 @@ from slidescan.scan.slide_report import (
 )
 from slidescan.scan.slide_tiles import SlideTileDataset
 from slidescan.scan.tiling import TileGrid, make_grid, tissue_fraction
-from slidescan.scan.tissue import mask_size_limits, tissue_mask
+from slidescan.scan.tissue import TISSUE_MASK_VERSION, mask_size_limits, tissue_mask
 
 
 @dataclass(frozen=True)
@@ -178,6 +178,7 @@ class Scanner:
             "dense": opts.dense,
             "tta": opts.tta,
             "min_tissue": opts.min_tissue,
+            "tissue_mask": TISSUE_MASK_VERSION,
             "seed_threshold": self.seed_threshold,
             "extent_threshold": self.extent_threshold,
             "slidescan_version": __version__,

@@ -1,7 +1,8 @@
 """Tissue detection on a low-resolution RGB thumbnail: which areas are worth scanning.
 
 A pixel is tissue when it is coloured (HSV saturation above an Otsu threshold, clamped to a
-range typical of H&E), not near-white glass (optical density floor), and not a pen mark
+range typical of H&E) or dense enough (optical density above its own Otsu threshold, clamped),
+not near-white glass (optical density floor), and not a pen mark
 (green/cyan/blue hues or very saturated blue that H&E pink/purple never reaches, or near-black).
 Small specks are removed and small holes (fat, lumens, cracks) filled.
 """
@@ -11,11 +12,18 @@ from __future__ import annotations
 import numpy as np
 from skimage import filters, measure, morphology
 
+# Recorded in every report's settings: a changed mask changes which tiles are scanned.
+# 2: thresholds from all pixels, glass included, and optical density as a second cue (issue 19).
+TISSUE_MASK_VERSION = 2
 # Otsu on saturation splits tissue from glass; clamping keeps it sane on all-glass images
 # (threshold would land in noise) and all-tissue images (it would split pink from purple).
 SATURATION_RANGE = (0.05, 0.20)
 # Mean optical density below this is glass, however coloured (faint colour casts on glass).
 MIN_OPTICAL_DENSITY = 0.05
+# Both Otsu thresholds are taken over every non-ink pixel, glass included: over tissue alone
+# (as in version 1) saturation split pink from purple and dropped pale or faintly stained
+# tissue. Density keeps pale tissue whose colour is washed out (benchmarks/tissue_recall.py).
+OD_RANGE = (0.06, 0.15)
 # Dark *and* grey is black ink, slide edge or a shadow; dark nuclei stay saturated purple.
 MAX_DARK_VALUE = 0.25
 MAX_DARK_SATURATION = 0.35
@@ -74,8 +82,9 @@ def tissue_mask(
     od = (_OD_LUT[r] + _OD_LUT[g] + _OD_LUT[b]) / np.float32(3.0)
     candidate = (od > MIN_OPTICAL_DENSITY) & ~ink
 
-    threshold = _saturation_threshold(sat[candidate])
-    mask = candidate & (sat > threshold)
+    threshold = _saturation_threshold(sat[~ink])
+    od_threshold = _od_threshold(od[~ink])
+    mask = candidate & ((sat > threshold) | (od > od_threshold))
     mask = _drop_small_objects(mask, min_object_px)
     # Filling must not put back ink that sat inside tissue.
     return _fill_small_holes(mask, max_hole_px) & ~ink
@@ -138,6 +147,13 @@ def _fill_small_holes(mask: np.ndarray, max_px: int) -> np.ndarray:
     border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     fill[border] = False
     return mask | fill[labels]
+
+
+def _od_threshold(od: np.ndarray) -> float:
+    low, high = OD_RANGE
+    if od.size < 2 or float(od.max() - od.min()) < 1e-3:
+        return high
+    return float(np.clip(filters.threshold_otsu(od), low, high))
 
 
 def _saturation_threshold(sat: np.ndarray) -> float:

@@ -6,6 +6,7 @@ Browser tests skip only when no Chromium/chromedriver is installed; with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from report_fixtures import make_report
 from scan_helpers import CELL_UM, SLIDE_MPP
 from slide_fixtures import square_image, write_pyramid, write_random_bytes
 
@@ -418,13 +420,9 @@ def test_final_page_picks_up_slides_another_run_finished(tmp_path: Path) -> None
     page.add(SlideOutcome("b.tif", "busy", error="b.zarr: being written by another run"))
     # The other run finishes a.tif (b.tif it never finishes).
     (tmp_path / "a.zarr").mkdir()
-    report = {
-        "call": {"positive": True, "category": "macrometastasis", "largest_diameter_mm": 2.4,
-                 "lesions": [{}], "max_probability": 0.99},
-        "distribution": {"flagged": False, "reasons": []},
-        "tiles_scanned": 100, "wall_seconds": 3.0,
-    }  # fmt: skip
-    (tmp_path / "a.json").write_text(json.dumps(report))
+    finished = make_report(slide="a.tif", heatmap="a.zarr")
+    call = dataclasses.replace(finished.call, category="macrometastasis", largest_diameter_mm=2.4)
+    (tmp_path / "a.json").write_text(json.dumps(dataclasses.replace(finished, call=call).to_dict()))
     assert "macrometastasis" not in (tmp_path / PAGE_NAME).read_text()
     page.write(finished=True)
     assert page.entries["a.tif"].status == "done"

@@ -137,3 +137,16 @@ def test_colours_no_stain_makes_are_not_tissue(colour: tuple[int, int, int], is_
     img[50:150, 50:150] = colour
     assert tissue_mask(img)[60:140, 60:140].all() == is_tissue
     assert not tissue_mask(img)[:40].any()
+
+
+def test_pale_tissue_beside_well_stained_tissue_is_kept() -> None:
+    """A pale, faintly stained region next to a well-stained one (another lab's protocol, a thin
+    section) is tissue too: the thresholds must separate tissue from glass, not pink from pink."""
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal(244, 2, (240, 240, 3)), 0, 255).astype(np.uint8)
+    image[40:200, 20:110] = (200, 120, 170)  # well stained: saturation 0.40
+    image[40:200, 130:220] = (225, 200, 215)  # pale: saturation 0.11, optical density 0.08
+    mask = tissue_mask(image)
+    assert mask[40:200, 20:110].mean() > 0.95
+    assert mask[40:200, 130:220].mean() > 0.95
+    assert mask[:30].mean() == 0 and mask[:, 225:].mean() == 0  # glass stays out
