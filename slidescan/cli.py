@@ -618,6 +618,14 @@ def run(
             show_default=False,
         ),
     ] = None,
+    any_scale: Annotated[
+        bool,
+        typer.Option(
+            "--any-scale",
+            help="Scan even when the slide's µm/px makes a model patch cover fewer than 24 slide "
+            "pixels (by default refused before scanning: usually a wrong --mpp).",
+        ),
+    ] = False,
     full_paths: Annotated[
         bool,
         typer.Option(
@@ -743,6 +751,7 @@ def run(
         mpp=mpp, stride=stride, min_tissue=min_tissue, batch_size=batch_size, workers=workers,
         device=device, backend=backend.value, tta=tta, overwrite=overwrite, threshold=threshold,
         dense=dense, reader=reader.value, default_mpp=default_mpp, full_paths=full_paths,
+        any_scale=any_scale,
     )  # fmt: skip
     if patients is not None and not input.is_dir():
         raise SlidescanError("--patients stages the slides of a directory run: give a folder")

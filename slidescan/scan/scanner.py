@@ -78,6 +78,7 @@ class ScanOptions:
         None  # scale for slides whose metadata has none (--mpp overrides all)
     )
     progress: bool = True
+    any_scale: bool = False  # scan even when a patch covers < MIN_PATCH_SLIDE_PX slide pixels
 
 
 @dataclass
@@ -107,6 +108,23 @@ def mask_thumbnail(slide: Slide, max_size: int = 2048) -> tuple[np.ndarray, floa
     min_object_px, max_hole_px = mask_size_limits(slide.mpp * downsample)
     mask = tissue_mask(rgb, min_object_px=min_object_px, max_hole_px=max_hole_px)
     return mask, downsample
+
+
+# A model patch must span at least this many slide pixels: below it, the scale is almost surely
+# wrong (--mpp 50 for 0.50) and the grid explodes (2.7 million tiles on a 4,443-px slide).
+MIN_PATCH_SLIDE_PX = 24
+
+
+def check_grid_scale(slide: Slide, card: ModelCard) -> None:
+    """Refuse, before any scanning, a scale at which a model patch covers a few slide pixels."""
+    span = card.input_size * card.mpp / slide.mpp
+    if span < MIN_PATCH_SLIDE_PX:
+        raise SlidescanError(
+            f"{slide.path.name}: at {slide.mpp:.3g} µm/px ({slide.mpp_source}) a "
+            f"{card.input_size}-px patch at {card.mpp} µm/px covers only {span:.1f} slide pixels; "
+            "the scale is probably wrong (check the µm/px given or the slide's metadata), or "
+            "allow it with any_scale=True (slidescan run --any-scale)"
+        )
 
 
 def plan_grid(
@@ -222,6 +240,8 @@ class Scanner:
         with open_slide(
             slide_path, mpp=opts.mpp, default_mpp=opts.default_mpp, reader=opts.reader
         ) as slide:
+            if not opts.any_scale:
+                check_grid_scale(slide, card)
             grid, tissue = plan_grid(slide, card, self.stride, opts.min_tissue)
             cells = np.argwhere(tissue)
             attrs = self._attrs(slide_path, slide, grid)
@@ -246,6 +266,8 @@ class Scanner:
         distribution = combine(
             self._check_distribution(slide_path, used_mpp, grid, cells), scale_doubts
         )
+        if len(cells) == 0:  # nothing was looked at: not a negative anyone may trust
+            distribution = combine(distribution, (NO_TISSUE_WARNING,))
         seconds = time.perf_counter() - start
         report = SlideReport(
             slide=slide_path.name, heatmap=outputs.heatmap.name, geojson=outputs.geojson.name,

@@ -198,6 +198,22 @@ def test_blank_slide_says_no_tissue(weights: Path, tmp_path: Path) -> None:
     report = read_report(out)
     assert report["warnings"] == ["no tissue found: nothing was scanned"]
     assert report["call"]["max_probability"] is None and report["tiles_scanned"] == 0
+    # Nothing was looked at: never a negative to trust (summary.csv and the review page follow).
+    assert report["reliable"] is False
+    assert "no tissue found: nothing was scanned" in report["distribution"]["reasons"]
+
+
+def test_wildly_wrong_mpp_is_refused_before_scanning(weights: Path, tmp_path: Path) -> None:
+    """--mpp 50 (a typo for 0.50) would tile millions of upsampled patches: refuse at once."""
+    slide = write_pyramid(tmp_path / "s.tif", tissue_image(768, 1024)[0], mpp=SLIDE_MPP)
+    out = tmp_path / "s.zarr"
+    result = invoke(slide, "--out", out, "--weights", weights, "--mpp", "50", *FAST)
+    assert result.exit_code == 1
+    assert "covers only" in result.output and "--any-scale" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+    forced = invoke(slide, "--out", out, "--weights", weights, "--mpp", "8", "--any-scale", *FAST)
+    assert forced.exit_code == 0, forced.output
 
 
 @pytest.mark.parametrize(
