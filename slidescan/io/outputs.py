@@ -300,6 +300,21 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
+def ensure_output_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents) and prove it writable, or raise one clear error:
+    a batch checks this before it scans anything."""
+    for parent in (folder, *folder.parents):
+        if parent.exists() and not parent.is_dir():
+            raise SlidescanError(f"{folder}: cannot write there ({parent} is a file, not a folder)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".slidescan-write-test-{writer_token()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise SlidescanError(f"{folder}: cannot write there ({_os_reason(exc)})") from None
+
+
 def _lock_record() -> str:
     return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from slidescan.engine.weights import load_weights
 from slidescan.errors import SlidescanError, one_line, redact_path
 from slidescan.io.atomic import atomic_write
-from slidescan.io.outputs import OutputBusy, SlideOutputs
+from slidescan.io.outputs import OutputBusy, SlideOutputs, ensure_output_folder
 from slidescan.scan.pacing import Pacer
 from slidescan.scan.patients import PATIENTS_NAME, NodeResult, stage_patients, write_patients
 from slidescan.scan.review_page import ReviewPage
@@ -395,6 +395,7 @@ def scan_directory(
             raise SlidescanError(
                 f"no patient for {', '.join(unmapped[:3])}{more} in the patient map"
             )
+    ensure_output_folder(out_dir)  # before any scanning, warning or progress bar
     options = options or ScanOptions()
     loaded = load_weights(weights)  # a bad weights file fails here, once, not once per slide
     page = ReviewPage(out_dir, slides, overlay_dir)  # index.html: never fails the batch

@@ -269,3 +269,17 @@ def test_unwritable_overlay_fails_before_the_scan(
     message = assert_one_error_line(invoke(*args, *FAST))
     assert "cannot write the overlay" in message
     assert entries(tmp_path) == ["not-a-folder"], "nothing written, nothing half-done"
+
+
+def test_batch_into_an_unwritable_folder_fails_at_once_in_one_line(
+    weights: Path, tmp_path: Path
+) -> None:
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    write_pyramid(slides / "a.tif", tissue_image(768, 1024)[0], mpp=SLIDE_MPP)
+    (tmp_path / "afile").write_text("not a folder")
+    result = invoke(slides, "--out", tmp_path / "afile" / "results", "--weights", weights, *FAST)
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [f"error: {tmp_path / 'afile' / 'results'}: cannot write there "
+                     f"({tmp_path / 'afile'} is a file, not a folder)"]  # fmt: skip
