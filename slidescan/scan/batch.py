@@ -421,9 +421,8 @@ def scan_directory(
                 overlay_dir=overlay_dir, on_outcome=record, on_result=on_result,
             )  # fmt: skip
         if patients is not None:
-            write_patients(
-                out_dir / PATIENTS_NAME, stage_patients(patients, node_results(outcomes))
-            )
+            page.patients = stage_patients(patients, node_results(outcomes))
+            write_patients(out_dir / PATIENTS_NAME, page.patients)
         return outcomes
     finally:
         page.write(finished=True)  # also when interrupted: a page that stops reloading

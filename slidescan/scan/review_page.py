@@ -378,8 +378,10 @@ def render_page(
     title: str = "slidescan review",
     updated: str | None = None,
     refresh_seconds: int = REFRESH_SECONDS,
+    patients: Sequence[dict[str, Any]] = (),
 ) -> str:
-    """The whole page, one row per entry (``pending`` entries count as not yet done)."""
+    """The whole page, one row per entry (``pending`` entries count as not yet done), and the
+    patients' pN stages (rows of ``scan.patients.stage_patients``) when there are any."""
     columns = [c for c in COLUMNS if overlays or c[0] != "overlay"]
     total = len(entries)
     done = sum(e.status != "pending" for e in entries)
@@ -456,6 +458,7 @@ def render_page(
 {body}
 </tbody>
 </table>
+{_patients_section(patients)}
 </main>
 <footer>slidescan {_esc(__version__)} · {" · ".join(files)} · click a column heading to sort
 </footer>
@@ -464,6 +467,23 @@ def render_page(
 </body>
 </html>
 """
+
+
+def _patients_section(rows: Sequence[dict[str, Any]]) -> str:
+    """The patients table: stage, nodes with metastases, and what makes a stage incomplete."""
+    if not rows:
+        return ""
+    body = "\n".join(
+        f"<tr><td>{_esc(r['patient'])}</td><td><strong>{_esc(r['stage'])}</strong></td>"
+        f"<td>{_esc(r['nodes_with_metastases'])} of {_esc(r['slides'])}</td>"
+        f"<td>{_esc(r['note'] or 'all nodes scanned and reliable')}</td></tr>"
+        for r in rows
+    )
+    return (
+        '<section id="patients"><h2>Patients (pN stage, Camelyon17 rules; one node per slide)'
+        "</h2><table><thead><tr><th>patient</th><th>stage</th><th>nodes with metastases</th>"
+        f"<th>note</th></tr></thead><tbody>\n{body}\n</tbody></table></section>"
+    )
 
 
 def finished_elsewhere(slide: str, out_dir: Path) -> SlideOutcome | None:
@@ -501,6 +521,7 @@ class ReviewPage:
         self.overlay_dir = overlay_dir
         self.path = out_dir / PAGE_NAME
         self.entries = {s.name: ReviewEntry(slide=s.name, status="pending") for s in slides}
+        self.patients: list[dict[str, Any]] = []  # set by a run with --patients, at its end
 
     def _pick_up_busy_slides(self) -> None:
         for name, entry in list(self.entries.items()):
@@ -533,7 +554,7 @@ class ReviewPage:
             with self.pacer.timed():
                 page = render_page(
                     list(self.entries.values()), finished=finished,
-                    overlays=self.overlay_dir is not None,
+                    overlays=self.overlay_dir is not None, patients=self.patients,
                 )  # fmt: skip
                 with atomic_write(self.path) as tmp:
                     tmp.write_text(page, encoding="utf-8")

@@ -194,6 +194,8 @@ def test_run_patients_writes_patients_csv(tmp_path: Path, weights: Path) -> None
     assert rows["P1"]["slides"] == "2" and rows["P1"]["note"] == ""
     assert rows["P1"]["stage"].startswith("pN")
     assert rows["P2"]["failed"] == "p2_node1.tif" and "INCOMPLETE" in rows["P2"]["note"]
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert '<section id="patients">' in page and "INCOMPLETE: 1 of 1 slides not scanned" in page
     # A slide without a patient is refused before anything is scanned.
     shutil.copy(slides / "p1_node1.tif", slides / "stray.tif")
     out = invoke("run", slides, "--out", tmp_path / "out2", "--weights", weights,
