@@ -1,1 +1,0 @@
-"""The shipped model weights (installed as ``slidescan.shipped_weights``); see README.md here."""
