@@ -16,6 +16,7 @@ from typing import Any
 
 from slidescan.about import RESEARCH_USE_NOTICE
 from slidescan.errors import SlidescanError
+from slidescan.scan.slide_call import Lesion
 
 SCHEMA_VERSION = 1
 SCHEMA_NAME = "slide_report.schema.json"
@@ -23,17 +24,9 @@ NO_TISSUE_WARNING = "no tissue found: nothing was scanned"
 
 
 @dataclass(frozen=True)
-class LesionReport:
-    """One lesion: centroid in grid cells and in level-0 pixels, size, scores, category."""
+class LesionReport(Lesion):
+    """One lesion of the call, its centroid also in level-0 pixels (x, y)."""
 
-    row: float
-    col: float
-    diameter_mm: float
-    area_mm2: float
-    cells: int
-    mean_probability: float
-    max_probability: float
-    category: str
     centroid_level0: tuple[float, float]
 
 
