@@ -202,6 +202,26 @@ class Schedule(StrEnum):
     constant = "constant"
 
 
+class StainNorm(StrEnum):
+    """Stain normalisation methods (``slidescan.engine.stain_norm.STAIN_METHODS``)."""
+
+    none = "none"
+    macenko = "macenko"
+    reinhard = "reinhard"
+
+
+StainNormOpt = Annotated[
+    StainNorm | None,
+    typer.Option(
+        help="Map each slide's colours (for patches: the collection's) onto the model's training "
+        "colours, fitted once on a sample of its tissue: reinhard (CIELAB mean and spread) or "
+        "macenko (stain vectors). Default: what the model was trained with (the shipped model: "
+        "none; see benchmarks/RESULTS.md §11).",
+        show_default=False,
+    ),
+]
+
+
 # Devices stay free text: cuda:N has no fixed list. The engine checks them.
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")]
 BackendOpt = Annotated[
@@ -221,10 +241,56 @@ ResizeOpt = Annotated[
 ]
 
 
+FINE_TUNE_EPOCHS, FINE_TUNE_LR = 4, 1e-4
+
+
 @app.command()
 @user_errors
 def train(
-    data: DataArg,
+    data: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Patch data: Kaggle folder (train_labels.csv + train/), PatchCamelyon .h5 files "
+            "or folder, or class folders 0/1 (normal/tumor). Several are concatenated; may be "
+            "mixed with --slides or left out.",
+            show_default=False,
+        ),
+    ] = None,
+    slides: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of whole slides to train on: patches are sampled at the model's µm/px, "
+            "tumour inside the --annotations outlines, normal from tissue away from them. Whole "
+            "slides are held out to choose the epoch and thresholds. Fine-tunes the shipped "
+            "model unless --init says otherwise.",
+            show_default=False,
+        ),
+    ] = None,
+    annotations: Annotated[
+        Path | None,
+        typer.Option(
+            help="Tumour outlines of the --slides, one file per slide named after it: QuPath "
+            "GeoJSON or Camelyon16 ASAP XML. A slide without one is all normal.",
+            show_default=False,
+        ),
+    ] = None,
+    tumour_class: Annotated[
+        list[str] | None,
+        typer.Option(help="QuPath classes that mean tumour (default: Tumor, Tumour, Metastasis)."),
+    ] = None,
+    patches_per_slide: Annotated[
+        int, typer.Option(min=1, help="At most this many patches of each class per slide.")
+    ] = 2000,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Fine-tune from these weights ('shipped': the shipped model; 'none': train from "
+            f"scratch). Default: shipped with --slides, else none. Fine-tuning defaults: "
+            f"--epochs {FINE_TUNE_EPOCHS}, --lr {FINE_TUNE_LR:g}; the model and its input "
+            "normalisation come from the weights.",
+            show_default=False,
+        ),
+    ] = None,
     out: Annotated[
         Path, typer.Option(help="Weights file to write (best validation epoch).")
     ] = Path("slidescan-model.pt"),
@@ -239,9 +305,14 @@ def train(
     split: Annotated[
         str, typer.Option(help="Split to read from folders that have several.")
     ] = "train",
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 10,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Training epochs (default 10; fine-tuning 4).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Patches per step.")] = 100,
-    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-3,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="AdamW peak learning rate (default 1e-3; fine-tuning 1e-4)."),
+    ] = None,
     weight_decay: Annotated[
         float, typer.Option(help="AdamW decoupled weight decay (0 = the tutorial's Adam).")
     ] = 0.0,
@@ -288,19 +359,47 @@ def train(
         typer.Option(help="Also store an int8 copy for 2–3× faster CPU scans (`quantize`)."),
     ] = True,
     resize: ResizeOpt = False,
+    stain_norm: StainNormOpt = None,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
 ) -> None:
-    """Train a patch classifier and write a weights file with its model card."""
-    from slidescan.io.patches import open_patch_datasets
+    """Train a patch classifier, or fine-tune one on a lab's annotated slides, and write a
+    weights file with its model card."""
+    from slidescan.engine.weights import ModelCard, load_weights
+    from slidescan.io.annotations import DEFAULT_TUMOUR_CLASSES
+    from slidescan.io.patches import ConcatPatchDataset, open_patch_datasets
+    from slidescan.train.slide_patches import open_annotated_slides
     from slidescan.train.trainer import TrainConfig
     from slidescan.train.trainer import train as run_training
 
     if distill_weight != 0.5 and not teacher:
         raise SlidescanError("--distill-weight needs --teacher")
-    train_data = open_patch_datasets(data, split=split, resize=resize)
+    if not data and slides is None:
+        raise SlidescanError("give patch DATA, --slides DIR, or both")
+    if annotations is not None and slides is None:
+        raise SlidescanError("--annotations needs --slides")
+    init_path = _init_weights(init, fine_tune_default=slides is not None)
+    if init_path is not None:
+        init_card = load_weights(init_path).card
+        if model != "pcamnet-v2" and model != init_card.model:
+            raise SlidescanError(f"--model {model} differs from --init's model {init_card.model}")
+        model = init_card.model
+    parts = [open_patch_datasets(data, split=split, resize=resize)] if data else []
+    if slides is not None:
+        card = init_card if init_path is not None else ModelCard(model=model)
+        classes = tuple(tumour_class) if tumour_class else DEFAULT_TUMOUR_CLASSES
+        parts.append(open_annotated_slides(
+            slides, annotations, card, tumour_classes=classes, max_per_class=patches_per_slide,
+            seed=seed,
+        ))  # fmt: skip
+    train_data = parts[0] if len(parts) == 1 else ConcatPatchDataset(parts)
     val_data = open_patch_datasets(val, split="valid", resize=resize) if val else None
+    fine_tune = init_path is not None
+    epochs = epochs or (FINE_TUNE_EPOCHS if fine_tune else 10)
+    lr = lr or (FINE_TUNE_LR if fine_tune else 1e-3)
     cfg = TrainConfig(
+        init=str(init_path.resolve()) if init_path else "",
+        stain_norm=stain_norm.value if stain_norm else "none",
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         schedule=schedule.value, val_fraction=val_fraction, augment=augment.value, ema=ema,
         teachers=[str(t.resolve()) for t in teacher or []], distill_weight=distill_weight,
@@ -323,6 +422,21 @@ def train(
         f"best epoch {result.best_epoch}: val AUC {m['auc']:.4f}, accuracy {m['accuracy']:.4f} "
         f"at threshold {m['threshold']:.3f}; {result.seconds:.0f} s; weights: {result.weights}"
     )
+
+
+def _init_weights(init: str | None, *, fine_tune_default: bool) -> Path | None:
+    """The weights file ``--init`` names (None: train from scratch)."""
+    from slidescan.engine.weights import shipped_weights_path
+
+    choice = init or ("shipped" if fine_tune_default else "none")
+    if choice == "none":
+        return None
+    if choice == "shipped":
+        return shipped_weights_path()
+    path = Path(choice)
+    if not path.is_file():
+        raise SlidescanError(f"--init: no weights file at {path}")
+    return path
 
 
 @app.command()
@@ -460,11 +574,13 @@ def evaluate(
     ] = None,
     batch_size: PatchBatchOpt = 256,
     resize: ResizeOpt = False,
+    stain_norm: StainNormOpt = None,
     device: DeviceOpt = "auto",
     backend: BackendOpt = Backend.auto,
     workers: WorkersOpt = 2,
 ) -> None:
     """Measure a model on labelled patches: AUC (95% CI), accuracy, sensitivity, specificity…"""
+    from slidescan.engine.stain_norm import normalise_patches
     from slidescan.engine.weights import load_weights
     from slidescan.io.patches import open_patch_datasets
     from slidescan.train.evaluation import evaluate as run_evaluation
@@ -473,6 +589,8 @@ def evaluate(
 
     loaded = load_weights(weights)
     dataset = open_patch_datasets(data, split=split, resize=resize)
+    method = stain_norm.value if stain_norm else loaded.card.stain_norm
+    dataset = normalise_patches(dataset, method, loaded.card.stain_reference)
     result = run_evaluation(
         loaded, dataset, device=device, backend=backend.value, tta=tta, batch_size=batch_size,
         workers=workers,
@@ -535,7 +653,7 @@ def validate(
 
     slidescan validate results/ --truth truth.csv --annotations annotations/
     """
-    from slidescan.validate.annotations import DEFAULT_TUMOUR_CLASSES
+    from slidescan.io.annotations import DEFAULT_TUMOUR_CLASSES
     from slidescan.validate.validation import describe_validation, validate, write_validation
 
     classes = tuple(tumour_class) if tumour_class else DEFAULT_TUMOUR_CLASSES
@@ -670,6 +788,7 @@ def run(
     tta: Annotated[
         bool, typer.Option("--tta", help="Average over the 8 flips/rotations (8× compute).")
     ] = False,
+    stain_norm: StainNormOpt = None,
     dense: Annotated[
         bool,
         typer.Option(
@@ -751,7 +870,7 @@ def run(
         mpp=mpp, stride=stride, min_tissue=min_tissue, batch_size=batch_size, workers=workers,
         device=device, backend=backend.value, tta=tta, overwrite=overwrite, threshold=threshold,
         dense=dense, reader=reader.value, default_mpp=default_mpp, full_paths=full_paths,
-        any_scale=any_scale,
+        any_scale=any_scale, stain_norm=stain_norm.value if stain_norm else None,
     )  # fmt: skip
     if patients is not None and not input.is_dir():
         raise SlidescanError("--patients stages the slides of a directory run: give a folder")

@@ -54,6 +54,9 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Colours of the training patches by stain-normalisation method (engine.stain_norm).
+    stain_reference: dict[str, Any] = field(default_factory=dict)
+    stain_norm: str = "none"  # what its training inputs went through; scans default to it
     slidescan_version: str = ""
 
     def lesion_thresholds(self, seed: float | None = None) -> tuple[float, float]:

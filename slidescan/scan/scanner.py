@@ -21,6 +21,13 @@ from slidescan.about import RESEARCH_USE_NOTICE, __version__
 from slidescan.engine.cell_scoring import CellScorer
 from slidescan.engine.device import default_scan_batch, default_scan_workers
 from slidescan.engine.inference import Normalizer, make_predictor
+from slidescan.engine.stain_norm import (
+    FIT_PATCHES,
+    StainMap,
+    check_method,
+    sample_patches,
+    stain_map,
+)
 from slidescan.engine.weights import LoadedModel, ModelCard
 from slidescan.errors import SlidescanError, one_line
 from slidescan.io.heatmap import HeatmapWriter
@@ -79,6 +86,8 @@ class ScanOptions:
     )
     progress: bool = True
     any_scale: bool = False  # scan even when a patch covers < MIN_PATCH_SLIDE_PX slide pixels
+    # engine.stain_norm.STAIN_METHODS, fitted per slide on its tissue; None: the model's own
+    stain_norm: str | None = None
 
 
 @dataclass
@@ -161,6 +170,13 @@ class Scanner:
         # A lesion needs one tile at the seed threshold (calibrated on simulated normal slides)
         # and extends over neighbours at the tile threshold. --threshold replaces the seed.
         self.seed_threshold, self.extent_threshold = card.lesion_thresholds(options.threshold)
+        self.stain_norm = options.stain_norm or card.stain_norm
+        check_method(self.stain_norm)
+        if self.stain_norm != "none" and self.stain_norm not in card.stain_reference:
+            raise SlidescanError(
+                f"these weights carry no {self.stain_norm} stain reference; retrain them, "
+                "or scan without stain normalisation"
+            )
         self.stride = options.stride
         # Fully convolutional models (torch or exported) give the stride-32 map in one pass;
         # others get it from overlapping tiles (9× the work of stride 96).
@@ -200,6 +216,8 @@ class Scanner:
             "seed_threshold": self.seed_threshold,
             "extent_threshold": self.extent_threshold,
             "slidescan_version": __version__,
+            # Only when on: results of earlier versions (which had none) stay valid.
+            **({"stain_norm": self.stain_norm} if self.stain_norm != "none" else {}),
         }
 
     def fingerprint(self, slide_path: Path) -> str:
@@ -245,6 +263,9 @@ class Scanner:
             grid, tissue = plan_grid(slide, card, self.stride, opts.min_tissue)
             cells = np.argwhere(tissue)
             attrs = self._attrs(slide_path, slide, grid)
+            stain = self._fit_stain(slide, grid, cells)
+            if stain is not None:
+                attrs["stain_norm"] = {"method": self.stain_norm, "fitted": stain.source.to_dict()}
             # Each worker would hold its own copy of a plain image: read it here instead.
             workers = 0 if slide.in_memory else self.workers
             used_mpp = slide.mpp  # workers reopen the slide: hand them the scale chosen here
@@ -256,7 +277,7 @@ class Scanner:
             cell_level0_px=attrs["cell_level0_px"],
         )  # fmt: skip
         writer.write_tissue(tissue)
-        self._infer(slide_path, used_mpp, grid, cells, writer, workers)
+        self._infer(slide_path, used_mpp, grid, cells, writer, workers, stain)
         probability = writer.probability
         call = call_slide(
             probability, seed_threshold=self.seed_threshold,
@@ -264,7 +285,7 @@ class Scanner:
             seed_cells=seed_cells_for(grid.stride, grid.patch_size),
         )  # fmt: skip
         distribution = combine(
-            self._check_distribution(slide_path, used_mpp, grid, cells), scale_doubts
+            self._check_distribution(slide_path, used_mpp, grid, cells, stain), scale_doubts
         )
         if len(cells) == 0:  # nothing was looked at: not a negative anyone may trust
             distribution = combine(distribution, (NO_TISSUE_WARNING,))
@@ -302,8 +323,30 @@ class Scanner:
         )  # fmt: skip
         path.write_text(json.dumps(collection) + "\n")
 
+    def _fit_stain(self, slide: Slide, grid: TileGrid, cells: np.ndarray) -> StainMap | None:
+        """The slide's colour map onto the model's reference, fitted on a seeded sample of its
+        tissue tiles (None when stain normalisation is off or there is no tissue)."""
+        method = self.stain_norm
+        if method == "none" or len(cells) == 0:
+            return None
+        size = (grid.patch_size, grid.patch_size)
+        tiles = sample_patches(
+            lambda i: slide.read_at_mpp(grid.cell_to_level0(*cells[i]), size, grid.target_mpp),
+            len(cells), FIT_PATCHES, seed=0,
+        )  # fmt: skip
+        try:
+            return stain_map(method, tiles, self.loaded.card.stain_reference)
+        except SlidescanError as exc:
+            raise SlidescanError(f"{slide.path.name}: {exc}") from None
+
     def _check_distribution(
-        self, slide_path: Path, mpp: float, grid: Any, cells: np.ndarray, sample: int = 256
+        self,
+        slide_path: Path,
+        mpp: float,
+        grid: Any,
+        cells: np.ndarray,
+        stain: StainMap | None,
+        sample: int = 256,
     ) -> DistributionCheck:
         """Embed a seeded random sample of tissue tiles and compare them with training."""
         if self.reference is None or len(cells) == 0:
@@ -311,7 +354,7 @@ class Scanner:
         pick = np.random.default_rng(0).permutation(len(cells))[:sample]
         dataset = SlideTileDataset(
             slide_path, grid, cells[np.sort(pick)], mpp=mpp, block=1,
-            reader=self.options.reader,
+            reader=self.options.reader, stain=stain,
         )  # fmt: skip
         model = self.loaded.model
         normalizer = Normalizer(self.loaded.card, next(model.parameters()).device)
@@ -335,13 +378,14 @@ class Scanner:
         cells: np.ndarray,
         writer: HeatmapWriter,
         workers: int,
+        stain: StainMap | None,
     ) -> None:
         if len(cells) == 0:
             return
         opts = self.options
         dataset = SlideTileDataset(
             slide_path, grid, cells, mpp=mpp, block=self.block, dense=self.dense,
-            reader=opts.reader,
+            reader=opts.reader, stain=stain,
         )  # fmt: skip
         runner = TileRunner(
             CellScorer(self.loaded, self.predictor, dense=self.dense, tta=opts.tta),

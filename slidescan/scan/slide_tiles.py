@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
+from slidescan.engine.stain_norm import StainMap
 from slidescan.io.slide import Slide, open_slide
 from slidescan.scan.tiling import TileGrid
 
@@ -40,6 +41,7 @@ class SlideTileDataset(Dataset):
         block: int = 8,
         dense: bool = False,
         reader: str = "auto",
+        stain: StainMap | None = None,
     ) -> None:
         cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
         rows, cols = grid.shape
@@ -54,6 +56,7 @@ class SlideTileDataset(Dataset):
         self.block = block
         self.dense = dense
         self.reader = reader
+        self.stain = stain  # applied to each read region, before it is cut into tiles
 
         block_cols = -(-cols // block)
         keys = (cells[:, 0] // block) * block_cols + cells[:, 1] // block
@@ -82,6 +85,8 @@ class SlideTileDataset(Dataset):
             (r1 - r0) * grid.stride + grid.patch_size,
         )
         region = self._open().read_at_mpp(grid.cell_to_level0(r0, c0), size, grid.target_mpp)
+        if self.stain is not None:
+            region = self.stain(region)
         return region, cells, (r0, c0)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:

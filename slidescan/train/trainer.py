@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from slidescan.engine.augment import augment_batch
 from slidescan.engine.device import autocast, pin_memory
 from slidescan.engine.inference import Normalizer, predict_dataset, prepare_model
-from slidescan.engine.weights import ModelCard, file_sha256, save_weights
+from slidescan.engine.stain_norm import FIT_PATCHES, fit_stain_reference, sample_patches
+from slidescan.engine.weights import ModelCard, file_sha256, load_weights, save_weights
 from slidescan.errors import SlidescanError, one_line
 from slidescan.io.atomic import atomic_write
 from slidescan.models import DEFAULT_MODEL, count_parameters, create_model
@@ -37,6 +38,7 @@ from slidescan.train.distributed import (
     sum_across,
 )
 from slidescan.train.metrics import best_threshold, binary_metrics
+from slidescan.train.slide_patches import normalised
 
 
 @dataclass
@@ -60,6 +62,8 @@ class TrainConfig:
     augment: str = "strong"  # none, basic or strong (see slidescan.engine.augment)
     ema: float = 0.0  # per-step decay of an exponential moving average of the weights; 0 = off
     teachers: list[str] = field(default_factory=list)  # weights files to distil from; [] = off
+    init: str = ""  # weights file to fine-tune from (its model, config and normalisation); "" = off
+    stain_norm: str = "none"  # engine.stain_norm: map each slide / patch collection's colours
     distill_weight: float = 0.5  # the teachers' share of each target, at most the label's
     seed: int = 0
     workers: int = 2
@@ -79,22 +83,43 @@ class TrainResult:
 
 
 def split_holdout(
-    n: int, fraction: float, seed: int, groups: np.ndarray | None = None
+    n: int,
+    fraction: float,
+    seed: int,
+    groups: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Seeded random (train, val) index split holding out about ``fraction`` of ``n`` items.
 
-    Items sharing a ``groups`` key (e.g. the same pixels: PatchCamelyon repeats patches) land
-    on the same side, so no held-out patch was also trained on.
+    Items sharing a ``groups`` key (the same pixels: PatchCamelyon repeats patches; the same
+    slide) land on the same side, so no held-out patch was also trained on. With ``labels``,
+    the first of a seeded series of splits whose two sides both hold both classes is taken
+    (few slides, few of them with tumour).
     """
     if not 0 < fraction < 1:
         raise SlidescanError(f"validation fraction must be between 0 and 1, got {fraction}")
     keys = np.arange(n) if groups is None else np.unique(groups, return_inverse=True)[1]
     n_groups = int(keys.max()) + 1 if n else 0
-    order = np.random.default_rng(seed).permutation(n_groups)
-    held = np.zeros(n_groups, dtype=bool)
-    held[order[: max(1, round(n_groups * fraction))]] = True
-    is_val = held[keys]
+    for attempt in range(100):
+        order = np.random.default_rng(seed + 7919 * attempt).permutation(n_groups)
+        held = np.zeros(n_groups, dtype=bool)
+        held[order[: max(1, round(n_groups * fraction))]] = True
+        is_val = held[keys]
+        if labels is None or all(len(np.unique(labels[side])) >= 2 for side in (is_val, ~is_val)):
+            break
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def balance_classes(index: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
+    """``index`` with items of its rarer class repeated (seeded) until both classes are equal:
+    patches sampled from slides are mostly normal; augmentation makes the repeats differ."""
+    sides = [index[labels[index] == k] for k in (0, 1)]
+    rare = min(sides, key=len)
+    gap = abs(len(sides[0]) - len(sides[1]))
+    if not len(rare) or not gap:
+        return index
+    extra = np.random.default_rng(seed).choice(rare, size=gap)
+    return np.sort(np.concatenate([index, extra]))
 
 
 def pixel_digests(dataset: Dataset) -> np.ndarray:
@@ -188,11 +213,28 @@ def _train(
         )
     if cfg.teachers:
         check_distill_settings(cfg.distill_weight, separate_validation=val_data is not None)
+    start_from = load_weights(Path(cfg.init)) if cfg.init else None
+    # The colours to normalise onto: the starting model's, else this training data's.
+    reference = (start_from.card.stain_reference if start_from else {}) or fit_stain_reference(
+        sample_patches(lambda i: train_data[i][0].permute(1, 2, 0).numpy(),
+                       len(train_data), 4 * FIT_PATCHES, cfg.seed)  # type: ignore[arg-type]
+    )  # fmt: skip
+    train_data = normalised(train_data, cfg.stain_norm, reference, cfg.seed)  # type: ignore[arg-type]
+    if val_data is not None:
+        val_data = normalised(val_data, cfg.stain_norm, reference, cfg.seed)  # type: ignore[arg-type]
     holdout_ids: list[str] = []
     if val_data is None:
         n_items = len(train_data)  # type: ignore[arg-type]
-        groups = pixel_digests(train_data)
-        train_idx, val_idx = split_holdout(n_items, cfg.val_fraction, cfg.seed, groups=groups)
+        # Slides: whole slides are held out, never patches of a slide that is also trained on.
+        slide_groups = getattr(train_data, "groups", None)
+        groups = pixel_digests(train_data) if slide_groups is None else slide_groups
+        all_labels = _labels_of(train_data, None)
+        train_idx, val_idx = split_holdout(
+            n_items, cfg.val_fraction, cfg.seed, groups=groups,
+            labels=None if slide_groups is None else all_labels,
+        )  # fmt: skip
+        if slide_groups is not None:
+            train_idx = balance_classes(train_idx, all_labels, cfg.seed)
         ids = getattr(train_data, "ids", None)
         if ids is not None:
             holdout_ids = [str(ids[i]) for i in val_idx]
@@ -207,9 +249,18 @@ def _train(
         if len(np.unique(labels)) < 2 or labels.min() < 0:
             raise SlidescanError(f"the {name} data needs labelled examples of both classes")
 
-    mean, std = channel_stats(train_data, seed=cfg.seed)
-    card = ModelCard(model=cfg.model, config=dict(cfg.model_config), mean=mean, std=std)  # type: ignore[arg-type]
-    model = prepare_model(create_model(cfg.model, **cfg.model_config), device)
+    if start_from is not None:
+        # Fine-tuning keeps the model's input normalisation: its weights were learnt under it.
+        card = ModelCard(
+            model=start_from.card.model, config=dict(start_from.card.config),
+            mean=start_from.card.mean, std=start_from.card.std,
+        )  # fmt: skip
+        model = prepare_model(start_from.model, device)
+    else:
+        mean, std = channel_stats(train_data, seed=cfg.seed)
+        card = ModelCard(model=cfg.model, config=dict(cfg.model_config), mean=mean, std=std)  # type: ignore[arg-type]
+        model = prepare_model(create_model(cfg.model, **cfg.model_config), device)
+    card.stain_reference, card.stain_norm = reference, cfg.stain_norm
     normalizer = Normalizer(card, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
@@ -249,7 +300,7 @@ def _train(
         first_epoch, best_auc, best_epoch = ckpt["epoch"] + 1, ckpt["best_auc"], ckpt["best_epoch"]
         history, best_metrics = ckpt["history"], ckpt["best_metrics"]
 
-    fit_data = train_data
+    fit_data: Dataset = train_data
     if cfg.teachers:
         # Each process scores its share of the patches; all of them train on all the targets.
         shard = shard_indices(len(train_data), ctx)  # type: ignore[arg-type]
@@ -371,6 +422,8 @@ def _train(
                 "n_train": len(train_data),  # type: ignore[arg-type]
                 "n_val": len(val_data),  # type: ignore[arg-type]
                 "holdout_ids": holdout_ids,  # the held-out part of DATA (calibration uses it)
+                "holdout_slides": sorted({i.split("@")[0] for i in holdout_ids if "@" in i}),
+                "init": _init_record(cfg.init),
                 "parameters": n_params,
                 "device": str(device),
                 "processes": ctx.world_size,
@@ -403,11 +456,24 @@ def _calibrate(out: Path, train_data: Dataset, val_data: Dataset, *, int8: bool,
     tqdm.write(result.describe())
 
 
+def _init_record(init: str) -> dict[str, Any]:
+    """What a fine-tuned model started from (empty when trained from scratch)."""
+    if not init:
+        return {}
+    card = load_weights(Path(init)).card
+    return {"file": Path(init).name, "sha256": file_sha256(Path(init)), "model": card.model,
+            "data": card.training.get("data", "")}  # fmt: skip
+
+
 def _json_config(cfg: TrainConfig) -> dict[str, Any]:
     raw = asdict(cfg)
     raw.pop("workers")  # how many loader processes ran changes nothing about the result
     raw.pop("device")
     raw.pop("int8")  # added after training, never changes the float32 weights
+    if cfg.init:  # so does a start retrained in place
+        raw["init"] = file_sha256(Path(cfg.init))
+    else:
+        raw.pop("init")
     if cfg.teachers:  # a teacher retrained in place changes the targets: --resume must notice
         raw["teacher_sha256"] = [file_sha256(Path(t)) for t in cfg.teachers]
     else:

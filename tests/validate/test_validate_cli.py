@@ -14,8 +14,8 @@ from scan_helpers import CELL_UM, FAST, SLIDE_MPP, invoke
 from sklearn.metrics import roc_auc_score
 from slide_fixtures import square_image, write_pyramid
 
+from slidescan.io.annotations import read_annotations
 from slidescan.scan.slide_report import CallReport, LesionReport, SlideReport
-from slidescan.validate.annotations import read_annotations
 from slidescan.validate.slide_metrics import slide_score
 
 SUMMARY = ["slide", "status", "heatmap"]

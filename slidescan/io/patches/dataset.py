@@ -87,6 +87,12 @@ class ConcatPatchDataset(PatchDataset):
         labels = np.concatenate([p.labels for p in parts]).astype(np.int64)
         super().__init__(ids, labels, " + ".join(p.description for p in parts))
         self.parts = list(parts)
+        if any(hasattr(p, "groups") for p in parts):
+            # Slides are held out whole; any other patch is a group of its own.
+            self.groups = np.concatenate([
+                np.asarray(getattr(p, "groups", [f"{p.description}#{i}" for i in p.ids]))
+                for p in parts
+            ])  # fmt: skip
         self._ends = np.cumsum([len(p) for p in parts]).tolist()
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
