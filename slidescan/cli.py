@@ -306,12 +306,15 @@ def train(
         str, typer.Option(help="Split to read from folders that have several.")
     ] = "train",
     epochs: Annotated[
-        int | None, typer.Option(min=1, help="Training epochs (default 10; fine-tuning 4).")
+        int | None,
+        typer.Option(min=1, help=f"Epochs (default: 10; fine-tuning: {FINE_TUNE_EPOCHS})."),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Patches per step.")] = 100,
     lr: Annotated[
         float | None,
-        typer.Option(help="AdamW peak learning rate (default 1e-3; fine-tuning 1e-4)."),
+        typer.Option(
+            help=f"AdamW peak learning rate (default: 0.001; fine-tuning: {FINE_TUNE_LR:g})."
+        ),
     ] = None,
     weight_decay: Annotated[
         float, typer.Option(help="AdamW decoupled weight decay (0 = the tutorial's Adam).")

@@ -32,7 +32,11 @@ from slidescan.io.patches.dataset import PatchDataset
 
 STAIN_METHODS = ("none", "macenko", "reinhard")
 LIGHT = 255.0
-TISSUE_OD = 0.15  # pixels below this optical density in any channel are glass or near it
+# Macenko's stain vectors: pixels dense in every channel (Macenko's β). Reinhard's statistics:
+# every pixel that is not glass; a stricter cut moves with the stain itself (a paler slide
+# keeps only its darkest pixels) and biased the fitted means.
+STAIN_OD = 0.15
+GLASS_OD = 0.05
 ANGLE_PERCENTILE = 1.0
 CONCENTRATION_PERCENTILE = 99.0
 FIT_PATCHES = 64  # patches sampled to fit a slide
@@ -67,16 +71,19 @@ def _optical_density(rgb: np.ndarray) -> np.ndarray:
     return -np.log(np.maximum(rgb.astype(np.float32), 1.0) / LIGHT)
 
 
-def tissue_pixels(images: np.ndarray) -> np.ndarray:
-    """The (n, 3) uint8 pixels of ``images`` (..., 3) dense enough in every channel to be stain."""
+def tissue_pixels(images: np.ndarray, method: str) -> np.ndarray:
+    """The (n, 3) uint8 pixels of ``images`` (..., 3) that ``method`` fits on."""
     pixels = images.reshape(-1, 3)
-    return pixels[(_optical_density(pixels) > TISSUE_OD).all(axis=1)]
+    od = _optical_density(pixels)
+    if method == "reinhard":
+        return pixels[od.mean(axis=1) > GLASS_OD]
+    return pixels[(od > STAIN_OD).all(axis=1)]
 
 
 def fit_stain(method: str, images: np.ndarray) -> StainStats:
     """Fit ``method`` on the tissue pixels of uint8 ``images`` (..., 3)."""
     check_method(method)
-    pixels = tissue_pixels(images)
+    pixels = tissue_pixels(images, method)
     if len(pixels) < 100:
         raise SlidescanError(
             f"stain normalisation: only {len(pixels)} stained pixels to fit {method} on"

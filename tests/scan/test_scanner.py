@@ -605,3 +605,27 @@ def test_plain_png_scans_in_process_like_a_pyramid(tmp_path: Path, weights: Path
     assert a.tiles == b.tiles > 0
     np.testing.assert_array_equal(t_png, t_tif)
     np.testing.assert_allclose(p_png, p_tif, atol=1e-4, equal_nan=True)
+
+
+# --- stain normalisation -------------------------------------------------------------------
+
+
+def test_stain_normalisation_is_fitted_per_slide_and_recorded(
+    tmp_path: Path, weights: Path, slides: dict[str, Path]
+) -> None:
+    from slidescan.engine.stain_norm import fit_stain_reference
+
+    loaded = load_weights(weights)
+    with pytest.raises(SlidescanError, match="carry no reinhard stain reference"):
+        scanner(weights, stain_norm="reinhard")
+    loaded.card.stain_reference = fit_stain_reference(tissue_image(192, 192, seed=5)[0])
+    with_ref = tmp_path / "w.pt"
+    save_weights(with_ref, loaded.model, loaded.card)
+    plain = scanner(with_ref)
+    assert "stain_norm" not in plain.settings()  # earlier results keep their fingerprint
+    result = scan(with_ref, slides["tissue"], tmp_path / "t.zarr", stain_norm="reinhard")
+    attrs = read_heatmap(result.heatmap)[2]
+    assert attrs["stain_norm"]["method"] == "reinhard"
+    assert result.slide_report is not None
+    assert result.slide_report.settings["stain_norm"] == "reinhard"
+    assert result.slide_report.fingerprint != plain.fingerprint(slides["tissue"])
