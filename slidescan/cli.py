@@ -719,7 +719,7 @@ def run(
         typer.Option(
             help="Heatmap X.zarr for one slide (default: <slide>.zarr); for a directory, the "
             "output folder (default: slidescan-results/) with <slide>.zarr, <slide>.json and "
-            "summary.csv.",
+            "summary.csv. Missing parent folders are created.",
             show_default=False,
         ),
     ] = None,

@@ -143,8 +143,11 @@ def load_weights(path: Path | None = None) -> LoadedModel:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means: not ours
-        reason = one_line(exc)[:120]
-        raise SlidescanError(f"{path}: not a slidescan weights file ({reason})") from None
+        # torch's own message is a paragraph about weights_only: name the failure, not that.
+        raise SlidescanError(
+            f"{path}: not a slidescan weights file (torch.load cannot read it: "
+            f"{type(exc).__name__})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SlidescanError(f"{path}: not a slidescan weights file (no slidescan model card)")
     if payload.get("format_version", 0) > FORMAT_VERSION:

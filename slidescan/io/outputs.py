@@ -164,7 +164,7 @@ class SlideOutputs:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the slide's lock for the block; raise :class:`OutputBusy` if a live run has it."""
-        self.heatmap.parent.mkdir(parents=True, exist_ok=True)
+        ensure_output_folder(self.heatmap.parent)
         _acquire(self.lock, self.heatmap.name)
         try:
             yield

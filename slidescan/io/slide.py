@@ -229,6 +229,8 @@ def open_slide(
         raise SlidescanError(f"{name}: file not found ({path})")
     if not path.is_file():
         raise SlidescanError(f"{name}: not a file ({path})")
+    if path.stat().st_size == 0:
+        raise SlidescanError(f"{name}: empty file (0 bytes)")
 
     try:
         vendor = openslide.OpenSlide.detect_format(path)

@@ -427,3 +427,40 @@ def test_train_bad_options(option: list[str], needle: str, toy: Path, tmp_path: 
     result = invoke(*args)
     _assert_one_error_line(result, needle, allow_info=True)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# One-line messages that say what is wrong (issue 23, item 8)
+
+
+def _tiny_slide(folder: Path) -> Path:
+    rgb = np.full((200, 200, 3), 240, np.uint8)
+    rgb[50:150, 50:150] = (150, 80, 160)
+    path = folder / "s.png"
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def test_an_empty_slide_file_is_called_empty(tmp_path: Path) -> None:
+    (tmp_path / "x.svs").touch()
+    result = invoke("run", tmp_path / "x.svs", "--out", tmp_path / "o.zarr", *FAST)
+    assert result.exit_code == 1
+    assert "x.svs: empty file (0 bytes)" in result.output
+
+
+def test_an_output_below_a_file_says_the_file_is_no_folder(tmp_path: Path) -> None:
+    (tmp_path / "afile").touch()
+    slide = _tiny_slide(tmp_path)
+    result = invoke("run", slide, "--out", tmp_path / "afile" / "a.zarr", "--default-mpp",
+                    "0.972", *FAST)  # fmt: skip
+    assert result.exit_code == 1
+    assert "is a file, not a folder" in result.output
+    assert "File exists" not in result.output
+
+
+def test_a_weights_file_that_is_no_model_gets_a_whole_reason(tmp_path: Path) -> None:
+    slide = _tiny_slide(tmp_path)
+    result = invoke("run", slide, "--out", tmp_path / "a.zarr", "--weights", slide, *FAST)
+    assert result.exit_code == 1
+    line = [r for r in result.output.splitlines() if "weights file" in r][0]
+    assert line.endswith("(torch.load cannot read it: UnpicklingError)")
