@@ -246,6 +246,11 @@ class Scanner:
         """Scan ``slide_path`` into ``outputs``, replacing what is there; the caller holds
         ``outputs.locked()``."""
         start = time.perf_counter()
+        if outputs.overlay is not None:
+            # matplotlib loads now, not after the scan: a Ctrl-C that lands inside an import
+            # prints Python's "Exception ignored" traceback, and the end of a scan is where
+            # users press it (tests/scan/test_interrupt.py saw it once at 1.5 s).
+            import slidescan.scan.overlay  # noqa: F401
         with outputs.staged() as staging:
             result = self._scan_into(slide_path, outputs, staging, start)
             staging.commit()
