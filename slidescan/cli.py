@@ -222,6 +222,15 @@ StainNormOpt = Annotated[
 ]
 
 
+TumourClassOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="QuPath classification names that mean tumour (repeatable).",
+        show_default="Tumor, Tumour, Metastasis",
+    ),
+]
+
+
 # Devices stay free text: cuda:N has no fixed list. The engine checks them.
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")]
 BackendOpt = Annotated[
@@ -274,10 +283,7 @@ def train(
             show_default=False,
         ),
     ] = None,
-    tumour_class: Annotated[
-        list[str] | None,
-        typer.Option(help="QuPath classes that mean tumour (default: Tumor, Tumour, Metastasis)."),
-    ] = None,
+    tumour_class: TumourClassOpt = None,
     patches_per_slide: Annotated[
         int, typer.Option(min=1, help="At most this many patches of each class per slide.")
     ] = 2000,
@@ -635,13 +641,7 @@ def validate(
             show_default=False,
         ),
     ] = None,
-    tumour_class: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="QuPath classification names that mean tumour (repeatable).",
-            show_default="Tumor, Tumour, Metastasis",
-        ),
-    ] = None,
+    tumour_class: TumourClassOpt = None,
     out: Annotated[
         Path | None,
         typer.Option(
