@@ -148,16 +148,21 @@ def sample_patches(read: Callable[[int], np.ndarray], n: int, k: int, seed: int)
     return np.stack([read(int(i)) for i in np.sort(pick)])
 
 
-def stain_map(method: str, images: np.ndarray, reference: dict[str, Any]) -> StainMap | None:
-    """The map from ``images``' colours to ``reference[method]`` (None for ``none``)."""
+def check_reference(method: str, reference: dict[str, Any]) -> None:
+    """SlidescanError unless ``method`` is known and, when on, ``reference`` (a card's) has it."""
     check_method(method)
-    if method == "none":
-        return None
-    if method not in reference:
+    if method != "none" and method not in reference:
         raise SlidescanError(
             f"these weights carry no {method} stain reference (trained before stain "
             "normalisation existed); retrain, or leave stain normalisation off"
         )
+
+
+def stain_map(method: str, images: np.ndarray, reference: dict[str, Any]) -> StainMap | None:
+    """The map from ``images``' colours to ``reference[method]`` (None for ``none``)."""
+    check_reference(method, reference)
+    if method == "none":
+        return None
     return StainMap(fit_stain(method, images), StainStats.from_dict(reference[method]))
 
 

@@ -24,7 +24,7 @@ from slidescan.engine.inference import Normalizer, make_predictor
 from slidescan.engine.stain_norm import (
     FIT_PATCHES,
     StainMap,
-    check_method,
+    check_reference,
     sample_patches,
     stain_map,
 )
@@ -171,12 +171,7 @@ class Scanner:
         # and extends over neighbours at the tile threshold. --threshold replaces the seed.
         self.seed_threshold, self.extent_threshold = card.lesion_thresholds(options.threshold)
         self.stain_norm = options.stain_norm or card.stain_norm
-        check_method(self.stain_norm)
-        if self.stain_norm != "none" and self.stain_norm not in card.stain_reference:
-            raise SlidescanError(
-                f"these weights carry no {self.stain_norm} stain reference; retrain them, "
-                "or scan without stain normalisation"
-            )
+        check_reference(self.stain_norm, card.stain_reference)
         self.stride = options.stride
         # Fully convolutional models (torch or exported) give the stride-32 map in one pass;
         # others get it from overlapping tiles (9× the work of stride 96).

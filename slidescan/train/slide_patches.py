@@ -43,7 +43,7 @@ from slidescan.scan.scanner import plan_grid
 
 MARGIN_UM = 100.0  # normal patches keep this far from a tumour outline
 CENTRE_FRACTION = 1 / 3  # PatchCamelyon: the label is the central 32×32 of 96×96
-MIN_TISSUE = 0.5  # share of a candidate's area that must be tissue (the scan uses 0.1)
+MIN_TISSUE = 0.5  # share of a candidate's area that must be tissue (a scan takes 0.25)
 
 
 @dataclass(frozen=True)
