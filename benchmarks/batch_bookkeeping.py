@@ -2,7 +2,7 @@
 
 For batches of N slides, times one rewrite of summary.csv and of the review page holding N rows,
 and the total over the whole batch when every slide rewrites both ("unpaced", quadratic) and
-when the rewrites are paced (:class:`slidescan.scan.pacing.Pacer`, the default) assuming each
+when the rewrites are paced (:class:`slidescan.io.pacing.Pacer`, the default) assuming each
 slide takes --slide-seconds to scan.
 
     python benchmarks/batch_bookkeeping.py --sizes 100 1000 10000 --slide-seconds 5
@@ -15,9 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from slidescan.scan.batch import SlideOutcome, write_summary
-from slidescan.scan.pacing import Pacer
-from slidescan.scan.review_page import ReviewEntry, ReviewPage
+from slidescan.batch.summary import write_summary
+from slidescan.io.pacing import Pacer
+from slidescan.report.outcome import SlideOutcome
+from slidescan.report.review_page import ReviewEntry, ReviewPage
 
 
 def _outcome(i: int) -> SlideOutcome:

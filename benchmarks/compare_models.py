@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import torch
+from data_paths import shared_data_dir
 
 from slidescan.engine.inference import prepare_model
 from slidescan.engine.weights import load_weights
-from slidescan.io.data_paths import shared_data_dir
 from slidescan.io.patches import open_patch_dataset
 from slidescan.models import count_parameters
 from slidescan.train.evaluation import evaluate

@@ -3,7 +3,7 @@
     python benchmarks/lesion_mosaics.py [--weights W] [--data ../shared/data/pcam-jpeg/valid] \
         [--cells 100] [--slides 50] [--scan 3]
 
-Builds mosaic slides (``slidescan.train.mosaic``) from a labelled patch folder (class folders 0/1):
+Builds mosaic slides (``mosaic_slides.py``) from a labelled patch folder (class folders 0/1):
 all-normal, one 2.2 mm macrometastasis and one 0.65 mm micrometastasis, ``--cells`` cells a side
 (100 × 93 µm ≈ 9 mm). For each kind it reports the share called positive, the category found and
 the measured diameter of the largest lesion against the truth.
@@ -30,22 +30,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-
-from slidescan.engine.inference import Normalizer
-from slidescan.engine.weights import load_weights
-from slidescan.io.data_paths import shared_data_dir
-from slidescan.io.patches import open_patch_dataset
-from slidescan.scan.scanner import Scanner, ScanOptions
-from slidescan.scan.slide_call import SEED_CELLS, call_slide
-from slidescan.train.calibration import dihedral_probs
-from slidescan.train.mosaic import (
+from data_paths import shared_data_dir
+from mosaic_slides import (
     cell_mm,
     image_mosaic,
     lesion_layout,
     probability_mosaic,
     write_slide,
 )
+from torch.utils.data import DataLoader
+
+from slidescan.engine.inference import Normalizer
+from slidescan.engine.weights import load_weights
+from slidescan.io.patches import open_patch_dataset
+from slidescan.scan.scanner import Scanner, ScanOptions
+from slidescan.scan.slide_call import SEED_CELLS, call_slide
+from slidescan.train.calibration import dihedral_probs
 
 KINDS = {"normal": 0.0, "micrometastasis 0.65 mm": 0.65, "macrometastasis 2.2 mm": 2.2}
 EXPECTED = {0.0: "negative", 0.65: "micrometastasis", 2.2: "macrometastasis"}

@@ -14,7 +14,7 @@ tifffile as an iterator of tiles; the reduced levels are box-averaged from those
 to raw temporary files beside the output, and written from there a tile row at a time. The
 parameters are stored in the ImageDescription, and an existing file with the same parameters is
 reused instead of rewritten. Needs ``imagecodecs`` (JPEG) and the real data in
-``slidescan.io.data_paths.shared_data_dir()``.
+``benchmarks/data_paths.py: shared_data_dir()``.
 """
 
 from __future__ import annotations
@@ -31,9 +31,8 @@ from typing import Any
 
 import numpy as np
 import tifffile
+from data_paths import shared_data_dir
 from PIL import Image
-
-from slidescan.io.data_paths import shared_data_dir
 
 TILE = 256  # TIFF tile side; also the height of one generated level-0 row of tiles
 CELL = 96  # PCam patch side

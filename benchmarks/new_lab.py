@@ -33,15 +33,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from data_paths import shared_data_dir
 from lesion_mosaics import load_patches
+from mosaic_slides import image_mosaic, lesion_layout, write_slide
 from mosaic_truth import tumour_area, write_geojson
 from PIL import Image
 from skimage.color import hed2rgb, hsv2rgb, rgb2hed, rgb2hsv
 from skimage.filters import gaussian
 
 from slidescan.engine.weights import PCAM_MPP
-from slidescan.io.data_paths import shared_data_dir
-from slidescan.train.mosaic import image_mosaic, lesion_layout, write_slide
 
 CELLS = 40
 TRAIN_SLIDES = 20

@@ -2,7 +2,7 @@
 
     python benchmarks/operating_points.py [--weights W] [--slides 200] [--cells 100]
 
-Heatmap mosaics (``slidescan.train.mosaic.probability_mosaic``) of PatchCamelyon ``valid``
+Heatmap mosaics (``mosaic_slides.probability_mosaic``, in benchmarks/) of PatchCamelyon ``valid``
 patches, each scored under the 8 flips/rotations: for each seed threshold, the share of all-normal
 mosaics of ``--cells``² tissue tiles called positive, and the share of 0.3–0.5 mm, 0.65 mm and
 2.2 mm lesions detected (a lesion of the call covers a cell of the truth). This is how a lab
@@ -15,14 +15,14 @@ import argparse
 
 import numpy as np
 import torch
+from data_paths import shared_data_dir
 from lesion_mosaics import load_patches
+from mosaic_slides import cell_mm, lesion_layout, probability_mosaic
 
 from slidescan.engine.inference import Normalizer
 from slidescan.engine.weights import load_weights
-from slidescan.io.data_paths import shared_data_dir
 from slidescan.scan.slide_call import SEED_CELLS, call_slide
 from slidescan.train.calibration import dihedral_probs
-from slidescan.train.mosaic import cell_mm, lesion_layout, probability_mosaic
 
 SEEDS = (0.9999, 0.9995, 0.999, 0.995, 0.99, 0.986, 0.98, 0.97, 0.95, 0.9)
 LESIONS = {"0.3–0.5 mm": (0.3, 0.4, 0.5), "0.65 mm": (0.65,), "2.2 mm": (2.2,)}

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from data_paths import shared_data_dir
 from PIL import Image
 from skimage.color import hed2rgb, hsv2rgb, rgb2hed, rgb2hsv
 from skimage.filters import gaussian
 
 from slidescan.engine.inference import make_predictor, predict_probs
 from slidescan.engine.weights import load_weights
-from slidescan.io.data_paths import shared_data_dir
 from slidescan.io.patches import open_patch_dataset
 from slidescan.train.metrics import roc_auc
 

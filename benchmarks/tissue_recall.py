@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from data_paths import shared_data_dir
 from lesion_mosaics import load_patches
+from mosaic_slides import CELL
 from PIL import Image
 from skimage.color import hed2rgb, hsv2rgb, rgb2hed, rgb2hsv
 
-from slidescan.io.data_paths import shared_data_dir
 from slidescan.scan.tiling import make_grid, tissue_fraction
 from slidescan.scan.tissue import mask_size_limits, tissue_mask
-from slidescan.train.mosaic import CELL
 
 MPP = 0.972
 DOWNSAMPLE = 8  # the scan's thumbnail of such a slide is about this much smaller

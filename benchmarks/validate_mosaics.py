@@ -2,7 +2,7 @@
 
     python benchmarks/validate_mosaics.py [--weights W] [--cells 40] [--per-kind 4] [--out DIR]
 
-Builds mosaic slides (``slidescan.train.mosaic``) from PatchCamelyon ``valid`` patches (slides the
+Builds mosaic slides (``mosaic_slides.py``) from PatchCamelyon ``valid`` patches (slides the
 shipped model was neither trained nor calibrated on): all-normal, ITC, micrometastases of
 0.3–0.5 mm and 0.65 mm, macrometastases of 2.2 mm, ``--cells`` cells a side. Each mosaic gets its
 label in truth.csv, a patient (three or four slides each) and its tumour outlined as QuPath GeoJSON
@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from data_paths import shared_data_dir
 from lesion_mosaics import load_patches
+from mosaic_slides import image_mosaic, lesion_layout, write_slide
 from mosaic_truth import truth_label, tumour_area, write_asap, write_geojson
 
 from slidescan.engine.weights import load_weights
-from slidescan.io.data_paths import shared_data_dir
-from slidescan.train.mosaic import image_mosaic, lesion_layout, write_slide
 
 # Lesion diameters (mm) by kind; each kind gets --per-kind slides (normal: twice as many).
 KINDS = {"normal": [0.0], "itc": [0.15], "micro-small": [0.3, 0.4, 0.5], "micro": [0.65],

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from slidescan.io.data_paths import shared_data_dir
-from slidescan.train.mosaic import CELL, cell_mm, image_mosaic, write_slide
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the mosaic helpers
+from data_paths import shared_data_dir  # noqa: E402
+from mosaic_slides import CELL, cell_mm, image_mosaic, write_slide  # noqa: E402
 
 SLIDE_NAME = "demo-node.tif"
 TRUTH_NAME = "demo-node.truth.json"
@@ -56,7 +58,7 @@ def layout(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     tumour = np.zeros_like(tissue)
     for _, diameter, (ly, lx) in LESIONS:
         # Cell centres within diameter/2 - cell/2 of the centre: a perfect heatmap measures
-        # the lesion at its diameter (the convention of slidescan.train.mosaic).
+        # the lesion at its diameter (the convention of benchmarks/mosaic_slides.py).
         radius = diameter / cell_mm(MPP) / 2 - 0.5
         tumour |= (rows - ly) ** 2 + (cols - lx) ** 2 <= radius**2
     if (tumour & ~tissue).any():

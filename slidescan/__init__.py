@@ -27,16 +27,16 @@ _API = {
     "Scanner": "slidescan.scan.scanner",
     "ScanOptions": "slidescan.scan.scanner",
     "ScanResult": "slidescan.scan.scanner",
-    "run_batch": "slidescan.scan.batch",
-    "scan_directory": "slidescan.scan.batch",
-    "find_slides": "slidescan.scan.batch",
+    "run_batch": "slidescan.batch.directory",
+    "scan_directory": "slidescan.batch.directory",
+    "find_slides": "slidescan.batch.directory",
     "call_slide": "slidescan.scan.slide_call",
     "load_weights": "slidescan.engine.weights",
     "open_slide": "slidescan.io.slide",
     "read_heatmap": "slidescan.io.heatmap",
     "read_report": "slidescan.io.outputs",
-    "SlideReport": "slidescan.scan.slide_report",
-    "read_slide_report": "slidescan.scan.slide_report",
+    "SlideReport": "slidescan.report.slide_report",
+    "read_slide_report": "slidescan.report.slide_report",
     "open_patch_datasets": "slidescan.io.patches",
     "TrainConfig": "slidescan.train.trainer",
     "train": "slidescan.train.trainer",
@@ -67,15 +67,15 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from slidescan.batch.directory import find_slides, run_batch, scan_directory
     from slidescan.engine.weights import load_weights
     from slidescan.io.heatmap import read_heatmap
     from slidescan.io.outputs import read_report
     from slidescan.io.patches import open_patch_datasets
     from slidescan.io.slide import open_slide
-    from slidescan.scan.batch import find_slides, run_batch, scan_directory
+    from slidescan.report.slide_report import SlideReport, read_slide_report
     from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult, scan_slide
     from slidescan.scan.slide_call import call_slide
-    from slidescan.scan.slide_report import SlideReport, read_slide_report
     from slidescan.train.evaluation import evaluate
     from slidescan.train.trainer import TrainConfig, train
 

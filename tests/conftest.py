@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from data_paths import ENV_VAR, shared_data_dir
 
 from slidescan.engine.weights import LoadedModel, load_weights
 from slidescan.errors import SlidescanError
-from slidescan.io.data_paths import ENV_VAR, shared_data_dir
 
 REQUIRE_ENV = "SLIDESCAN_REQUIRE_DATA"
 # Set by .ci/run: test the installed wheel, never the source tree.
@@ -94,7 +94,7 @@ def every_report_matches_the_schema(
 
     import jsonschema
 
-    from slidescan.scan.slide_report import report_schema
+    from slidescan.report.slide_report import report_schema
 
     validator = jsonschema.Draft202012Validator(report_schema())
     checked, bad = 0, []

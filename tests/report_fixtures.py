@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from slidescan.scan.slide_report import (
+from slidescan.report.slide_report import (
     CallReport,
     DistributionReport,
     LesionReport,

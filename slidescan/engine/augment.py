@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from slidescan.vocabulary import Augment
+
 # Ruifrok & Johnston stain vectors (the matrix scikit-image uses for rgb2hed / hed2rgb).
 _RGB_FROM_HED = torch.tensor(
     [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float32
@@ -65,7 +67,7 @@ def hed_jitter(
     return rgb.transpose(1, 2).reshape(x.shape)
 
 
-AUGMENT_LEVELS = ("none", "basic", "strong")
+AUGMENT_LEVELS = tuple(Augment)
 
 # RGB → YIQ (NTSC): Y is luma, I/Q the chroma plane; a rotation of (I, Q) turns the hue and a
 # scaling of it changes saturation, both as one 3×3 matrix per sample.

@@ -16,6 +16,7 @@ from slidescan.engine.augment import dihedral
 from slidescan.engine.device import autocast, pin_memory, select_device
 from slidescan.engine.weights import LoadedModel, ModelCard
 from slidescan.errors import SlidescanError
+from slidescan.vocabulary import Backend
 
 
 class Normalizer:
@@ -55,7 +56,7 @@ class Predictor:
     engine: str = "torch"  # torch, onnx or onnx-int8: recorded in reports
 
 
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+BACKENDS = tuple(Backend)
 
 
 class DenseModel(Protocol):

@@ -29,8 +29,9 @@ from skimage.color import lab2rgb, rgb2lab
 
 from slidescan.errors import SlidescanError
 from slidescan.io.patches.dataset import PatchDataset
+from slidescan.vocabulary import StainNorm
 
-STAIN_METHODS = ("none", "macenko", "reinhard")
+STAIN_METHODS = tuple(StainNorm)
 LIGHT = 255.0
 # Macenko's stain vectors: pixels dense in every channel (Macenko's β). Reinhard's statistics:
 # every pixel that is not glass; a stricter cut moves with the stain itself (a paler slide
@@ -199,4 +200,4 @@ def normalise_patches(dataset: PatchDataset, method: str, reference: dict[str, A
 
 def fit_stain_reference(images: np.ndarray) -> dict[str, Any]:
     """Every method's reference from uint8 training patches (..., 3), for a model card."""
-    return {m: fit_stain(m, images).to_dict() for m in STAIN_METHODS if m != "none"}
+    return {m.value: fit_stain(m, images).to_dict() for m in StainNorm if m is not StainNorm.none}

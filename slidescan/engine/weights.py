@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,7 @@ def save_weights(
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "card": asdict(card),
+        "card": _plain(asdict(card)),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     if int8_onnx is not None:
@@ -112,6 +113,18 @@ def save_weights(
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with enum members as their plain values: ``torch.load(weights_only=True)``
+    unpickles builtins only."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def file_sha256(path: Path) -> str:

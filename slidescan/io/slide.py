@@ -25,6 +25,7 @@ from PIL import Image
 from slidescan.errors import SlidescanError, one_line
 from slidescan.io.image_backend import ImageBackend
 from slidescan.io.openslide_backend import OpenSlideBackend
+from slidescan.vocabulary import Reader
 
 # A level may be up to 1% finer than asked without counting as "too coarse" (rounding in
 # vendor downsamples such as 4.0003 must not push us to a 4x larger level).
@@ -35,7 +36,7 @@ _WHITE = 255
 # Whole-slide formats only OpenSlide reads: never handed to the plain-image fallback.
 VENDOR_SUFFIXES = frozenset({".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif", ".svslide"})
 # --reader choices: "auto" decodes tiled TIFF slides directly where that is proven identical.
-READERS = ("auto", "openslide")
+READERS = tuple(Reader)
 
 
 class _Backend(Protocol):

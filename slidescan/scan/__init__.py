@@ -1,9 +1,8 @@
-"""Scanning slides, in data-flow order: tissue mask (``tissue``), patch grid (``tiling``), tile
-dataset (``slide_tiles``), the scanner that runs the model and writes the heatmap (``scanner``),
-the per-slide lesion call (``slide_call``), the out-of-distribution check (``distribution_check``),
-the overlay picture (``overlay``), and directory and Dask runs over many slides (``batch``,
-``cluster``).
+"""One slide, from pixels to its call, in data-flow order: tissue mask (``tissue``), patch grid
+(``tiling``), tile dataset (``slide_tiles``), the model over the tiles (``runner``), the scanner
+that writes the heatmap and the outputs (``scanner``), the lesion call (``slide_call``) and the
+out-of-distribution check (``distribution_check``).
 
-May import ``slidescan.engine``, ``slidescan.io``, ``slidescan.models`` and ``slidescan.errors``;
-never ``slidescan.train`` or the CLI.
+May import ``slidescan.report``, ``engine``, ``models``, ``io`` and the base modules; never
+``batch``, ``train``, ``validate`` or the CLI.
 """

@@ -33,6 +33,14 @@ from slidescan.errors import SlidescanError, one_line
 from slidescan.io.heatmap import HeatmapWriter
 from slidescan.io.outputs import SlideOutputs, Staging, fingerprint
 from slidescan.io.slide import Slide, open_slide
+from slidescan.report.lesion_geojson import lesion_feature_collection
+from slidescan.report.slide_report import (
+    NO_TISSUE_WARNING,
+    CallReport,
+    DistributionReport,
+    LesionReport,
+    SlideReport,
+)
 from slidescan.scan.distribution_check import (
     DistributionCheck,
     FeatureReference,
@@ -42,24 +50,12 @@ from slidescan.scan.distribution_check import (
     feature_batches,
     supports_features,
 )
-from slidescan.scan.lesion_geojson import lesion_feature_collection
 from slidescan.scan.runner import TileRunner, choose_runner
-from slidescan.scan.slide_call import (
-    CATEGORY_NAMES,
-    SlideCall,
-    call_slide,
-    seed_cells_for,
-)
-from slidescan.scan.slide_report import (
-    NO_TISSUE_WARNING,
-    CallReport,
-    DistributionReport,
-    LesionReport,
-    SlideReport,
-)
+from slidescan.scan.slide_call import SlideCall, call_slide, seed_cells_for
 from slidescan.scan.slide_tiles import SlideTileDataset
 from slidescan.scan.tiling import TileGrid, make_grid, tissue_fraction
 from slidescan.scan.tissue import TISSUE_MASK_VERSION, mask_size_limits, tissue_mask
+from slidescan.vocabulary import CATEGORY_NAMES
 
 
 @dataclass(frozen=True)
@@ -245,7 +241,7 @@ class Scanner:
             # matplotlib loads now, not after the scan: a Ctrl-C that lands inside an import
             # prints Python's "Exception ignored" traceback, and the end of a scan is where
             # users press it (tests/scan/test_interrupt.py saw it once at 1.5 s).
-            import slidescan.scan.overlay  # noqa: F401
+            import slidescan.report.overlay  # noqa: F401
         with outputs.staged() as staging:
             result = self._scan_into(slide_path, outputs, staging, start)
             staging.commit()
@@ -458,7 +454,7 @@ class Scanner:
         overlay: Path,
     ) -> None:
         """The PNG: heatmap, scanned tissue and lesion outlines over the slide's thumbnail."""
-        from slidescan.scan.overlay import grid_extent_in_thumbnail, render_overlay
+        from slidescan.report.overlay import grid_extent_in_thumbnail, render_overlay
 
         image, downsample = thumb
         # A cell shows the central stride×stride square of its patch.

@@ -32,17 +32,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from slidescan.report.slide_report import Lesion
+from slidescan.vocabulary import Category
+
 MACRO_MM = 2.0
 MICRO_MM = 0.2
 SEED_CELLS = 3  # seed tiles a lesion needs on the default stride-96 grid (see above)
-# Categories in order of severity: a number to sort and threshold by (tables, QuPath).
-CATEGORY_RANK = {"negative": 0, "itc": 1, "micrometastasis": 2, "macrometastasis": 3}
-CATEGORY_NAMES = {  # category → words for people
-    "negative": "negative",
-    "itc": "isolated tumour cells",
-    "micrometastasis": "micrometastasis",
-    "macrometastasis": "macrometastasis",
-}
 
 
 def seed_cells_for(stride: int, patch_size: int = 96) -> int:
@@ -50,27 +45,13 @@ def seed_cells_for(stride: int, patch_size: int = 96) -> int:
     return math.ceil(SEED_CELLS * (patch_size / stride) ** 2 - 1e-9)
 
 
-def lesion_category(diameter_mm: float) -> str:
+def lesion_category(diameter_mm: float) -> Category:
     """pN category of one lesion from its longest diameter in mm."""
     if diameter_mm > MACRO_MM:
-        return "macrometastasis"
+        return Category.macrometastasis
     if diameter_mm > MICRO_MM:
-        return "micrometastasis"
-    return "itc"
-
-
-@dataclass(frozen=True)
-class Lesion:
-    """One connected tumour region of the heatmap (``row``/``col``: centroid in grid cells)."""
-
-    row: float
-    col: float
-    diameter_mm: float
-    area_mm2: float
-    cells: int
-    mean_probability: float
-    max_probability: float
-    category: str
+        return Category.micrometastasis
+    return Category.itc
 
 
 @dataclass(frozen=True)
@@ -184,9 +165,9 @@ def call_slide(
     )  # fmt: skip
     tissue = np.isfinite(grid)
     largest = lesions[0].diameter_mm if lesions else 0.0
-    category = lesion_category(largest) if lesions else "negative"
+    category = lesion_category(largest) if lesions else Category.negative
     return SlideCall(
-        positive=category in ("micrometastasis", "macrometastasis"),
+        positive=category.rank >= Category.micrometastasis.rank,
         category=category,
         largest_diameter_mm=float(largest),
         seed_threshold=float(seed_threshold),

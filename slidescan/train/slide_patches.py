@@ -26,6 +26,7 @@ import shapely
 import torch
 from tqdm.auto import tqdm
 
+from slidescan.batch.directory import find_slides
 from slidescan.engine.stain_norm import (
     FIT_PATCHES,
     StainMap,
@@ -38,7 +39,6 @@ from slidescan.errors import SlidescanError
 from slidescan.io.annotations import DEFAULT_TUMOUR_CLASSES, find_annotation, read_annotations
 from slidescan.io.patches.dataset import ConcatPatchDataset, PatchDataset, to_chw
 from slidescan.io.slide import Slide, open_slide
-from slidescan.scan.batch import find_slides
 from slidescan.scan.scanner import plan_grid
 
 MARGIN_UM = 100.0  # normal patches keep this far from a tumour outline

@@ -7,8 +7,8 @@ import math
 import numpy as np
 from sklearn.metrics import cohen_kappa_score, confusion_matrix
 
-from slidescan.scan.slide_call import CATEGORY_RANK
-from slidescan.scan.slide_report import SlideReport
+from slidescan.report.slide_report import SlideReport
+from slidescan.vocabulary import CATEGORY_RANK
 
 CATEGORIES = tuple(CATEGORY_RANK)  # negative, itc, micrometastasis, macrometastasis
 SLIDE_SCORE_RULE = (

@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 
 from slidescan.about import RESEARCH_USE_NOTICE
+from slidescan.batch.pn_stage import PN_STAGES, pn_stage
 from slidescan.errors import SlidescanError
 from slidescan.io.annotations import (
     DEFAULT_TUMOUR_CLASSES,
     find_annotation,
     read_annotations,
 )
-from slidescan.scan.pn_stage import PN_STAGES, pn_stage
-from slidescan.scan.slide_report import SlideReport, read_slide_report
+from slidescan.report.slide_report import SlideReport, read_slide_report
 from slidescan.train.metrics import auc_with_ci
 from slidescan.validate.froc import (
     Detection,

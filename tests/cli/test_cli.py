@@ -16,9 +16,8 @@ from scan_helpers import FAST, invoke
 from torch._utils import ExceptionWrapper
 from typer.testing import Result
 
-from slidescan.cli import one_line
 from slidescan.engine.weights import load_weights
-from slidescan.errors import SlidescanError
+from slidescan.errors import SlidescanError, one_line
 from slidescan.io.patches import read_patch_image
 from slidescan.models import count_parameters, create_model, list_models
 
@@ -399,17 +398,6 @@ def test_train_bad_choices_list_the_choices(
     result = invoke("train", toy, "--out", out, "--epochs", "1", *option)
     _assert_usage_error(result, option[0], option[1], *choices)
     assert not out.exists()
-
-
-def test_cli_choices_are_the_library_choices() -> None:
-    from slidescan.cli import Augment, Backend, Reader
-    from slidescan.engine.augment import AUGMENT_LEVELS
-    from slidescan.engine.inference import BACKENDS
-    from slidescan.io.slide import READERS
-
-    assert {b.value for b in Backend} == set(BACKENDS)
-    assert {r.value for r in Reader} == set(READERS)
-    assert {a.value for a in Augment} == set(AUGMENT_LEVELS)
 
 
 @pytest.mark.parametrize(

@@ -467,7 +467,7 @@ def test_failure_in_overlay_leaves_nothing(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("slidescan.scan.overlay.render_overlay", broken)
+    monkeypatch.setattr("slidescan.report.overlay.render_overlay", broken)
     with pytest.raises(OSError, match="disk full"):
         scan(weights, slides["square"], tmp_path / "x.zarr", overlay=tmp_path / "x.png")
     assert leftovers(tmp_path) == []

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from mosaic_slides import cell_mm, lesion_layout
 
 from slidescan.scan.slide_call import (
     SEED_CELLS,
@@ -20,7 +21,6 @@ from slidescan.scan.slide_call import (
     seed_cells_for,
     slide_critical_seed,
 )
-from slidescan.train.mosaic import cell_mm, lesion_layout
 
 BACKGROUND = 0.05
 

@@ -3,8 +3,8 @@
 metastases are found with the right category and size, and slides unlike the training data are
 not called positive without a warning.
 
-Heatmap mosaics (``slidescan.train.mosaic.probability_mosaic``) give several seeds cheaply; two
-mosaics also go through the whole scan pipeline as pyramidal TIFFs.
+Heatmap mosaics (``mosaic_slides.probability_mosaic``, in benchmarks/) give several seeds
+cheaply; two mosaics also go through the whole scan pipeline as pyramidal TIFFs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mosaic_slides import (
+    cell_mm,
+    image_mosaic,
+    lesion_layout,
+    probability_mosaic,
+    write_slide,
+)
 from shapely.geometry import shape
 from torch.utils.data import DataLoader, Subset
 
@@ -24,13 +31,6 @@ from slidescan.io.patches import open_patch_dataset
 from slidescan.scan.scanner import Scanner, ScanOptions
 from slidescan.scan.slide_call import SEED_CELLS, call_slide
 from slidescan.train.calibration import dihedral_probs
-from slidescan.train.mosaic import (
-    cell_mm,
-    image_mosaic,
-    lesion_layout,
-    probability_mosaic,
-    write_slide,
-)
 
 pytestmark = pytest.mark.data
 

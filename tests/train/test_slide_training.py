@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mosaic_slides import write_slide
 from patch_fixtures import toy_patch
 from scan_helpers import MODEL_MPP, invoke
 from slide_fixtures import GLASS
@@ -14,7 +15,6 @@ from slide_fixtures import GLASS
 from slidescan.engine.weights import ModelCard, file_sha256, load_weights
 from slidescan.errors import SlidescanError
 from slidescan.io.slide import open_slide
-from slidescan.train.mosaic import write_slide
 from slidescan.train.slide_patches import MARGIN_UM, open_annotated_slides, sample_slide
 from slidescan.train.trainer import balance_classes, split_holdout
 

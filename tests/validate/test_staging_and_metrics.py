@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from slidescan.scan.patients import NodeResult, stage_patients
-from slidescan.scan.pn_stage import pn_stage
+from slidescan.batch.patients import NodeResult, stage_patients
+from slidescan.batch.pn_stage import pn_stage
 from slidescan.train.metrics import auc_with_ci
 from slidescan.validate.slide_metrics import category_agreement, quadratic_kappa, wilson
 

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from slide_fixtures import square_image, write_pyramid
 
 from slidescan.io.annotations import read_annotations
-from slidescan.scan.slide_report import CallReport, LesionReport, SlideReport
+from slidescan.report.slide_report import CallReport, LesionReport, SlideReport
 from slidescan.validate.slide_metrics import slide_score
 
 SUMMARY = ["slide", "status", "heatmap"]

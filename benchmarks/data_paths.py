@@ -1,4 +1,6 @@
-"""Where the real example data lives: ``$SLIDESCAN_DATA``, else ``../shared/data``."""
+"""Where the real example data lives: ``$SLIDESCAN_DATA``, else ``../shared/data``.
+
+For tests, benchmarks and examples; not part of the package."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ def shared_data_dir() -> Path:
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env)
-    # Run from the checkout (tests, benchmarks): the installed package may live anywhere else.
+    # Run from elsewhere: the checkout sits beside the shared folder.
     beside_cwd = Path.cwd().resolve().parent / "shared" / "data"
     if beside_cwd.is_dir():
         return beside_cwd
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
+    return Path(__file__).resolve().parents[2] / "shared" / "data"

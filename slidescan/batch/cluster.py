@@ -24,15 +24,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from slidescan.batch.directory import duplicate_outputs, failed, process_slide
+from slidescan.batch.summary import SummaryBook
 from slidescan.errors import SlidescanError, one_line, redact_path
 from slidescan.io.outputs import SlideOutputs
-from slidescan.scan.batch import (
-    SlideOutcome,
-    SummaryBook,
-    duplicate_outputs,
-    failed,
-    process_slide,
-)
+from slidescan.report.outcome import SlideOutcome
 from slidescan.scan.scanner import Scanner, ScanOptions
 
 if TYPE_CHECKING:
@@ -114,7 +110,7 @@ def run_batch_on_cluster(
     overlay_dir: Path | None = None,
     on_outcome: Callable[[SlideOutcome], None] | None = None,
 ) -> list[SlideOutcome]:
-    """Like :func:`slidescan.scan.batch.run_batch`, with one Dask task per slide.
+    """Like :func:`slidescan.batch.directory.run_batch`, with one Dask task per slide.
 
     Tasks of finished slides only compare fingerprints: whether a result matches depends on the
     engine the worker's device gets, which only the worker knows."""

@@ -23,7 +23,8 @@ from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
 from slidescan.about import RESEARCH_USE_NOTICE
-from slidescan.scan.slide_call import CATEGORY_NAMES, CATEGORY_RANK, Lesion
+from slidescan.report.slide_report import Lesion
+from slidescan.vocabulary import CATEGORY_NAMES, CATEGORY_RANK
 
 CLASS_NAME = "Tumor"  # one of QuPath's built-in classes, so imported lesions get its colour
 CLASS_COLOR = (200, 0, 0)

@@ -25,8 +25,9 @@ import numpy as np
 import shapely
 
 from slidescan.about import RESEARCH_USE_NOTICE
-from slidescan.scan.lesion_geojson import cell_polygons
-from slidescan.scan.slide_call import CATEGORY_NAMES, Lesion
+from slidescan.report.lesion_geojson import cell_polygons
+from slidescan.report.slide_report import Lesion
+from slidescan.vocabulary import CATEGORY_NAMES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -15,25 +15,31 @@ import html
 import json
 import logging
 import os
+import string
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from slidescan.about import RESEARCH_USE_NOTICE, __version__
 from slidescan.io.atomic import atomic_write
-from slidescan.io.outputs import SlideOutputs, geojson_path, report_path
-from slidescan.scan.pacing import Pacer
-from slidescan.scan.slide_call import CATEGORY_NAMES, CATEGORY_RANK
-
-if TYPE_CHECKING:
-    from slidescan.scan.batch import SlideOutcome
+from slidescan.io.outputs import SlideOutputs, geojson_path, read_report, report_path
+from slidescan.io.pacing import Pacer
+from slidescan.report.outcome import SlideOutcome, outcome_from_previous
+from slidescan.vocabulary import CATEGORY_NAMES, CATEGORY_RANK, SlideStatus
 
 PAGE_NAME = "index.html"
 REFRESH_SECONDS = 10
-FINISHED = frozenset({"done", "redone", "skipped"})  # statuses that leave a result on disk
+_TEMPLATES = resources.files("slidescan.report") / "templates"
+_STYLE = (_TEMPLATES / "review_page.css").read_text(encoding="utf-8")
+_SCRIPT = (_TEMPLATES / "review_page.js").read_text(encoding="utf-8")
+_TEMPLATE = string.Template((_TEMPLATES / "review_page.html").read_text(encoding="utf-8"))
+FINISHED = frozenset(
+    {SlideStatus.done, SlideStatus.redone, SlideStatus.skipped}
+)  # statuses that leave a result on disk
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ class ReviewEntry:
     """One slide's row: its outcome, numbers from its report, and relative links to its files."""
 
     slide: str
-    status: str  # a SlideOutcome status, or "pending" while the batch has not reached it
+    status: SlideStatus  # pending while the batch has not reached it
     positive: bool | None = None
     category: str = ""
     max_probability: float | None = None
@@ -229,147 +235,6 @@ def _row(entry: ReviewEntry, index: int, columns: Sequence[Column]) -> str:
     )
 
 
-STYLE = """
-:root { --pos: #b42318; --pos-bg: #fde8e6; --neg: #1a7f37; --neg-bg: #e3f4e8;
-        --warn: #8a5a00; --warn-bg: #fff4d6; --line: #d8dde3; --muted: #5b6570; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
-       color: #1d2329; background: #f6f7f9; }
-header { padding: 16px 24px 8px; }
-h1 { margin: 0 0 4px; font-size: 20px; }
-.notice { margin: 8px 0; padding: 6px 10px; border-left: 4px solid var(--warn);
-          background: var(--warn-bg); color: #4a3300; }
-.progress { display: flex; gap: 12px; align-items: center; flex-wrap: wrap; color: var(--muted); }
-.progress strong { color: #1d2329; }
-progress { width: 200px; }
-.tools { display: flex; gap: 12px; align-items: center; padding: 8px 24px; flex-wrap: wrap; }
-.tools input { width: 320px; padding: 6px 8px; border: 1px solid var(--line); border-radius: 4px; }
-.tools select { padding: 5px 6px; border: 1px solid var(--line); border-radius: 4px; }
-main { padding: 0 24px 24px; }
-table { border-collapse: collapse; width: 100%; background: #fff; border: 1px solid var(--line); }
-th, td { padding: 6px 10px; border-bottom: 1px solid var(--line); text-align: left;
-         vertical-align: middle; }
-th { position: sticky; top: 0; background: #eef1f4; z-index: 1; vertical-align: bottom; }
-th button { all: unset; cursor: pointer; font-weight: 600; }
-th button:focus-visible { outline: 2px solid #3b6fd8; }
-th[aria-sort="ascending"] button::after { content: " ▲"; }
-th[aria-sort="descending"] button::after { content: " ▼"; }
-th[data-key="max_p"], th[data-key="lesions"] { white-space: nowrap; }
-th[data-key="max_p"], th[data-key="largest_mm"], th[data-key="lesions"], th[data-key="tissue_mm2"],
-td.c-max_p, td.c-largest_mm, td.c-lesions, td.c-tissue_mm2 {
-  text-align: right; font-variant-numeric: tabular-nums; }
-tr.positive td:first-child { box-shadow: inset 4px 0 var(--pos); }
-tr.negative td:first-child { box-shadow: inset 4px 0 var(--neg); }
-tr.failed { background: #fbf3f3; }
-tr:hover { background: #f3f6fa; }
-.c-overlay img { display: block; max-width: 200px; max-height: 150px;
-                 border: 1px solid var(--line); }
-.c-slide { min-width: 160px; max-width: 300px; }
-.name { font-weight: 600; overflow-wrap: anywhere; }
-.files, .why { font-size: 12px; color: var(--muted); }
-.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 600;
-         font-size: 12px; }
-.badge.pos { color: var(--pos); background: var(--pos-bg); }
-.badge.neg { color: var(--neg); background: var(--neg-bg); }
-.badge.warn { color: var(--warn); background: var(--warn-bg); }
-.status.failed, .status.busy { color: var(--pos); font-weight: 600; }
-.status.pending { color: var(--muted); font-style: italic; }
-.c-error { color: var(--pos); min-width: 180px; max-width: 360px; font-size: 12px;
-           overflow-wrap: anywhere; }
-footer { padding: 0 24px 24px; color: var(--muted); font-size: 12px; }
-a { color: #1f5fbf; }
-"""
-
-SCRIPT = """
-(() => {
-  "use strict";
-  const state = JSON.parse(document.getElementById("review-state").textContent);
-  const table = document.getElementById("slides");
-  const body = table.tBodies[0];
-  const heads = Array.from(table.tHead.rows[0].cells);
-  const rows = Array.from(body.rows);
-  const filter = document.getElementById("filter");
-  const show = document.getElementById("show");
-  const shown = document.getElementById("shown");
-  let sortCol = -1;
-  let sortDir = 1;
-
-  function value(row, col) {
-    return row.cells[col].dataset.v;
-  }
-  function compare(a, b, col, numeric) {
-    const x = value(a, col), y = value(b, col);
-    if (x === "" || y === "") {  // unknowns last, whichever the direction
-      return (x === "") - (y === "") || a.dataset.i - b.dataset.i;
-    }
-    const order = numeric ? Number(x) - Number(y) : x.localeCompare(y);
-    return sortDir * order || a.dataset.i - b.dataset.i;
-  }
-  function sortBy(col, dir) {
-    sortCol = col;
-    sortDir = dir;
-    const numeric = heads[col].dataset.type === "num";
-    body.append(...rows.slice().sort((a, b) => compare(a, b, col, numeric)));
-    heads.forEach((h, i) => {
-      if (h.dataset.type) {
-        h.setAttribute("aria-sort", i === col ? (dir > 0 ? "ascending" : "descending") : "none");
-      }
-    });
-  }
-  function applyFilter() {
-    const words = filter.value.toLowerCase().split(/\\s+/).filter(Boolean);
-    let count = 0;
-    for (const row of rows) {
-      const text = row.textContent.toLowerCase();
-      const ok = words.every((w) => text.includes(w)) &&
-        (show.value === "all" || row.classList.contains(show.value));
-      row.hidden = !ok;
-      count += ok;
-    }
-    shown.textContent = count + " of " + rows.length + " shown";
-  }
-  function remember() {  // in the URL, so the periodic reload keeps the view
-    const params = new URLSearchParams();
-    if (filter.value) params.set("q", filter.value);
-    if (show.value !== "all") params.set("show", show.value);
-    if (sortCol >= 0) params.set("sort", heads[sortCol].dataset.key + (sortDir < 0 ? "-" : ""));
-    const hash = params.toString();
-    if (hash !== location.hash.slice(1)) history.replaceState(null, "", "#" + hash);
-  }
-  function restore() {
-    const params = new URLSearchParams(location.hash.slice(1));
-    filter.value = params.get("q") || "";
-    if (params.has("show")) show.value = params.get("show");
-    const sort = params.get("sort") || "";
-    const col = heads.findIndex((h) => h.dataset.type && h.dataset.key === sort.replace(/-$/, ""));
-    if (col >= 0) sortBy(col, sort.endsWith("-") ? -1 : 1);
-  }
-
-  heads.forEach((h, i) => {
-    const button = h.querySelector("button");
-    if (!button) return;
-    button.addEventListener("click", () => {
-      sortBy(i, i === sortCol ? -sortDir : 1);
-      remember();
-    });
-  });
-  filter.addEventListener("input", () => { applyFilter(); remember(); });
-  show.addEventListener("change", () => { applyFilter(); remember(); });
-  restore();
-  applyFilter();
-
-  if (!state.finished) {
-    const reload = () => {
-      // Not while someone is typing a filter: the reload would eat the keystrokes.
-      if (document.activeElement === filter) setTimeout(reload, 2000);
-      else location.reload();
-    };
-    setTimeout(reload, state.refresh_seconds * 1000);
-  }
-})();
-"""
-
-
 def render_page(
     entries: Sequence[ReviewEntry],
     *,
@@ -384,12 +249,12 @@ def render_page(
     patients' pN stages (rows of ``scan.patients.stage_patients``) when there are any."""
     columns = [c for c in COLUMNS if overlays or c[0] != "overlay"]
     total = len(entries)
-    done = sum(e.status != "pending" for e in entries)
+    done = sum(e.status != SlideStatus.pending for e in entries)
     counts = {
         "positive": sum(e.positive is True for e in entries),
         "negative": sum(e.positive is False for e in entries),
         "unreliable": sum(e.reliable is False for e in entries),
-        "failed": sum(e.status == "failed" for e in entries),
+        "failed": sum(e.status == SlideStatus.failed for e in entries),
     }
     updated = updated or time.strftime("%Y-%m-%d %H:%M:%S")
     if finished:
@@ -420,53 +285,31 @@ def render_page(
         else f'<noscript><meta http-equiv="refresh" content="{refresh_seconds}"></noscript>'
     )
     csp = (
-        f"default-src 'none'; img-src 'self' file: data:; style-src {_csp_hash(STYLE)}; "
-        f"script-src {_csp_hash(SCRIPT)}; base-uri 'none'; form-action 'none'"
+        f"default-src 'none'; img-src 'self' file: data:; style-src {_csp_hash(_STYLE)}; "
+        f"script-src {_csp_hash(_SCRIPT)}; base-uri 'none'; form-action 'none'"
     )
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no results yet"
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="{_esc(csp)}">
-{refresh}
-<title>{_esc(title)} ({done} of {total})</title>
-<style>{STYLE}</style>
-</head>
-<body>
-<header>
-<h1>{_esc(title)}</h1>
-<p class="notice" role="note">{_esc(RESEARCH_USE_NOTICE)}</p>
-<div class="progress" id="progress">
-<progress value="{done}" max="{max(total, 1)}"></progress>
-<strong>{done} of {total} slides done</strong>
-<span>{_esc(summary)}</span>
-<span>{_esc(state_text)}; updated {_esc(updated)}</span>
-</div>
-</header>
-<div class="tools">
-<input id="filter" type="search" placeholder="Filter: slide name, call, flag, error…"
- aria-label="Filter slides" autocomplete="off">
-<label>Show <select id="show">{options}</select></label>
-<span id="shown" aria-live="polite"></span>
-</div>
-<main>
-<table id="slides">
-<thead><tr>{heads}</tr></thead>
-<tbody>
-{body}
-</tbody>
-</table>
-{_patients_section(patients)}
-</main>
-<footer>slidescan {_esc(__version__)} · {" · ".join(files)} · click a column heading to sort
-</footer>
-<script id="review-state" type="application/json">{script_json(state)}</script>
-<script>{SCRIPT}</script>
-</body>
-</html>
-"""
+    return _TEMPLATE.substitute(
+        csp=_esc(csp),
+        refresh=refresh,
+        title=_esc(title),
+        done=done,
+        total=total,
+        style=_STYLE,
+        notice=_esc(RESEARCH_USE_NOTICE),
+        progress_max=max(total, 1),
+        summary=_esc(summary),
+        state=_esc(state_text),
+        updated=_esc(updated),
+        options=options,
+        heads=heads,
+        body=body,
+        patients=_patients_section(patients),
+        version=_esc(__version__),
+        files=" · ".join(files),
+        state_json=script_json(state),
+        script=_SCRIPT,
+    )
 
 
 def _patients_section(rows: Sequence[dict[str, Any]]) -> str:
@@ -488,9 +331,6 @@ def _patients_section(rows: Sequence[dict[str, Any]]) -> str:
 
 def finished_elsewhere(slide: str, out_dir: Path) -> SlideOutcome | None:
     """The outcome of ``slide`` from a complete result that another run left in ``out_dir``."""
-    from slidescan.io.outputs import read_report
-    from slidescan.scan.batch import outcome_from_previous  # batch imports this module
-
     outputs = SlideOutputs.in_folder(Path(slide), out_dir)
     if not outputs.is_complete():
         return None
@@ -499,7 +339,7 @@ def finished_elsewhere(slide: str, out_dir: Path) -> SlideOutcome | None:
     except Exception:  # unreadable: the row stays "busy"
         return None
     if outcome is not None:
-        outcome.status = "done"
+        outcome.status = SlideStatus.done
     return outcome
 
 
@@ -520,12 +360,14 @@ class ReviewPage:
         self.out_dir = out_dir
         self.overlay_dir = overlay_dir
         self.path = out_dir / PAGE_NAME
-        self.entries = {s.name: ReviewEntry(slide=s.name, status="pending") for s in slides}
+        self.entries = {
+            s.name: ReviewEntry(slide=s.name, status=SlideStatus.pending) for s in slides
+        }
         self.patients: list[dict[str, Any]] = []  # set by a run with --patients, at its end
 
     def _pick_up_busy_slides(self) -> None:
         for name, entry in list(self.entries.items()):
-            if entry.status == "busy":
+            if entry.status == SlideStatus.busy:
                 outcome = finished_elsewhere(name, self.out_dir)
                 if outcome is not None:
                     self.entries[name] = entry_for(outcome, self.out_dir, self.overlay_dir)

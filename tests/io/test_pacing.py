@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from slidescan.scan.pacing import Pacer
+from slidescan.io.pacing import Pacer
 
 
 class FakeClock:

@@ -10,7 +10,7 @@ import pytest
 import shapely
 from shapely.geometry import shape
 
-from slidescan.scan.lesion_geojson import (
+from slidescan.report.lesion_geojson import (
     CLASS_NAME,
     cell_polygons,
     lesion_feature_collection,

@@ -16,10 +16,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from slidescan.batch.directory import scan_directory
 from slidescan.errors import SlidescanError
 from slidescan.io.outputs import SlideOutputs, read_report
-from slidescan.scan.batch import SlideOutcome, scan_directory
+from slidescan.report.outcome import SlideOutcome
 from slidescan.scan.scanner import ScanOptions, ScanResult
+from slidescan.vocabulary import SlideStatus
 
 DEMO_SLIDE = "demo-node.tif"
 DEMO_TRUTH = "demo-node.truth.json"
@@ -182,9 +184,9 @@ def run_demo(
         [slide], out_dir, weights=weights, options=options, overlay_dir=out_dir,
         on_result=on_result,
     )  # fmt: skip
-    if outcome.status == "failed":
+    if outcome.status == SlideStatus.failed:
         raise SlidescanError(f"the demo scan failed: {outcome.error}")
-    if outcome.status == "busy":
+    if outcome.status == SlideStatus.busy:
         raise SlidescanError(f"{out_dir}: another demo is writing there; wait for it or use --out")
     outputs = SlideOutputs.in_folder(slide, out_dir, out_dir)
     report = read_report(outputs.heatmap)

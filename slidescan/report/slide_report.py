@@ -16,11 +16,24 @@ from typing import Any
 
 from slidescan.about import RESEARCH_USE_NOTICE
 from slidescan.errors import SlidescanError
-from slidescan.scan.slide_call import Lesion
 
 SCHEMA_VERSION = 1
 SCHEMA_NAME = "slide_report.schema.json"
 NO_TISSUE_WARNING = "no tissue found: nothing was scanned"
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One connected tumour region of the heatmap (``row``/``col``: centroid in grid cells)."""
+
+    row: float
+    col: float
+    diameter_mm: float
+    area_mm2: float
+    cells: int
+    mean_probability: float
+    max_probability: float
+    category: str
 
 
 @dataclass(frozen=True)
@@ -136,7 +149,7 @@ def read_slide_report(path: Path) -> SlideReport:
 
 def report_schema() -> dict[str, Any]:
     """The JSON Schema every slide report validates against (shipped with the package)."""
-    text = resources.files("slidescan.scan").joinpath(SCHEMA_NAME).read_text()
+    text = resources.files("slidescan.report").joinpath(SCHEMA_NAME).read_text()
     schema: dict[str, Any] = json.loads(text)
     return schema
 

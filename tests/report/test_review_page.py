@@ -24,9 +24,10 @@ from scan_helpers import CELL_UM, SLIDE_MPP
 from slide_fixtures import square_image, write_pyramid, write_random_bytes
 
 from slidescan.about import RESEARCH_USE_NOTICE
-from slidescan.scan.batch import SlideOutcome, scan_directory
-from slidescan.scan.pacing import Pacer
-from slidescan.scan.review_page import (
+from slidescan.batch.directory import scan_directory
+from slidescan.io.pacing import Pacer
+from slidescan.report.outcome import SlideOutcome
+from slidescan.report.review_page import (
     PAGE_NAME,
     ReviewEntry,
     ReviewPage,

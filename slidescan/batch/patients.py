@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from slidescan.batch.pn_stage import pn_stage
 from slidescan.errors import SlidescanError
 from slidescan.io.atomic import atomic_write
-from slidescan.scan.pn_stage import pn_stage
 
 PATIENTS_NAME = "patients.csv"
 COLUMNS = ("patient", "stage", "nodes_with_metastases", "slides", "failed", "unreliable", "note")

@@ -22,19 +22,13 @@ from slide_fixtures import (
 )
 from typer.testing import Result
 
+from slidescan.batch.directory import find_slides, run_batch
+from slidescan.batch.summary import LOG_NAME, SummaryBook, write_summary
 from slidescan.engine.weights import load_weights
 from slidescan.io.heatmap import read_heatmap
 from slidescan.io.outputs import SlideOutputs, is_complete, read_report
-from slidescan.scan.batch import (
-    LOG_NAME,
-    SUMMARY_FIELDS,
-    SlideOutcome,
-    SummaryBook,
-    find_slides,
-    run_batch,
-    write_summary,
-)
-from slidescan.scan.pacing import Pacer
+from slidescan.io.pacing import Pacer
+from slidescan.report.outcome import SUMMARY_FIELDS, SlideOutcome
 from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult
 
 GOOD = ["a_good.tif", "b_good.tif"]
@@ -414,7 +408,7 @@ def test_book_stamps_rows_and_keeps_the_original_error(
     def disk_full(path: Path, outcomes: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("slidescan.scan.batch.write_summary", disk_full)
+    monkeypatch.setattr("slidescan.batch.summary.write_summary", disk_full)
     monkeypatch.setattr(Pacer, "due", lambda self: False)
     with pytest.raises(KeyboardInterrupt), SummaryBook(tmp_path) as book:  # Ctrl-C stays Ctrl-C
         book.record(SlideOutcome("b.tif", "done"))

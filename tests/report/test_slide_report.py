@@ -11,7 +11,7 @@ import pytest
 from report_fixtures import make_report
 
 from slidescan.errors import SlidescanError
-from slidescan.scan.slide_report import (
+from slidescan.report.slide_report import (
     SCHEMA_VERSION,
     CallReport,
     DistributionReport,

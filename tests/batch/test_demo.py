@@ -15,9 +15,9 @@ from PIL import Image
 from scan_helpers import invoke
 from shapely.geometry import shape
 
+from slidescan.batch.demo import DEMO_SLIDE, DEMO_TRUTH, demo_folder, match_lesions, read_truth
 from slidescan.io.heatmap import read_heatmap
 from slidescan.io.slide import open_slide
-from slidescan.scan.demo import DEMO_SLIDE, DEMO_TRUTH, demo_folder, match_lesions, read_truth
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from PIL import Image
 
-from slidescan.scan.overlay import (
+from slidescan.report.overlay import (
     cell_outlines,
     draw_overlay,
     grid_extent_in_thumbnail,
