@@ -43,7 +43,8 @@ from torch.utils.data import DataLoader
 from slidescan.engine.inference import Normalizer
 from slidescan.engine.weights import load_weights
 from slidescan.io.patches import open_patch_dataset
-from slidescan.scan.scanner import Scanner, ScanOptions
+from slidescan.scan.scan_result import ScanOptions
+from slidescan.scan.scanner import Scanner
 from slidescan.scan.slide_call import SEED_CELLS, call_slide
 from slidescan.train.calibration import dihedral_probs
 

@@ -61,7 +61,9 @@ from slidescan.engine.inference import Normalizer, make_predictor, predict_probs
 from slidescan.engine.weights import LoadedModel, load_weights
 from slidescan.io.heatmap import read_heatmap
 from slidescan.io.slide import open_slide
-from slidescan.scan.scanner import Scanner, ScanOptions, plan_grid
+from slidescan.scan.scan_result import ScanOptions
+from slidescan.scan.scanner import Scanner
+from slidescan.scan.slide_geometry import plan_grid
 from slidescan.scan.slide_tiles import BlockBatches, SlideTileDataset
 from slidescan.scan.tiling import TileGrid
 

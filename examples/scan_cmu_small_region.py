@@ -22,7 +22,8 @@ import zipfile
 from pathlib import Path
 
 from slidescan.engine.weights import load_weights
-from slidescan.scan.scanner import Scanner, ScanOptions, describe
+from slidescan.scan.scan_result import ScanOptions, describe
+from slidescan.scan.scanner import Scanner
 
 
 def find_slide(cache: Path) -> Path:

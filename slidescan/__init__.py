@@ -25,9 +25,9 @@ from slidescan.about import RESEARCH_USE_NOTICE, __version__
 _API = {
     "scan_slide": "slidescan.scan.scanner",
     "Scanner": "slidescan.scan.scanner",
-    "ScanOptions": "slidescan.scan.scanner",
-    "ScanResult": "slidescan.scan.scanner",
-    "run_batch": "slidescan.batch.directory",
+    "ScanOptions": "slidescan.scan.scan_result",
+    "ScanResult": "slidescan.scan.scan_result",
+    "run_batch": "slidescan.batch.slide_jobs",
     "scan_directory": "slidescan.batch.directory",
     "find_slides": "slidescan.batch.directory",
     "call_slide": "slidescan.scan.slide_call",
@@ -38,7 +38,7 @@ _API = {
     "SlideReport": "slidescan.report.slide_report",
     "read_slide_report": "slidescan.report.slide_report",
     "open_patch_datasets": "slidescan.io.patches",
-    "TrainConfig": "slidescan.train.trainer",
+    "TrainConfig": "slidescan.train.train_config",
     "train": "slidescan.train.trainer",
     "evaluate": "slidescan.train.evaluation",
 }
@@ -67,17 +67,20 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from slidescan.batch.directory import find_slides, run_batch, scan_directory
+    from slidescan.batch.directory import find_slides, scan_directory
+    from slidescan.batch.slide_jobs import run_batch
     from slidescan.engine.weights import load_weights
     from slidescan.io.heatmap import read_heatmap
     from slidescan.io.outputs import read_report
     from slidescan.io.patches import open_patch_datasets
     from slidescan.io.slide import open_slide
     from slidescan.report.slide_report import SlideReport, read_slide_report
-    from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult, scan_slide
+    from slidescan.scan.scan_result import ScanOptions, ScanResult
+    from slidescan.scan.scanner import Scanner, scan_slide
     from slidescan.scan.slide_call import call_slide
     from slidescan.train.evaluation import evaluate
-    from slidescan.train.trainer import TrainConfig, train
+    from slidescan.train.train_config import TrainConfig
+    from slidescan.train.trainer import train
 
 
 def __getattr__(name: str) -> Any:

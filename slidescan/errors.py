@@ -6,7 +6,21 @@ from pathlib import Path
 
 
 class SlidescanError(Exception):
-    """A user-facing error: bad input, unreadable file, missing option. Message is one line."""
+    """A user-facing error: bad input, unreadable file, missing option. Message is one line.
+
+    ``param``: the library parameter whose value is at fault, named as in the Python API
+    (``device``, ``batch_size``); the command line adds the option that sets it.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def option_for(param: str) -> str:
+    """The command-line option that sets library parameter ``param`` (``batch_size`` →
+    ``--batch-size``): typer's naming, which every command follows."""
+    return "--" + param.replace("_", "-")
 
 
 def one_line(exc: BaseException, *, path: Path | None = None) -> str:

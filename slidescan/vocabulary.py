@@ -47,37 +47,38 @@ class SlideStatus(StrEnum):
 class Backend(StrEnum):
     """Inference engines."""
 
-    auto = "auto"
-    torch = "torch"
-    onnx = "onnx"
-    onnx_int8 = "onnx-int8"
+    auto = "auto"  # onnx-int8 on CPU when the weights carry it, else torch
+    torch = "torch"  # PyTorch on any device
+    onnx = "onnx"  # ONNX Runtime float32 on CPU: torch's numbers
+    onnx_int8 = "onnx-int8"  # ONNX Runtime int8 on CPU: 2-3x faster
 
 
 class Reader(StrEnum):
-    """Slide decoders."""
+    """Slide decoders: ``auto`` decodes tiled TIFF slides (Aperio .svs among them) directly and
+    the rest with OpenSlide; ``openslide`` keeps every pixel on OpenSlide's decoder."""
 
     auto = "auto"
     openslide = "openslide"
 
 
 class Augment(StrEnum):
-    """Training augmentation levels."""
+    """Training augmentation levels (``engine.augment``)."""
 
-    strong = "strong"
-    basic = "basic"
+    strong = "strong"  # dihedral + strong HED, hue/saturation, brightness/contrast, blur
+    basic = "basic"  # dihedral + light HED
     none = "none"
 
 
 class Schedule(StrEnum):
-    """Learning-rate schedules of the trainer."""
+    """Learning-rate schedules of the trainer: cosine with warm-up, or constant."""
 
     cosine = "cosine"
     constant = "constant"
 
 
 class StainNorm(StrEnum):
-    """Stain normalisation methods."""
+    """Stain normalisation methods (``engine.stain_norm``), fitted per slide on its tissue."""
 
     none = "none"
-    macenko = "macenko"
-    reinhard = "reinhard"
+    macenko = "macenko"  # stain vectors from optical density
+    reinhard = "reinhard"  # colour statistics in CIELAB

@@ -15,10 +15,10 @@ class Interrupted(Exception):
 def stop_after_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make training raise :class:`Interrupted` right after it writes its next checkpoint
     (undo with ``monkeypatch.undo()``)."""
-    real_save = trainer_mod._save_checkpoint
+    real_save = trainer_mod.save_checkpoint
 
     def save_then_stop(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         real_save(*args, **kwargs)
         raise Interrupted
 
-    monkeypatch.setattr(trainer_mod, "_save_checkpoint", save_then_stop)
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", save_then_stop)

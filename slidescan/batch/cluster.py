@@ -24,12 +24,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slidescan.batch.directory import duplicate_outputs, failed, process_slide
+from slidescan.batch.slide_jobs import duplicate_outputs, failed, process_slide
 from slidescan.batch.summary import SummaryBook
 from slidescan.errors import SlidescanError, one_line, redact_path
 from slidescan.io.outputs import SlideOutputs
 from slidescan.report.outcome import SlideOutcome
-from slidescan.scan.scanner import Scanner, ScanOptions
+from slidescan.scan.scan_result import ScanOptions
+from slidescan.scan.scanner import Scanner
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -46,7 +47,8 @@ def dask_client(scheduler: str) -> Iterator[Client]:
         from distributed import Client, LocalCluster
     except ImportError:
         raise SlidescanError(
-            "--scheduler needs Dask distributed: pip install 'slidescan[cluster]'"
+            "a Dask scheduler needs Dask distributed: pip install 'slidescan[cluster]'",
+            param="scheduler",
         ) from None
     cluster = None
     try:

@@ -20,7 +20,7 @@ from slidescan.batch.directory import scan_directory
 from slidescan.errors import SlidescanError
 from slidescan.io.outputs import SlideOutputs, read_report
 from slidescan.report.outcome import SlideOutcome
-from slidescan.scan.scanner import ScanOptions, ScanResult
+from slidescan.scan.scan_result import ScanOptions, ScanResult
 from slidescan.vocabulary import SlideStatus
 
 DEMO_SLIDE = "demo-node.tif"
@@ -149,7 +149,7 @@ def check_demo_folder(out_dir: Path) -> None:
     """Refuse an output folder that holds anything but an earlier demo: the demo rewrites
     summary.csv and index.html, which would wipe another batch's."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise SlidescanError(f"{out_dir}: --out must be a folder, and this is a file")
+        raise SlidescanError(f"{out_dir}: the demo needs a folder, and this is a file", param="out")
     if not out_dir.is_dir():
         return
     stem = Path(DEMO_SLIDE).stem
@@ -162,7 +162,8 @@ def check_demo_folder(out_dir: Path) -> None:
     if foreign:
         raise SlidescanError(
             f"{out_dir}: holds other results ({', '.join(foreign[:3])}"
-            f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder with --out"
+            f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder",
+            param="out",
         )
 
 
@@ -187,7 +188,10 @@ def run_demo(
     if outcome.status == SlideStatus.failed:
         raise SlidescanError(f"the demo scan failed: {outcome.error}")
     if outcome.status == SlideStatus.busy:
-        raise SlidescanError(f"{out_dir}: another demo is writing there; wait for it or use --out")
+        raise SlidescanError(
+            f"{out_dir}: another demo is writing there; wait for it or choose another folder",
+            param="out",
+        )
     outputs = SlideOutputs.in_folder(slide, out_dir, out_dir)
     report = read_report(outputs.heatmap)
     lesions, extra = match_lesions(report["call"]["lesions"], truth)

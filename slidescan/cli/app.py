@@ -20,7 +20,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from slidescan.about import RESEARCH_USE_NOTICE, __version__
-from slidescan.errors import SlidescanError, one_line
+from slidescan.errors import SlidescanError, one_line, option_for
 
 app = typer.Typer(
     help=(
@@ -78,6 +78,8 @@ def _error_line(exc: BaseException) -> str:
     """An OSError names its file and reason (read-only, no space, no permission)."""
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    if isinstance(exc, SlidescanError) and exc.param:
+        return f"{one_line(exc)} ({option_for(exc.param)})"
     return one_line(exc)
 
 

@@ -177,7 +177,8 @@ def run(
     """
     from slidescan.batch.directory import scan_directory
     from slidescan.io.outputs import is_complete
-    from slidescan.scan.scanner import ScanOptions, describe, scan_slide
+    from slidescan.scan.scan_result import ScanOptions, describe
+    from slidescan.scan.scanner import scan_slide
 
     if not input.exists():
         raise SlidescanError(f"{input}: no such file or directory")
@@ -271,7 +272,7 @@ def demo(
     Writes what `slidescan run` writes for a folder, index.html included, and says where to look.
     """
     from slidescan.batch.demo import DEMO_SLIDE, demo_folder, run_demo
-    from slidescan.scan.scanner import ScanOptions, describe
+    from slidescan.scan.scan_result import ScanOptions, describe
 
     options = ScanOptions(device=device, workers=workers, overwrite=overwrite)
     result = run_demo(

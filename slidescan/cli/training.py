@@ -150,7 +150,7 @@ def train(
     from slidescan.io.annotations import DEFAULT_TUMOUR_CLASSES
     from slidescan.io.patches import ConcatPatchDataset, open_patch_datasets
     from slidescan.train.slide_patches import open_annotated_slides
-    from slidescan.train.trainer import TrainConfig
+    from slidescan.train.train_config import TrainConfig
     from slidescan.train.trainer import train as run_training
 
     if distill_weight != 0.5 and not teacher:

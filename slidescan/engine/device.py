@@ -25,16 +25,19 @@ def select_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise SlidescanError(
-            f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)"
+            f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)", param="device"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SlidescanError("--device cuda was asked for but no CUDA GPU is available")
+        raise SlidescanError(
+            f"device {name!r} was asked for but no CUDA GPU is available", param="device"
+        )
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise SlidescanError(
-            f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible",
+            param="device",
         )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise SlidescanError("--device mps was asked for but MPS is not available")
+        raise SlidescanError("device 'mps' was asked for but MPS is not available", param="device")
     return device
 
 

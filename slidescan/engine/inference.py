@@ -70,20 +70,24 @@ def resolve_backend(loaded: LoadedModel, device: torch.device, backend: str) -> 
     from slidescan.engine.onnx_backend import onnx_available
 
     if backend not in BACKENDS:
-        raise SlidescanError(f"unknown backend {backend!r} (use {', '.join(BACKENDS)})")
+        raise SlidescanError(
+            f"unknown backend {backend!r} (use {', '.join(BACKENDS)})", param="backend"
+        )
     if backend == "auto":
         if device.type != "cpu" or not onnx_available():
             return "torch"
         return "onnx-int8" if loaded.int8_onnx is not None else "onnx"
     if backend.startswith("onnx") and (device.type != "cpu" or not onnx_available()):
         raise SlidescanError(
-            f"--backend {backend} runs on the CPU and needs onnxruntime and onnx installed "
-            "(pip install onnxruntime onnx)"
+            f"backend {backend!r} runs on the CPU and needs onnxruntime and onnx installed "
+            "(pip install onnxruntime onnx)",
+            param="backend",
         )
     if backend == "onnx-int8" and loaded.int8_onnx is None:
         raise SlidescanError(
-            "--backend onnx-int8: these weights carry no int8 model; add one with "
-            "`slidescan quantize WEIGHTS PATCHES`"
+            "backend 'onnx-int8': these weights carry no int8 model; add one with "
+            "`slidescan quantize` (engine.quantize.quantize_weights)",
+            param="backend",
         )
     return backend
 

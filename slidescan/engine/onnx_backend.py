@@ -172,7 +172,8 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime raises its own types for a damaged graph
             raise SlidescanError(
                 f"cannot load the {self.precision} ONNX model: {one_line(exc)} "
-                "(use --backend torch, or re-add the int8 engine with `slidescan quantize`)"
+                "(use the torch backend, or re-add the int8 engine with `slidescan quantize`)",
+                param="backend",
             ) from exc
 
     def _run(self, x: Tensor) -> Tensor:

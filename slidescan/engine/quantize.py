@@ -40,7 +40,7 @@ def quantize_weights(
     if not onnx_available():
         raise SlidescanError("quantizing needs onnxruntime and onnx (pip install onnxruntime onnx)")
     if patches < 16:
-        raise SlidescanError(f"--patches must be at least 16, got {patches}")
+        raise SlidescanError(f"patches must be at least 16, got {patches}", param="patches")
     n = len(dataset)
     if n < 2 * patches:
         patches = n // 2

@@ -203,7 +203,9 @@ class Slide:
 def check_reader(reader: str) -> None:
     """SlidescanError unless ``reader`` is one of :data:`READERS`."""
     if reader not in READERS:
-        raise SlidescanError(f"--reader must be one of {', '.join(READERS)}, got {reader!r}")
+        raise SlidescanError(
+            f"reader must be one of {', '.join(READERS)}, got {reader!r}", param="reader"
+        )
 
 
 def open_slide(
@@ -223,9 +225,11 @@ def open_slide(
     check_reader(reader)
     path = Path(path)
     name = path.name
-    for option, value in (("--mpp", mpp), ("--default-mpp", default_mpp)):
+    for option, value in (("mpp", mpp), ("default_mpp", default_mpp)):
         if value is not None and not (math.isfinite(value) and value > 0):
-            raise SlidescanError(f"{name}: {option} must be a positive number, got {value}")
+            raise SlidescanError(
+                f"{name}: {option} must be a positive number, got {value}", param=option
+            )
     if not path.exists():
         raise SlidescanError(f"{name}: file not found ({path})")
     if not path.is_file():
@@ -258,7 +262,8 @@ def open_slide(
     if mpp is None:
         backend.close()
         raise SlidescanError(
-            f"{name}: the slide has no microns-per-pixel metadata; pass --default-mpp (only "
-            "slides without it) or --mpp (all slides), e.g. 0.25 for 40×, 0.5 for 20×"
+            f"{name}: the slide has no microns-per-pixel metadata; give default_mpp (only "
+            "slides without it) or mpp (all slides), e.g. 0.25 for 40×, 0.5 for 20×",
+            param="default_mpp",
         )
     return Slide(path, backend, mpp, mpp_source=source)

@@ -34,8 +34,9 @@ from slidescan.vocabulary import CATEGORY_NAMES, CATEGORY_RANK, SlideStatus
 PAGE_NAME = "index.html"
 REFRESH_SECONDS = 10
 _TEMPLATES = resources.files("slidescan.report") / "templates"
-_STYLE = (_TEMPLATES / "review_page.css").read_text(encoding="utf-8")
-_SCRIPT = (_TEMPLATES / "review_page.js").read_text(encoding="utf-8")
+# Inlined after a line break, exactly as hashed for the page's Content-Security-Policy.
+_STYLE = "\n" + (_TEMPLATES / "review_page.css").read_text(encoding="utf-8")
+_SCRIPT = "\n" + (_TEMPLATES / "review_page.js").read_text(encoding="utf-8")
 _TEMPLATE = string.Template((_TEMPLATES / "review_page.html").read_text(encoding="utf-8"))
 FINISHED = frozenset(
     {SlideStatus.done, SlideStatus.redone, SlideStatus.skipped}

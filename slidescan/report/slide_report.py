@@ -44,8 +44,9 @@ class LesionReport(Lesion):
 
 
 @dataclass(frozen=True)
-class CallReport:
-    """The slide call and the numbers behind it (lesions largest first)."""
+class CallNumbers:
+    """A slide call and the numbers behind it: shared by the call (``scan.slide_call``) and its
+    report."""
 
     positive: bool
     category: str
@@ -55,7 +56,13 @@ class CallReport:
     seed_cells: int
     positive_tiles: int
     tissue_tiles: int
-    max_probability: float
+    max_probability: float | None  # None: no tissue, so no probability at all
+
+
+@dataclass(frozen=True)
+class CallReport(CallNumbers):
+    """The slide call as reported (lesions largest first)."""
+
     lesions: tuple[LesionReport, ...] = ()
 
 

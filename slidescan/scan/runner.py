@@ -34,7 +34,7 @@ def choose_runner(runner: str, workers: int, device: torch.device) -> str:
     if runner == "auto":
         return "workers" if workers > 0 and device.type == "cpu" else "main"
     if runner == "workers" and workers == 0:
-        raise SlidescanError("the 'workers' runner needs --workers 1 or more")
+        raise SlidescanError("the 'workers' runner needs 1 or more workers", param="workers")
     return runner
 
 

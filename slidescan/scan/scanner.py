@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,99 +50,12 @@ from slidescan.scan.distribution_check import (
     supports_features,
 )
 from slidescan.scan.runner import TileRunner, choose_runner
+from slidescan.scan.scan_result import ScanOptions, ScanResult, verdict_text
 from slidescan.scan.slide_call import SlideCall, call_slide, seed_cells_for
+from slidescan.scan.slide_geometry import SlideGeometry, check_grid_scale, plan_grid
 from slidescan.scan.slide_tiles import SlideTileDataset
-from slidescan.scan.tiling import TileGrid, make_grid, tissue_fraction
-from slidescan.scan.tissue import TISSUE_MASK_VERSION, mask_size_limits, tissue_mask
-from slidescan.vocabulary import CATEGORY_NAMES
-
-
-@dataclass(frozen=True)
-class ScanOptions:
-    """How to scan; defaults are what a first-time user should get."""
-
-    mpp: float | None = None
-    stride: int | None = None
-    min_tissue: float = 0.25
-    batch_size: int | None = None  # None: default_scan_batch(device)
-    workers: int | None = None  # None: default_scan_workers(device)
-    device: str = "auto"
-    backend: str = "auto"
-    tta: bool = False
-    overwrite: bool = False
-    threshold: float | None = None
-    block: int | None = None
-    dense: bool = False
-    reader: str = "auto"
-    runner: str = "auto"  # where the model runs: main process or DataLoader workers (scan.runner)
-    full_paths: bool = False  # record the slide's absolute path (file names only by default)
-    default_mpp: float | None = (
-        None  # scale for slides whose metadata has none (--mpp overrides all)
-    )
-    progress: bool = True
-    any_scale: bool = False  # scan even when a patch covers < MIN_PATCH_SLIDE_PX slide pixels
-    # engine.stain_norm.STAIN_METHODS, fitted per slide on its tissue; None: the model's own
-    stain_norm: str | None = None
-
-
-@dataclass
-class ScanResult:
-    """What a scan produced and how it went."""
-
-    slide: Path
-    heatmap: Path
-    report: Path
-    call: SlideCall
-    tiles: int
-    seconds: float
-    overlay: Path | None = None
-    distribution: DistributionCheck = DistributionCheck(False)
-    slide_report: SlideReport | None = None  # what X.json holds
-
-
-def mask_thumbnail(slide: Slide, max_size: int = 2048) -> tuple[np.ndarray, float]:
-    """Tissue mask of the slide's thumbnail and its downsample (level-0 px per mask px).
-
-    The thumbnail is at most ``max_size`` px, but no larger than the first pyramid level that is
-    at least half that size: reading that level whole is far cheaper than shrinking a level
-    several times bigger, and half the resolution is plenty for a mask.
-    """
-    enough = [max(d) for d in slide.level_dimensions if max(d) >= max_size // 2]
-    rgb, downsample = slide.thumbnail(min([max_size, *enough]))
-    min_object_px, max_hole_px = mask_size_limits(slide.mpp * downsample)
-    mask = tissue_mask(rgb, min_object_px=min_object_px, max_hole_px=max_hole_px)
-    return mask, downsample
-
-
-# A model patch must span at least this many slide pixels: below it, the scale is almost surely
-# wrong (--mpp 50 for 0.50) and the grid explodes (2.7 million tiles on a 4,443-px slide).
-MIN_PATCH_SLIDE_PX = 24
-
-
-def check_grid_scale(slide: Slide, card: ModelCard) -> None:
-    """Refuse, before any scanning, a scale at which a model patch covers a few slide pixels."""
-    span = card.input_size * card.mpp / slide.mpp
-    if span < MIN_PATCH_SLIDE_PX:
-        raise SlidescanError(
-            f"{slide.path.name}: at {slide.mpp:.3g} µm/px ({slide.mpp_source}) a "
-            f"{card.input_size}-px patch at {card.mpp} µm/px covers only {span:.1f} slide pixels; "
-            "the scale is probably wrong (check the µm/px given or the slide's metadata), or "
-            "allow it with any_scale=True (slidescan run --any-scale)"
-        )
-
-
-def plan_grid(
-    slide: Slide, card: ModelCard, stride: int | None, min_tissue: float
-) -> tuple[TileGrid, np.ndarray]:
-    """The tile grid at the model's resolution and which of its cells hold enough tissue."""
-    mask, mask_ds = mask_thumbnail(slide)
-    grid = make_grid(slide.dimensions, slide.mpp, card.mpp, card.input_size, stride)
-    if grid.shape[0] < 1 or grid.shape[1] < 1:
-        raise SlidescanError(
-            f"{slide.path.name}: slide is smaller than one {card.input_size}-px patch "
-            f"at {card.mpp} µm/px"
-        )
-    return grid, tissue_fraction(mask, mask_ds, grid) >= min_tissue
+from slidescan.scan.tiling import TileGrid
+from slidescan.scan.tissue import TISSUE_MASK_VERSION
 
 
 class Scanner:
@@ -176,7 +88,9 @@ class Scanner:
         if options.dense:
             stride = dense_stride or card.input_size // 3
             if options.stride not in (None, stride):
-                raise SlidescanError(f"--dense scans at stride {stride}; drop --stride")
+                raise SlidescanError(
+                    f"dense scans at stride {stride}; leave stride unset", param="stride"
+                )
             self.stride = stride
         self.reference = (
             FeatureReference.from_tensors(loaded.feature_reference)
@@ -226,10 +140,13 @@ class Scanner:
         with outputs.locked():
             if not self.options.overwrite:
                 if out.exists() and not outputs.interrupted():
-                    raise SlidescanError(f"{out} already exists (use --overwrite to redo it)")
+                    raise SlidescanError(
+                        f"{out} already exists (overwrite it to redo it)", param="overwrite"
+                    )
                 if outputs.report.exists() and not out.exists():
                     raise SlidescanError(
-                        f"{outputs.report} exists and would be replaced (use --overwrite)"
+                        f"{outputs.report} exists and would be replaced (overwrite it to redo it)",
+                        param="overwrite",
                     )
             return self.write(slide_path, outputs)
 
@@ -251,38 +168,39 @@ class Scanner:
         self, slide_path: Path, outputs: SlideOutputs, staging: Staging, start: float
     ) -> ScanResult:
         opts, card = self.options, self.loaded.card
+        # Opened once, here; DataLoader workers open their own handles (after fork).
         with open_slide(
             slide_path, mpp=opts.mpp, default_mpp=opts.default_mpp, reader=opts.reader
         ) as slide:
             if not opts.any_scale:
                 check_grid_scale(slide, card)
             grid, tissue = plan_grid(slide, card, self.stride, opts.min_tissue)
+            geometry = SlideGeometry.of(slide, grid)
             cells = np.argwhere(tissue)
-            attrs = self._attrs(slide_path, slide, grid)
+            attrs = self._attrs(slide_path, geometry)
             stain = self._fit_stain(slide, grid, cells)
             if stain is not None:
                 attrs["stain_norm"] = {"method": self.stain_norm, "fitted": stain.source.to_dict()}
             # Each worker would hold its own copy of a plain image: read it here instead.
             workers = 0 if slide.in_memory else self.workers
-            used_mpp = slide.mpp  # workers reopen the slide: hand them the scale chosen here
             thumb = slide.thumbnail(1024) if outputs.overlay is not None else None
-            scale_doubts = check_scale(slide.mpp, card.mpp)
-        writer = HeatmapWriter(
-            staging.heatmap, grid.shape, attrs=attrs, overwrite=True,
-            slide_mpp=attrs["slide_mpp"], cell_origin_level0=attrs["cell_origin_level0"],
-            cell_level0_px=attrs["cell_level0_px"],
-        )  # fmt: skip
-        writer.write_tissue(tissue)
-        self._infer(slide_path, used_mpp, grid, cells, writer, workers, stain)
+            writer = HeatmapWriter(
+                staging.heatmap, grid.shape, attrs=attrs, overwrite=True,
+                slide_mpp=geometry.slide_mpp, cell_origin_level0=geometry.cell_origin_level0,
+                cell_level0_px=geometry.cell_level0_px,
+            )  # fmt: skip
+            writer.write_tissue(tissue)
+            self._infer(slide, grid, cells, writer, workers, stain)
+            distribution = combine(
+                self._check_distribution(slide, grid, cells, stain),
+                check_scale(slide.mpp, card.mpp),
+            )
         probability = writer.probability
         call = call_slide(
             probability, seed_threshold=self.seed_threshold,
             extent_threshold=self.extent_threshold, cell_mm=_cell_mm(grid, card),
             seed_cells=seed_cells_for(grid.stride, grid.patch_size),
         )  # fmt: skip
-        distribution = combine(
-            self._check_distribution(slide_path, used_mpp, grid, cells, stain), scale_doubts
-        )
         if len(cells) == 0:  # nothing was looked at: not a negative anyone may trust
             distribution = combine(distribution, (NO_TISSUE_WARNING,))
         seconds = time.perf_counter() - start
@@ -296,10 +214,17 @@ class Scanner:
         writer.update_attrs(**report.summary())
         writer.close()
         report.write(staging.report)
-        self._write_geojson(staging.geojson, call, attrs, report.fingerprint)
+        self._write_geojson(staging.geojson, call, geometry, slide_path.name, report.fingerprint)
         if thumb is not None and staging.overlay is not None:
             self._overlay(
-                thumb, probability, tissue, grid, slide_path, call, distribution, staging.overlay
+                thumb,
+                probability,
+                tissue,
+                geometry,
+                slide_path,
+                call,
+                distribution,
+                staging.overlay,
             )
         return ScanResult(
             slide_path, outputs.heatmap, outputs.report, call, len(cells), seconds,
@@ -308,14 +233,14 @@ class Scanner:
 
     @staticmethod
     def _write_geojson(
-        path: Path, call: SlideCall, attrs: dict[str, Any], fingerprint: str
+        path: Path, call: SlideCall, geometry: SlideGeometry, slide: str, fingerprint: str
     ) -> None:
         """The lesions as QuPath annotations (an empty collection when there are none)."""
         collection = lesion_feature_collection(
-            call.lesion_labels, call.lesions, cell_origin_level0=attrs["cell_origin_level0"],
-            cell_level0_px=attrs["cell_level0_px"],
-            slide=Path(attrs["slide_path"]).name, slide_size=attrs["slide_dimensions"],
-            image_offset=attrs["slide_bounds_origin_level0"], namespace=fingerprint,
+            call.lesion_labels, call.lesions, cell_origin_level0=geometry.cell_origin_level0,
+            cell_level0_px=geometry.cell_level0_px, slide=slide,
+            slide_size=geometry.slide_dimensions, image_offset=geometry.bounds_origin,
+            namespace=fingerprint,
         )  # fmt: skip
         path.write_text(json.dumps(collection) + "\n")
 
@@ -337,9 +262,8 @@ class Scanner:
 
     def _check_distribution(
         self,
-        slide_path: Path,
-        mpp: float,
-        grid: Any,
+        slide: Slide,
+        grid: TileGrid,
         cells: np.ndarray,
         stain: StainMap | None,
         sample: int = 256,
@@ -349,8 +273,8 @@ class Scanner:
             return DistributionCheck(False)
         pick = np.random.default_rng(0).permutation(len(cells))[:sample]
         dataset = SlideTileDataset(
-            slide_path, grid, cells[np.sort(pick)], mpp=mpp, block=1,
-            reader=self.options.reader, stain=stain,
+            slide.path, grid, cells[np.sort(pick)], mpp=slide.mpp, block=1,
+            reader=self.options.reader, stain=stain, slide=slide,
         )  # fmt: skip
         model = self.loaded.model
         normalizer = Normalizer(self.loaded.card, next(model.parameters()).device)
@@ -360,7 +284,7 @@ class Scanner:
             features = feature_batches(model, tiles.split(64), normalizer)
         except Exception as exc:
             raise SlidescanError(
-                f"{slide_path.name}: distribution check failed: {one_line(exc)}"
+                f"{slide.path.name}: distribution check failed: {one_line(exc)}"
             ) from exc
         finally:
             dataset.close()
@@ -368,9 +292,8 @@ class Scanner:
 
     def _infer(
         self,
-        slide_path: Path,
-        mpp: float,
-        grid: Any,
+        slide: Slide,
+        grid: TileGrid,
         cells: np.ndarray,
         writer: HeatmapWriter,
         workers: int,
@@ -379,9 +302,10 @@ class Scanner:
         if len(cells) == 0:
             return
         opts = self.options
+        # Workers reopen the slide: hand them the scale chosen here.
         dataset = SlideTileDataset(
-            slide_path, grid, cells, mpp=mpp, block=self.block, dense=self.dense,
-            reader=opts.reader, stain=stain,
+            slide.path, grid, cells, mpp=slide.mpp, block=self.block, dense=self.dense,
+            reader=opts.reader, stain=stain, slide=slide if workers == 0 else None,
         )  # fmt: skip
         runner = TileRunner(
             CellScorer(self.loaded, self.predictor, dense=self.dense, tta=opts.tta),
@@ -389,11 +313,11 @@ class Scanner:
             batch_size=self.batch_size, dense=self.dense, device=self.device,
         )  # fmt: skip
         bar = tqdm(
-            total=len(cells), desc=slide_path.name, unit="tile", leave=False,
+            total=len(cells), desc=slide.path.name, unit="tile", leave=False,
             disable=not opts.progress, dynamic_ncols=True,
         )  # fmt: skip
         try:
-            for probs, scored in runner.run(dataset, slide_path.name):
+            for probs, scored in runner.run(dataset, slide.path.name):
                 writer.write_cells(scored.numpy(), probs.numpy())
                 bar.update(len(scored))
         finally:
@@ -401,29 +325,12 @@ class Scanner:
             dataset.close()
         writer.flush()
 
-    def _attrs(self, slide_path: Path, slide: Any, grid: Any) -> dict[str, Any]:
+    def _attrs(self, slide_path: Path, geometry: SlideGeometry) -> dict[str, Any]:
         card = self.loaded.card
-        level = slide.best_level_for_mpp(card.mpp)
         return {
             # File names often carry patient identifiers; whole paths reveal more (site, study).
             "slide_path": str(slide_path.resolve()) if self.options.full_paths else slide_path.name,
-            "slide_dimensions": list(slide.dimensions),
-            # OpenSlide's non-empty region (MIRAX and others): QuPath's image starts there.
-            "slide_bounds_origin_level0": list(slide.bounds_origin),
-            "slide_mpp": slide.mpp,
-            "slide_mpp_source": slide.mpp_source,
-            "slide_reader": slide.reader,
-            "mpp": card.mpp,
-            "level": level,
-            "downsample": float(slide.level_downsamples[level]),
-            "grid": grid.to_attrs(),
-            "patch_size": grid.patch_size,
-            "stride": grid.stride,
-            "grid_origin_level0": list(grid.origin),
-            # Level-0 top-left of the area cell (0, 0) stands for (the patch's central
-            # stride×stride square), so cell (r, c) covers this + (c, r)·cell_level0_px.
-            "cell_origin_level0": list(grid.cell_region_level0(0, 0)[:2]),
-            "cell_level0_px": grid.stride * grid.scale,
+            **geometry.to_attrs(),
             "min_tissue": self.options.min_tissue,
             "tta": self.options.tta,
             "dense": self.options.dense,
@@ -447,7 +354,7 @@ class Scanner:
         thumb: tuple[np.ndarray, float],
         probability: np.ndarray,
         tissue: np.ndarray,
-        grid: Any,
+        geometry: SlideGeometry,
         slide_path: Path,
         call: SlideCall,
         distribution: DistributionCheck,
@@ -457,10 +364,8 @@ class Scanner:
         from slidescan.report.overlay import grid_extent_in_thumbnail, render_overlay
 
         image, downsample = thumb
-        # A cell shows the central stride×stride square of its patch.
-        origin = grid.cell_region_level0(0, 0)[:2]
         extent = grid_extent_in_thumbnail(
-            probability.shape, grid.stride * grid.scale, downsample, origin
+            probability.shape, geometry.cell_level0_px, downsample, geometry.cell_origin_level0
         )
         title = f"{slide_path.name}\n{verdict_text(call, distribution)}"
         overlay.parent.mkdir(parents=True, exist_ok=True)
@@ -475,31 +380,6 @@ class Scanner:
 def _cell_mm(grid: TileGrid, card: ModelCard) -> float:
     """The grid's cell side in mm: its stride at the model's resolution."""
     return grid.stride * card.mpp / 1000.0
-
-
-def verdict_text(call: SlideCall, distribution: DistributionCheck) -> str:
-    """'POSITIVE (macrometastasis, 2.31 mm)', 'negative', …, marked when unreliable."""
-    verdict = "POSITIVE" if call.positive else "negative"
-    if call.category != "negative":
-        verdict += f" ({CATEGORY_NAMES[call.category]}, {call.largest_diameter_mm:.2f} mm)"
-    if distribution.flagged:
-        verdict += " — UNRELIABLE: slide unlike the training data"
-    return verdict
-
-
-def describe(result: ScanResult) -> str:
-    """One line per slide for the terminal."""
-    c = result.call
-    if result.tiles == 0:
-        return f"{result.slide.name}: no tissue found, nothing scanned  [research use only]"
-    line = (
-        f"{result.slide.name}: {verdict_text(c, result.distribution)}  lesions {len(c.lesions)}  "
-        f"tiles ≥ {c.extent_threshold:.2f}: {c.positive_tiles}/{result.tiles}  "
-        f"{result.seconds:.1f} s  [research use only]"
-    )
-    if result.distribution.flagged:
-        line += "\n  " + "; ".join(result.distribution.reasons)
-    return line
 
 
 def _call_report(call: SlideCall, grid: TileGrid) -> CallReport:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from slidescan.report.slide_report import Lesion
+from slidescan.report.slide_report import CallNumbers, Lesion
 from slidescan.vocabulary import Category
 
 MACRO_MM = 2.0
@@ -55,18 +55,9 @@ def lesion_category(diameter_mm: float) -> Category:
 
 
 @dataclass(frozen=True)
-class SlideCall:
+class SlideCall(CallNumbers):
     """The slide-level result and the numbers behind it."""
 
-    positive: bool
-    category: str
-    largest_diameter_mm: float
-    seed_threshold: float
-    extent_threshold: float
-    seed_cells: int
-    positive_tiles: int
-    tissue_tiles: int
-    max_probability: float | None  # None: no tissue, so no probability at all
     lesions: tuple[Lesion, ...] = field(default=())
     # Where the lesions lie: i + 1 on the cells of lesions[i] (see label_lesions); for outlines
     # and polygons, not part of the JSON.

@@ -28,7 +28,8 @@ class SlideTileDataset(Dataset):
     ``dense`` an item is instead (uint8 region 1×3×H×W, int64 K×4 rows of (row, col, row in
     region, col in region)) for a fully convolutional model (see ``pcamnet.forward_dense``). Each
     process opens its own :class:`Slide` lazily (OpenSlide handles do not survive ``fork``),
-    and the open handle is never pickled, so the dataset works with any DataLoader workers.
+    except that ``slide``, an open handle, serves the process that passes it; a handle is never
+    pickled, so the dataset works with any DataLoader workers.
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class SlideTileDataset(Dataset):
         dense: bool = False,
         reader: str = "auto",
         stain: StainMap | None = None,
+        slide: Slide | None = None,
     ) -> None:
         cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
         rows, cols = grid.shape
@@ -66,8 +68,11 @@ class SlideTileDataset(Dataset):
         self._cells = cells[order]
         self._bounds = np.append(starts, len(order)).astype(np.int64)
 
-        self._slide: Slide | None = None
-        self._pid: int | None = None
+        # The caller's open handle serves this process (and stays the caller's to close);
+        # other processes, DataLoader workers, open their own.
+        self._slide: Slide | None = slide
+        self._pid: int | None = os.getpid() if slide is not None else None
+        self._owned = slide is None
 
     def __len__(self) -> int:
         return len(self._bounds) - 1
@@ -108,7 +113,7 @@ class SlideTileDataset(Dataset):
 
     def close(self) -> None:
         """Close this process's slide handle (reopened on the next read)."""
-        if self._slide is not None and self._pid == os.getpid():
+        if self._slide is not None and self._pid == os.getpid() and self._owned:
             self._slide.close()
         self._slide = None
         self._pid = None
@@ -128,9 +133,9 @@ class SlideTileDataset(Dataset):
                 slide.close()
                 raise ValueError(
                     f"{self.path.name}: slide mpp {slide.mpp} != grid slide_mpp "
-                    f"{self.grid.slide_mpp}; open the slide with the same --mpp as the grid"
+                    f"{self.grid.slide_mpp}; open the slide with the grid's mpp"
                 )
-            self._slide, self._pid = slide, pid
+            self._slide, self._pid, self._owned = slide, pid, True
         return self._slide
 
 

@@ -32,6 +32,7 @@ from slidescan.engine.weights import load_weights, save_weights
 from slidescan.errors import SlidescanError, one_line
 from slidescan.scan.distribution_check import feature_batches, fit_reference, supports_features
 from slidescan.scan.slide_call import SEED_CELLS, calibrate_seed_threshold, false_positive_rate
+from slidescan.train.data_split import dataset_size
 from slidescan.train.metrics import best_threshold, binary_metrics
 
 # Simulated normal slides of 40,000 tissue cells of 93 µm (~350 mm² of tissue: several large
@@ -104,7 +105,7 @@ def _features(
     model: Any, data: Dataset, normalizer: Normalizer, limit: int, seed: int
 ) -> torch.Tensor:
     """Feature statistics of a seeded random ``limit`` patches of ``data``."""
-    n = len(data)  # type: ignore[arg-type]
+    n = dataset_size(data)
     pick = np.sort(np.random.default_rng(seed).permutation(n)[:limit])
     loader = DataLoader(Subset(data, pick.tolist()), batch_size=256, num_workers=2)
     batches = (x for x, _ in tqdm(loader, desc="features", unit="batch", leave=False))

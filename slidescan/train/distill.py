@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from slidescan.engine.inference import make_predictor, predict_dataset
 from slidescan.engine.weights import load_weights
 from slidescan.errors import SlidescanError
+from slidescan.train.data_split import dataset_size
 
 
 class SoftTargets(Dataset):
@@ -22,7 +23,7 @@ class SoftTargets(Dataset):
     """
 
     def __init__(self, data: Dataset, teacher_probs: np.ndarray, weight: float) -> None:
-        if len(teacher_probs) != len(data):  # type: ignore[arg-type]
+        if len(teacher_probs) != dataset_size(data):
             raise ValueError("one teacher probability per item is needed")
         self.data = data
         self.teacher_probs = teacher_probs.astype(np.float32)
@@ -45,11 +46,15 @@ def check_distill_settings(weight: float, *, separate_validation: bool) -> None:
     separate validation set nothing tells whether a teacher trained on it.
     """
     if not 0.0 < weight <= 0.5:
-        raise SlidescanError(f"--distill-weight must be in (0, 0.5], got {weight}")
+        raise SlidescanError(
+            f"distill_weight must be in (0, 0.5], got {weight}", param="distill_weight"
+        )
     if separate_validation:
         raise SlidescanError(
-            "--teacher works with a held-out part of DATA (--val-fraction), not with --val: "
-            "only then can slidescan check that no teacher trained on the held-out patches"
+            "teachers work with a held-out part of the training data (val_fraction), not with "
+            "separate validation data: only then can slidescan check that no teacher trained on "
+            "the held-out patches",
+            param="teacher",
         )
 
 
@@ -70,13 +75,16 @@ def teacher_probabilities(
     into the student, so it is refused (as is a run whose patches have no ids to check).
     """
     if not teachers:
-        raise SlidescanError("distillation needs at least one --teacher weights file")
+        raise SlidescanError(
+            "distillation needs at least one teacher weights file", param="teacher"
+        )
     if not holdout_ids:
         raise SlidescanError(
-            "--teacher: the training patches have no ids, so no teacher can be checked for "
-            "having trained on the held-out ones"
+            "the training patches have no ids, so no teacher can be checked for having "
+            "trained on the held-out ones",
+            param="teacher",
         )
-    logits = np.zeros(len(data), dtype=np.float64)  # type: ignore[arg-type]
+    logits = np.zeros(dataset_size(data), dtype=np.float64)
     for path in teachers:
         loaded = load_weights(path)
         _check_no_leak(path, loaded.card.training, holdout_ids)
@@ -92,15 +100,17 @@ def teacher_probabilities(
 
 def _check_no_leak(path: Path, training: dict, holdout_ids: Sequence[str]) -> None:
     theirs = training.get("holdout_ids")
-    same_split = "use teachers trained on the same DATA with the same --val-fraction and --seed"
+    same_split = "use teachers trained on the same data with the same val_fraction and seed"
     if not theirs:
         raise SlidescanError(
             f"teacher {path.name} records no held-out patches, so it may have trained on the "
-            f"ones this run holds out; {same_split}"
+            f"ones this run holds out; {same_split}",
+            param="teacher",
         )
     missing = set(holdout_ids) - set(theirs)
     if missing:
         raise SlidescanError(
             f"teacher {path.name} did not hold out {len(missing)} of the patches this run holds "
-            f"out, so it may have trained on them; {same_split}"
+            f"out, so it may have trained on them; {same_split}",
+            param="teacher",
         )

@@ -9,7 +9,7 @@ trained on are the ones a scan reads; a slide without an annotation file is all 
 
 Locations are chosen once (the tissue mask of each slide's thumbnail, as a scan computes it);
 pixels are read in the DataLoader's workers, each opening its slides once, nothing extracted to
-disk. The trainer holds out whole slides and balances the classes (``trainer.split_holdout``).
+disk. The trainer holds out whole slides and balances the classes (``data_split.hold_out``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from slidescan.errors import SlidescanError
 from slidescan.io.annotations import DEFAULT_TUMOUR_CLASSES, find_annotation, read_annotations
 from slidescan.io.patches.dataset import ConcatPatchDataset, PatchDataset, to_chw
 from slidescan.io.slide import Slide, open_slide
-from slidescan.scan.scanner import plan_grid
+from slidescan.scan.slide_geometry import plan_grid
 
 MARGIN_UM = 100.0  # normal patches keep this far from a tumour outline
 CENTRE_FRACTION = 1 / 3  # PatchCamelyon: the label is the central 32×32 of 96×96

@@ -126,7 +126,7 @@ def test_demo_refuses_a_file_or_a_folder_of_other_results(tmp_path: Path) -> Non
     afile = tmp_path / "afile"
     afile.write_text("x")
     result = invoke("demo", "--out", afile, "--device", "cpu", "--workers", "0")
-    assert result.exit_code == 1 and "must be a folder" in result.stderr
+    assert result.exit_code == 1 and "needs a folder, and this is a file (--out)" in result.stderr
     results = tmp_path / "results"
     results.mkdir()
     (results / "case-0001.json").write_text("{}")

@@ -22,14 +22,16 @@ from slide_fixtures import (
 )
 from typer.testing import Result
 
-from slidescan.batch.directory import find_slides, run_batch
+from slidescan.batch.directory import find_slides
+from slidescan.batch.slide_jobs import run_batch
 from slidescan.batch.summary import LOG_NAME, SummaryBook, write_summary
 from slidescan.engine.weights import load_weights
 from slidescan.io.heatmap import read_heatmap
 from slidescan.io.outputs import SlideOutputs, is_complete, read_report
 from slidescan.io.pacing import Pacer
 from slidescan.report.outcome import SUMMARY_FIELDS, SlideOutcome
-from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult
+from slidescan.scan.scan_result import ScanOptions, ScanResult
+from slidescan.scan.scanner import Scanner
 
 GOOD = ["a_good.tif", "b_good.tif"]
 BAD = ["c_truncated.tif", "d_noise.svs"]

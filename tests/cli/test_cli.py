@@ -17,7 +17,7 @@ from torch._utils import ExceptionWrapper
 from typer.testing import Result
 
 from slidescan.engine.weights import load_weights
-from slidescan.errors import SlidescanError, one_line
+from slidescan.errors import SlidescanError, one_line, option_for
 from slidescan.io.patches import read_patch_image
 from slidescan.models import count_parameters, create_model, list_models
 
@@ -404,7 +404,7 @@ def test_train_bad_choices_list_the_choices(
     "option, needle",
     [
         (["--model", "resnet-9000"], "unknown model"),
-        (["--device", "warp-drive"], "unknown device"),
+        (["--device", "warp-drive"], "unknown device 'warp-drive'"),
     ],
 )
 def test_train_bad_options(option: list[str], needle: str, toy: Path, tmp_path: Path) -> None:
@@ -415,6 +415,14 @@ def test_train_bad_options(option: list[str], needle: str, toy: Path, tmp_path: 
     result = invoke(*args)
     _assert_one_error_line(result, needle, allow_info=True)
     assert not out.exists()
+
+
+def test_library_errors_name_the_option_that_sets_the_parameter(toy: Path, tmp_path: Path) -> None:
+    """The library names its parameter (device, batch_size); the CLI adds the flag."""
+    result = invoke("train", toy, "--out", tmp_path / "w.pt", "--device", "warp-drive")
+    assert result.exit_code == 1
+    assert result.stderr.strip().endswith("(use auto, cpu, cuda, cuda:N or mps) (--device)")
+    assert option_for("batch_size") == "--batch-size" and option_for("device") == "--device"
 
 
 # ------------------------------------------------------------------------------------------------

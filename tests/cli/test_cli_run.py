@@ -132,9 +132,9 @@ def test_missing_mpp_names_the_option(
     out = tmp_path / "x.zarr"
     args = [slides["no_mpp"], "--out", out, "--weights", weights, *FAST]
     message = assert_one_error_line(invoke(*args))
-    assert "no_mpp.tif" in message and "--mpp" in message
+    assert "no_mpp.tif" in message and "or mpp (all slides)" in message
     assert entries(tmp_path) == []
-    assert "--default-mpp" in message
+    assert message.endswith("(--default-mpp)"), "the CLI names the option"
     result = invoke(*args, "--mpp", str(SLIDE_MPP))
     assert result.exit_code == 0, result.output
     assert read_heatmap(out)[2]["slide_mpp"] == SLIDE_MPP
@@ -220,7 +220,7 @@ def test_wildly_wrong_mpp_is_refused_before_scanning(weights: Path, tmp_path: Pa
     ("extra", "needle"),
     [
         (["--out", "x.h5"], "--out must end in .zarr"),
-        (["--mpp", "-1"], "--mpp must be a positive number"),
+        (["--mpp", "-1"], "mpp must be a positive number, got -1.0 (--mpp)"),
     ],
 )
 def test_bad_options(

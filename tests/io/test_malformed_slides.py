@@ -12,7 +12,8 @@ from scan_helpers import SLIDE_MPP
 from slide_fuzz import MUTATIONS, run_corpus
 
 from slidescan.engine.weights import load_weights
-from slidescan.scan.scanner import Scanner, ScanOptions
+from slidescan.scan.scan_result import ScanOptions
+from slidescan.scan.scanner import Scanner
 
 CASES = int(os.environ.get("SLIDESCAN_FUZZ_CASES", "80"))
 

@@ -174,7 +174,7 @@ def test_unreadable_files(files: dict[str, Path], key: str) -> None:
 
 
 def test_no_mpp_is_a_clear_error(files: dict[str, Path]) -> None:
-    with pytest.raises(SlidescanError, match=r"no_mpp\.tif: .*no microns-per-pixel.*--mpp"):
+    with pytest.raises(SlidescanError, match=r"no_mpp\.tif: .*no microns-per-pixel.*mpp"):
         open_slide(files["no_mpp"])
     with open_slide(files["no_mpp"], mpp=0.5) as slide:
         assert slide.mpp == 0.5
@@ -182,8 +182,9 @@ def test_no_mpp_is_a_clear_error(files: dict[str, Path]) -> None:
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
 def test_bad_mpp_override(files: dict[str, Path], bad: float) -> None:
-    with pytest.raises(SlidescanError, match="--mpp"):
+    with pytest.raises(SlidescanError, match="mpp must be a positive number") as info:
         open_slide(files["pyramid"], mpp=bad)
+    assert info.value.param == "mpp"
 
 
 def test_png_fallback(tmp_path: Path) -> None:
@@ -202,8 +203,9 @@ def test_png_fallback(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dpi", [None, 72, 96])
 def test_png_default_dpi_is_not_mpp(tmp_path: Path, dpi: float | None) -> None:
     path = write_png(tmp_path / "plain.png", np.full((8, 8, 3), 200, np.uint8), dpi=dpi)
-    with pytest.raises(SlidescanError, match="plain.png: .*--mpp"):
+    with pytest.raises(SlidescanError, match="plain.png: .*default_mpp") as info:
         open_slide(path)
+    assert info.value.param == "default_mpp"
 
 
 def test_png_with_alpha_is_white_where_transparent(tmp_path: Path) -> None:
@@ -243,7 +245,7 @@ def test_real_svs_with_mpp(data_dir: Path) -> None:
 @pytest.mark.data
 def test_real_svs_without_mpp(data_dir: Path) -> None:
     path = data_dir / "wsi" / "TCGA-CR-7395-01A-01-TS1.svs"
-    with pytest.raises(SlidescanError, match=r"TCGA-CR-7395-01A-01-TS1\.svs: .*--mpp"):
+    with pytest.raises(SlidescanError, match=r"TCGA-CR-7395-01A-01-TS1\.svs: .*default_mpp"):
         open_slide(path)
     with open_slide(path, mpp=0.5) as slide:
         assert slide.mpp == 0.5 and len(slide.level_dimensions) == 2

@@ -122,7 +122,7 @@ def test_declines_when_its_pixels_differ_from_openslide(pyramids: dict[str, Path
 
 
 def test_unknown_reader_is_a_one_line_error(pyramids: dict[str, Path]) -> None:
-    with pytest.raises(SlidescanError, match="--reader must be one of auto, openslide"):
+    with pytest.raises(SlidescanError, match="reader must be one of auto, openslide"):
         open_slide(pyramids["jpeg"], reader="fast")
 
 

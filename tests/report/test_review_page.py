@@ -36,7 +36,7 @@ from slidescan.report.review_page import (
     script_json,
     tissue_area_mm2,
 )
-from slidescan.scan.scanner import ScanOptions
+from slidescan.scan.scan_result import ScanOptions
 
 REQUIRE_BROWSER_ENV = "SLIDESCAN_REQUIRE_BROWSER"
 HOSTILE = "c_\"'><img src=x onerror=alert(1)>&amp;<script>alert(2)<\\script>"

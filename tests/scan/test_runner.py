@@ -14,7 +14,7 @@ from slidescan.engine.weights import load_weights
 from slidescan.errors import SlidescanError
 from slidescan.io.slide import open_slide
 from slidescan.scan.runner import TileRunner, choose_runner
-from slidescan.scan.scanner import plan_grid
+from slidescan.scan.slide_geometry import plan_grid
 from slidescan.scan.slide_tiles import SlideTileDataset
 
 CPU = torch.device("cpu")
@@ -25,7 +25,7 @@ def test_choose_runner() -> None:
     assert choose_runner("auto", 0, CPU) == "main"
     assert choose_runner("auto", 4, torch.device("cuda")) == "main"
     assert choose_runner("main", 2, CPU) == "main"
-    with pytest.raises(SlidescanError, match="--workers 1"):
+    with pytest.raises(SlidescanError, match="needs 1 or more workers"):
         choose_runner("workers", 0, CPU)
     with pytest.raises(SlidescanError, match="runner must be one of"):
         choose_runner("gpu", 1, CPU)

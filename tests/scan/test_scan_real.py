@@ -25,7 +25,8 @@ from slidescan.engine.weights import LoadedModel
 from slidescan.errors import SlidescanError
 from slidescan.io.heatmap import read_heatmap
 from slidescan.io.outputs import is_complete
-from slidescan.scan.scanner import Scanner, ScanOptions, ScanResult
+from slidescan.scan.scan_result import ScanOptions, ScanResult
+from slidescan.scan.scanner import Scanner
 from slidescan.scan.tiling import TileGrid
 from slidescan.train.metrics import roc_auc
 
@@ -71,7 +72,7 @@ def test_scan_slide_without_mpp(data_dir: Path, shipped: LoadedModel, tmp_path: 
     slide = data_dir / "wsi" / "TCGA-CR-7395-01A-01-TS1.svs"
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    with pytest.raises(SlidescanError, match="--mpp"):
+    with pytest.raises(SlidescanError, match="default_mpp"):
         scan(shipped, slide, out_dir / "tcga.zarr")
     assert list(out_dir.iterdir()) == []
 

@@ -35,14 +35,9 @@ from slidescan.io.heatmap import read_heatmap
 from slidescan.io.outputs import geojson_path, is_complete, read_report, report_path
 from slidescan.io.slide import Slide, open_slide
 from slidescan.models import create_model
-from slidescan.scan.scanner import (
-    Scanner,
-    ScanOptions,
-    ScanResult,
-    describe,
-    mask_thumbnail,
-    scan_slide,
-)
+from slidescan.scan.scan_result import ScanOptions, ScanResult, describe
+from slidescan.scan.scanner import Scanner, scan_slide
+from slidescan.scan.slide_geometry import mask_thumbnail
 from slidescan.scan.slide_tiles import SlideTileDataset
 from slidescan.scan.tiling import TileGrid, tissue_fraction
 
@@ -357,7 +352,7 @@ def test_no_mpp_needs_mpp_and_leaves_nothing(
 ) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    with pytest.raises(SlidescanError, match="--mpp") as info:
+    with pytest.raises(SlidescanError, match="default_mpp") as info:
         scan(weights, slides["no_mpp"], out_dir / "x.zarr", overlay=out_dir / "x.png")
     assert "\n" not in str(info.value)
     assert leftovers(out_dir) == []

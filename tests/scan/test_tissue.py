@@ -11,7 +11,7 @@ from PIL import Image
 from slide_fixtures import add_pen_marks, tissue_image, write_pyramid
 
 from slidescan.io.slide import open_slide
-from slidescan.scan.scanner import mask_thumbnail
+from slidescan.scan.slide_geometry import mask_thumbnail
 from slidescan.scan.tissue import tissue_mask
 
 

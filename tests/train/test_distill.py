@@ -11,13 +11,14 @@ import torch
 from patch_fixtures import write_toy_set
 from train_helpers import Interrupted, stop_after_checkpoint
 
-import slidescan.train.trainer as trainer_mod
 from slidescan.engine.inference import make_predictor, predict_dataset
 from slidescan.engine.weights import file_sha256, load_weights
 from slidescan.errors import SlidescanError
 from slidescan.io.patches import PatchDataset, open_patch_dataset
+from slidescan.train import checkpoint
 from slidescan.train.distill import SoftTargets, teacher_probabilities
-from slidescan.train.trainer import TrainConfig, train
+from slidescan.train.train_config import TrainConfig
+from slidescan.train.trainer import train
 
 SMALL = {"width": 16}
 
@@ -112,7 +113,7 @@ def test_teacher_without_held_out_record_is_refused(
 def test_teachers_need_a_held_out_split_not_a_separate_validation_set(
     toy: PatchDataset, teachers: list[Path], tmp_path: Path
 ) -> None:
-    with pytest.raises(SlidescanError, match="not with --val"):
+    with pytest.raises(SlidescanError, match="not with separate validation data"):
         train(toy, tmp_path / "s.pt", _cfg(teachers=[str(teachers[0])]), val_data=toy)
     with pytest.raises(SlidescanError, match="no ids"):
         teacher_probabilities(teachers, toy, holdout_ids=[], device="cpu", workers=0)
@@ -122,7 +123,7 @@ def test_teachers_need_a_held_out_split_not_a_separate_validation_set(
 def test_distill_weight_is_at_most_the_labels_share(
     toy: PatchDataset, teachers: list[Path], tmp_path: Path, weight: float
 ) -> None:
-    with pytest.raises(SlidescanError, match="--distill-weight"):
+    with pytest.raises(SlidescanError, match="distill_weight must be in"):
         train(toy, tmp_path / "s.pt", _cfg(teachers=[str(teachers[0])], distill_weight=weight))
     assert not (tmp_path / "s.pt").exists()
 
@@ -155,10 +156,10 @@ def test_resume_notices_a_teacher_retrained_in_place(
 
 
 def test_checkpoint_from_before_distillation_resumes() -> None:
-    saved = trainer_mod._json_config(TrainConfig())
+    saved = checkpoint.json_config(TrainConfig())
     assert "teachers" in saved and "distill_weight" not in saved  # recorded only when distilling
     saved.pop("teachers")  # as written before --teacher existed
-    assert trainer_mod._changed_settings(saved, trainer_mod._json_config(TrainConfig())) == []
+    assert checkpoint.changed_settings(saved, checkpoint.json_config(TrainConfig())) == []
 
 
 def test_cli_refuses_a_distill_weight_without_teachers(tmp_path: Path) -> None:

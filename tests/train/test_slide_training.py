@@ -15,8 +15,8 @@ from slide_fixtures import GLASS
 from slidescan.engine.weights import ModelCard, file_sha256, load_weights
 from slidescan.errors import SlidescanError
 from slidescan.io.slide import open_slide
+from slidescan.train.data_split import balance_classes, split_holdout
 from slidescan.train.slide_patches import MARGIN_UM, open_annotated_slides, sample_slide
-from slidescan.train.trainer import balance_classes, split_holdout
 
 CELLS = 14  # tissue cells a side, inside a one-cell glass border
 TUMOUR = (5, 9)  # cell rows and columns [5, 9) of the canvas are tumour

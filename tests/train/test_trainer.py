@@ -18,14 +18,11 @@ from slidescan.engine.weights import load_weights
 from slidescan.errors import SlidescanError
 from slidescan.io.patches import PatchDataset, open_patch_dataset
 from slidescan.models import DEFAULT_MODEL
-from slidescan.train.trainer import (
-    TrainConfig,
-    channel_stats,
-    pixel_digests,
-    resume_path,
-    split_holdout,
-    train,
-)
+from slidescan.train import checkpoint
+from slidescan.train.checkpoint import resume_path
+from slidescan.train.data_split import channel_stats, pixel_digests, split_holdout
+from slidescan.train.train_config import TrainConfig
+from slidescan.train.trainer import train
 
 SMALL = {"width": 16}  # pcamnet-s with fewer channels: keeps the reproducibility runs quick
 
@@ -169,7 +166,7 @@ def test_resume_continues_and_matches_uninterrupted(
     small_toy: PatchDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema: float
 ) -> None:
     cfg = _cfg(epochs=2, model_config=SMALL, lr=3e-3, ema=ema)  # with dropout: global RNG too
-    real_save = trainer_mod._save_checkpoint
+    real_save = trainer_mod.save_checkpoint
     finals: dict[str, dict[str, torch.Tensor]] = {}
     epochs_run: list[int] = []
 
@@ -182,7 +179,7 @@ def test_resume_continues_and_matches_uninterrupted(
         if interrupt_after is not None and epoch + 1 == interrupt_after:
             raise Interrupted
 
-    monkeypatch.setattr(trainer_mod, "_save_checkpoint", recording_save)
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", recording_save)
 
     interrupt_after: int | None = None
     full = train(small_toy, tmp_path / "full.pt", cfg)
@@ -211,7 +208,7 @@ def test_resume_continues_and_matches_uninterrupted(
 def test_ema_saves_the_average_not_the_last_step(small_toy: PatchDataset, tmp_path: Path) -> None:
     out = tmp_path / "ema.pt"
     cfg = _cfg(epochs=1, model_config=SMALL, lr=3e-3, ema=0.5)
-    real_save = trainer_mod._save_checkpoint
+    real_save = trainer_mod.save_checkpoint
     saved: dict = {}
 
     def keep(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -221,13 +218,13 @@ def test_ema_saves_the_average_not_the_last_step(small_toy: PatchDataset, tmp_pa
         real_save(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer_mod, "_save_checkpoint", keep)
+        mp.setattr(trainer_mod, "save_checkpoint", keep)
         train(small_toy, out, cfg)
     weights = _state(out)
     _assert_same_state(weights, saved["ema"])
     conv = next(k for k in weights if k.endswith("weight") and weights[k].ndim == 4)
     assert not torch.equal(weights[conv], saved["raw"][conv]), "EMA weights equal the last step"
-    with pytest.raises(SlidescanError, match="--ema"):
+    with pytest.raises(SlidescanError, match="ema must be in"):
         train(small_toy, tmp_path / "bad.pt", _cfg(model_config=SMALL, ema=1.0))
 
 
@@ -249,12 +246,12 @@ def test_resume_with_other_settings(
 
 
 def test_checkpoint_from_before_an_option_resumes_with_its_default() -> None:
-    saved = trainer_mod._json_config(TrainConfig())
+    saved = checkpoint.json_config(TrainConfig())
     del saved["ema"]  # as written before --ema existed
-    assert trainer_mod._changed_settings(saved, trainer_mod._json_config(TrainConfig())) == []
-    assert trainer_mod._changed_settings(
-        saved, trainer_mod._json_config(TrainConfig(ema=0.99))
-    ) == ["ema"]
+    assert checkpoint.changed_settings(saved, checkpoint.json_config(TrainConfig())) == []
+    assert checkpoint.changed_settings(saved, checkpoint.json_config(TrainConfig(ema=0.99))) == [
+        "ema"
+    ]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -118,7 +118,8 @@ def read_patch_image(path: Path, *, resize: bool = False) -> np.ndarray:
                 w, h = img.size
                 raise SlidescanError(
                     f"{path}: image is {w}x{h} {img.mode}, expected {PATCH_SIZE}x{PATCH_SIZE} "
-                    "RGB; use --resize to convert, centre-crop and resize it"
+                    "RGB; resize converts, centre-crops and resizes it",
+                    param="resize",
                 )
             return np.array(_fit_patch(img), dtype=np.uint8)
     except SlidescanError:

@@ -46,14 +46,7 @@ def open_image_folder(
         raise SlidescanError(
             f"{folder}: class folders ({names}) hold no images ({', '.join(IMAGE_SUFFIXES)})"
         )
-    label_arr = np.asarray(labels, dtype=np.int64)
-    return ImageFilePatchDataset(
-        paths,
-        [p.stem for p in paths],
-        label_arr,
-        describe("image folders", folder, label_arr),
-        resize=resize,
-    )
+    return _image_files(paths, labels, "image folders", folder, resize=resize)
 
 
 def open_unlabelled_patches(inputs: Sequence[str | Path], *, resize: bool = False) -> PatchDataset:
@@ -84,12 +77,15 @@ def open_unlabelled_patches(inputs: Sequence[str | Path], *, resize: bool = Fals
     if not files:
         where = ", ".join(str(p) for p in inputs) or "(no inputs)"
         raise SlidescanError(f"no patch images ({', '.join(IMAGE_SUFFIXES)}) found in {where}")
-    labels = np.full(len(files), UNLABELLED, dtype=np.int64)
-    where_desc = str(inputs[0]) if len(inputs) == 1 else f"{len(inputs)} inputs"
+    where = str(inputs[0]) if len(inputs) == 1 else f"{len(inputs)} inputs"
+    return _image_files(files, [UNLABELLED] * len(files), "patch images", where, resize=resize)
+
+
+def _image_files(
+    files: list[Path], labels: list[int], kind: str, where: str | Path, *, resize: bool
+) -> PatchDataset:
+    """A dataset of image files, each id its file stem (the Kaggle id for Kaggle tifs)."""
+    label_arr = np.asarray(labels, dtype=np.int64)
     return ImageFilePatchDataset(
-        files,
-        [f.stem for f in files],
-        labels,
-        describe("patch images", where_desc, labels),
-        resize=resize,
+        files, [f.stem for f in files], label_arr, describe(kind, where, label_arr), resize=resize
     )
