@@ -39,6 +39,7 @@ class SlideStatus(StrEnum):
     done = "done"
     redone = "redone"  # an earlier result made with other settings, or damaged, was replaced
     skipped = "skipped"  # complete with the same settings
+    recalled = "recalled"  # only the call's thresholds changed: the call redone from the heatmap
     busy = "busy"  # another run is writing it
     failed = "failed"
     pending = "pending"  # the batch has not reached it (review page only)

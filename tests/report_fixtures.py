@@ -18,7 +18,7 @@ def make_report(**changes: Any) -> SlideReport:
     lesion = LesionReport(3.0, 4.5, 0.8, 0.4, 12, 0.9, 0.99, "micrometastasis", (432.0, 336.0))
     call = CallReport(
         positive=True, category="micrometastasis", largest_diameter_mm=0.8, seed_threshold=0.98,
-        extent_threshold=0.7, seed_cells=3, positive_tiles=12, tissue_tiles=500,
+        extent_threshold=0.7, seed_tiles=3, positive_tiles=12, tissue_tiles=500,
         max_probability=0.99, lesions=(lesion,),
     )  # fmt: skip
     report = SlideReport(

@@ -28,6 +28,7 @@ from slidescan.batch.slide_jobs import duplicate_outputs, failed, process_slide
 from slidescan.batch.summary import SummaryBook
 from slidescan.errors import SlidescanError, one_line, redact_path
 from slidescan.io.outputs import SlideOutputs
+from slidescan.progress import progress
 from slidescan.report.outcome import SlideOutcome
 from slidescan.scan.scan_result import ScanOptions
 from slidescan.scan.scanner import Scanner
@@ -117,7 +118,6 @@ def run_batch_on_cluster(
     Tasks of finished slides only compare fingerprints: whether a result matches depends on the
     engine the worker's device gets, which only the worker knows."""
     from distributed import as_completed
-    from tqdm.auto import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: dict[Path, SlideOutcome] = {}
@@ -145,7 +145,9 @@ def run_batch_on_cluster(
             ): s
             for s in todo
         }  # fmt: skip
-        for future in tqdm(as_completed(futures), total=len(futures), desc="slides", unit="slide"):
+        for future in progress(
+            as_completed(futures), total=len(futures), desc="slides", unit="slide", leave=False
+        ):
             slide = futures[future]
             try:
                 outcome = future.result()

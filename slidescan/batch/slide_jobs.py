@@ -3,18 +3,19 @@ outcome; a bad slide never stops the batch."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from tqdm.auto import tqdm
-
 from slidescan.batch.summary import SummaryBook
-from slidescan.errors import one_line, redact_path
+from slidescan.errors import SlidescanError, one_line, redact_path
 from slidescan.io.outputs import OutputBusy, SlideOutputs
+from slidescan.progress import progress
 from slidescan.report.outcome import SlideOutcome, outcome_from_previous, outcome_from_report
+from slidescan.report.slide_report import SlideReport
 from slidescan.scan.scan_result import ScanResult
 from slidescan.vocabulary import SlideStatus
 
@@ -29,8 +30,12 @@ def outcome_from_result(result: ScanResult) -> SlideOutcome:
 class SlideScanner(Protocol):
     """What a batch needs of a scanner (:class:`slidescan.scan.scanner.Scanner`)."""
 
-    def fingerprint(self, slide_path: Path) -> str:
-        """The fingerprint a scan of ``slide_path`` would record."""
+    def fingerprints(self, slide_path: Path) -> tuple[str, str]:
+        """The fingerprints (whole result, heatmap alone) a scan of ``slide_path`` records."""
+        ...
+
+    def recall(self, slide_path: Path, outputs: SlideOutputs, previous: SlideReport) -> ScanResult:
+        """Redo only the call from the stored heatmap (the caller holds the lock)."""
         ...
 
     def write(self, slide_path: Path, outputs: SlideOutputs) -> ScanResult:
@@ -54,6 +59,48 @@ def duplicate_outputs(slides: list[Path], out_dir: Path) -> dict[Path, str]:
     return errors
 
 
+def scan_or_reuse(
+    slide: Path,
+    outputs: SlideOutputs,
+    scanner: SlideScanner,
+    *,
+    overwrite: bool = False,
+    on_result: Callable[[ScanResult], None] | None = None,
+) -> SlideOutcome:
+    """One slide, single or in a batch: its earlier result when complete, made with the same
+    settings and with every output asked for (``skipped``); only a new call when nothing but
+    the call's thresholds changed (``recalled``); else a scan (``done``, or ``redone`` over a
+    result made otherwise). Errors propagate; :func:`process_slide` records them."""
+    # Decided under the lock: a run that finished the slide a moment ago is seen here.
+    with outputs.locked():
+        result, status = None, SlideStatus.done
+        if outputs.is_complete() and not overwrite:
+            whole, heatmap = scanner.fingerprints(slide)
+            report = outputs.matching_report(whole)
+            if report is not None and not outputs.extras_missing():
+                previous = outcome_from_previous(slide, outputs.heatmap, report)
+                if previous is not None:
+                    return previous
+            earlier = outputs.matching_report(heatmap, key="heatmap_fingerprint")
+            if earlier is not None:
+                with contextlib.suppress(ValueError):  # unreadable: scanned again below
+                    result = scanner.recall(slide, outputs, SlideReport.from_dict(earlier))
+            status = SlideStatus.redone
+        elif not overwrite and outputs.foreign():
+            raise SlidescanError(
+                f"{outputs.heatmap.name}: something that is not a slidescan result is in the "
+                "way; overwrite it or choose another output",
+                param="overwrite",
+            )
+        if result is None:
+            result = scanner.write(slide, outputs)
+    if on_result is not None:
+        on_result(result)
+    outcome = outcome_from_result(result)
+    outcome.status = result.status if result.status == SlideStatus.recalled else status
+    return outcome
+
+
 def process_slide(
     slide: Path,
     outputs: SlideOutputs,
@@ -62,34 +109,24 @@ def process_slide(
     overwrite: bool = False,
     on_result: Callable[[ScanResult], None] | None = None,
 ) -> SlideOutcome:
-    """Scan one slide of a batch, or take its earlier result when it is complete, made with the
-    same settings (fingerprint) and has every output asked for. Failures become rows."""
+    """:func:`scan_or_reuse` for a batch: a failure becomes the slide's row."""
     start = time.perf_counter()
     try:
-        # Decided under the lock: a run that finished the slide a moment ago is seen here.
-        with outputs.locked():
-            status = SlideStatus.done
-            if outputs.is_complete() and not overwrite:
-                report = outputs.matching_report(scanner.fingerprint(slide))
-                if report is not None and not outputs.extras_missing():
-                    previous = outcome_from_previous(slide, outputs.heatmap, report)
-                    if previous is not None:
-                        return previous
-                status = SlideStatus.redone
-            result = scanner.write(slide, outputs)
-        if on_result is not None:
-            on_result(result)
-        outcome = outcome_from_result(result)
-        outcome.status = status
-        return outcome
+        return scan_or_reuse(slide, outputs, scanner, overwrite=overwrite, on_result=on_result)
     except OutputBusy as exc:
         return SlideOutcome(slide=slide.name, status=SlideStatus.busy, error=one_line(exc))
     except Exception as exc:  # any failure is this slide's, never the whole batch's
         return SlideOutcome(
             slide=slide.name, status=SlideStatus.failed,
-            seconds=round(time.perf_counter() - start, 2), error=one_line(exc, path=slide),
+            seconds=round(time.perf_counter() - start, 2), error=_without_name(exc, slide),
             detail=redact_path(traceback.format_exc(), slide),
         )  # fmt: skip
+
+
+def _without_name(exc: BaseException, slide: Path) -> str:
+    """The error's line without the slide's name in front: its row and line name it already."""
+    line = one_line(exc, path=slide)
+    return line.removeprefix(f"{slide.name}: ")
 
 
 def failed(slide: Path, error: str) -> SlideOutcome:
@@ -119,7 +156,9 @@ def run_batch(
     outcomes: list[SlideOutcome] = []
     duplicates = duplicate_outputs(slides, out_dir)
     with SummaryBook(out_dir) as book:
-        for slide in tqdm(slides, desc="slides", unit="slide", disable=len(slides) < 2):
+        for slide in progress(
+            slides, desc="slides", unit="slide", leave=False, show=len(slides) > 1
+        ):
             if slide in duplicates:
                 outcome = failed(slide, duplicates[slide])
             else:

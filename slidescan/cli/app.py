@@ -21,6 +21,26 @@ import typer
 
 from slidescan.about import RESEARCH_USE_NOTICE, __version__
 from slidescan.errors import SlidescanError, one_line, option_for
+from slidescan.progress import BARS_ENV
+
+
+def _show_switches_as_switches() -> None:
+    """Recent typer prints ``<bool>`` beside every switch (``--tta <bool>``), as if it took a
+    value: show switches bare, as click and every other tool do. Older typer has no such
+    column, and nothing to change."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None:
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_show_switches_as_switches()
 
 app = typer.Typer(
     help=(
@@ -36,6 +56,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 _EXTENSIONS = ("torch", "onnxruntime", "zarr", "openslide", "tifffile", "imagecodecs")
 DEBUG_ENV = "SLIDESCAN_DEBUG"
 _debug = False
+_quiet = False
+
+
+def quiet() -> bool:
+    """True under ``slidescan --quiet``: say only what went wrong and the final summary."""
+    return _quiet
 
 
 def _debugging() -> bool:
@@ -141,10 +167,22 @@ def main(
             f"(also {DEBUG_ENV}=1).",
         ),
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No progress bars and no line per slide: warnings, errors and the final summary "
+            "only. (Where stderr is not a terminal, as in logs and batch jobs, there are no bars "
+            "anyway.)",
+        ),
+    ] = False,
 ) -> None:
     """slidescan command line."""
-    global _debug
-    _debug = debug
+    global _debug, _quiet
+    _debug, _quiet = debug, quiet
+    if quiet:
+        os.environ[BARS_ENV] = "0"  # DataLoader and Dask workers inherit it
     logging.basicConfig(
         level=logging.DEBUG if _debugging() else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -20,7 +20,9 @@ DataArg = Annotated[
 WeightsOpt = Annotated[
     Path | None,
     typer.Option(
-        help="Weights file (default: the shipped pcamnet-v2 weights).", show_default=False
+        rich_help_panel="Model and call",
+        help="Weights file (default: the shipped pcamnet-v2 weights).",
+        show_default=False,
     ),
 ]
 
@@ -28,6 +30,7 @@ WeightsOpt = Annotated[
 StainNormOpt = Annotated[
     StainNorm | None,
     typer.Option(
+        rich_help_panel="Model and call",
         help="Map each slide's colours (for patches: the collection's) onto the model's training "
         "colours, fitted once on a sample of its tissue: reinhard (CIELAB mean and spread) or "
         "macenko (stain vectors). Default: what the model was trained with (the shipped model: "
@@ -47,19 +50,31 @@ TumourClassOpt = Annotated[
 
 
 # Devices stay free text: cuda:N has no fixed list. The engine checks them.
-DeviceOpt = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        rich_help_panel="Speed and hardware",
+        help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.",
+    ),
+]
 BackendOpt = Annotated[
     Backend,
     typer.Option(
+        rich_help_panel="Speed and hardware",
         help="Inference engine: torch; onnx (ONNX Runtime float32, CPU only: torch's numbers); "
         "onnx-int8 (the int8 copy stored in the weights, CPU only: 2–3× faster, same "
         "PatchCamelyon AUC, probabilities within ~0.005 on average); auto = onnx-int8 on the CPU "
         "when the weights carry it, else onnx; torch on GPUs. Model cards' metrics are float32.",
     ),
 ]
-WorkersOpt = Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")]
+WorkersOpt = Annotated[
+    int,
+    typer.Option(rich_help_panel="Speed and hardware", min=0, help="DataLoader worker processes."),
+]
 TtaOpt = Annotated[bool, typer.Option("--tta", help="Average over the 8 flips/rotations.")]
-PatchBatchOpt = Annotated[int, typer.Option(min=1, help="Patches per batch.")]
+PatchBatchOpt = Annotated[
+    int, typer.Option(rich_help_panel="Speed and hardware", min=1, help="Patches per batch.")
+]
 ResizeOpt = Annotated[
     bool, typer.Option("--resize", help="Centre-crop and resize images that are not 96×96 RGB.")
 ]

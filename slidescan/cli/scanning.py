@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from slidescan.cli.app import app, user_errors
+from slidescan.cli.app import app, quiet, user_errors
 from slidescan.cli.options import BackendOpt, DeviceOpt, StainNormOpt, WeightsOpt
 from slidescan.errors import SlidescanError
 from slidescan.vocabulary import Backend, Reader, SlideStatus
@@ -29,6 +29,7 @@ def run(
     out: Annotated[
         Path | None,
         typer.Option(
+            rich_help_panel="Outputs",
             help="Heatmap X.zarr for one slide (default: <slide>.zarr); for a directory, the "
             "output folder (default: slidescan-results/) with <slide>.zarr, <slide>.json and "
             "summary.csv. Missing parent folders are created.",
@@ -39,6 +40,7 @@ def run(
     mpp: Annotated[
         float | None,
         typer.Option(
+            rich_help_panel="Scale",
             help="Level-0 microns per pixel for every slide, overriding their metadata "
             "(0.25 ≈ 40×, 0.5 ≈ 20×).",
             show_default=False,
@@ -47,6 +49,7 @@ def run(
     default_mpp: Annotated[
         float | None,
         typer.Option(
+            rich_help_panel="Scale",
             help="Microns per pixel for slides whose metadata has none; the others keep theirs.",
             show_default=False,
         ),
@@ -55,6 +58,7 @@ def run(
         bool,
         typer.Option(
             "--any-scale",
+            rich_help_panel="Scale",
             help="Scan even when the slide's µm/px makes a model patch cover fewer than 24 slide "
             "pixels (by default refused before scanning: usually a wrong --mpp).",
         ),
@@ -63,6 +67,7 @@ def run(
         bool,
         typer.Option(
             "--full-paths",
+            rich_help_panel="Outputs",
             help="Record each slide's absolute path in its outputs (default: the file name only; "
             "paths often carry patient or study identifiers).",
         ),
@@ -70,6 +75,7 @@ def run(
     stride: Annotated[
         int | None,
         typer.Option(
+            rich_help_panel="Model and call",
             min=8,
             help="Grid step in model pixels (default: the patch size, 96 — non-overlapping "
             "tiles, each tissue pixel seen once; smaller strides cost (96/stride)² more; "
@@ -78,11 +84,18 @@ def run(
         ),
     ] = None,
     min_tissue: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Tissue fraction a cell needs to be scanned.")
+        float,
+        typer.Option(
+            rich_help_panel="Model and call",
+            min=0.0,
+            max=1.0,
+            help="Tissue fraction a cell needs to be scanned.",
+        ),
     ] = 0.25,
     threshold: Annotated[
         float | None,
         typer.Option(
+            rich_help_panel="Model and call",
             min=0.0,
             max=1.0,
             help="Seed threshold of a lesion: the probability one of its tiles must reach "
@@ -95,19 +108,26 @@ def run(
     overlay: Annotated[
         Path | None,
         typer.Option(
+            rich_help_panel="Outputs",
             help="Write the heatmap over a thumbnail: a PNG path for one slide, a folder for a "
             "directory of slides.",
             show_default=False,
         ),
     ] = None,
     tta: Annotated[
-        bool, typer.Option("--tta", help="Average over the 8 flips/rotations (8× compute).")
+        bool,
+        typer.Option(
+            "--tta",
+            rich_help_panel="Model and call",
+            help="Average over the 8 flips/rotations (8× compute).",
+        ),
     ] = False,
     stain_norm: StainNormOpt = None,
     dense: Annotated[
         bool,
         typer.Option(
             "--dense",
+            rich_help_panel="Model and call",
             help="Stride-32 heatmap (the PCam label's centre-region resolution): finer lesion "
             "outlines and diameters. Fully convolutional models (pcamnet-s) run over blocks for "
             "about 2× the stride-96 time; others (the default pcamnet-v2) score overlapping "
@@ -115,11 +135,18 @@ def run(
         ),
     ] = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Redo slides whose output already exists.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            rich_help_panel="Outputs",
+            help="Scan again even results made with the same settings, and replace what is in "
+            "the way.",
+        ),
     ] = False,
     batch_size: Annotated[
         int | None,
         typer.Option(
+            rich_help_panel="Speed and hardware",
             min=1,
             help="Patches per model batch. Default: 64 on a CPU (per worker), 256 on a GPU.",
             show_default=False,
@@ -130,6 +157,7 @@ def run(
     reader: Annotated[
         Reader,
         typer.Option(
+            rich_help_panel="Speed and hardware",
             help="Slide decoder: auto (tiled TIFF slides such as Aperio .svs decoded directly "
             "with tifffile + imagecodecs, several times faster, once a check tile per level "
             "matches OpenSlide; every other format through OpenSlide) or openslide (always). "
@@ -140,6 +168,7 @@ def run(
     workers: Annotated[
         int | None,
         typer.Option(
+            rich_help_panel="Speed and hardware",
             min=0,
             help="DataLoader worker processes. Default: one per CPU core on a CPU, where each "
             "worker reads tiles and runs its own single-threaded copy of the model; up to 8 "
@@ -150,6 +179,7 @@ def run(
     scheduler: Annotated[
         str | None,
         typer.Option(
+            rich_help_panel="Speed and hardware",
             help="Distribute a directory's slides over a Dask cluster, one task per slide: "
             "tcp://host:8786, a scheduler file (.json, e.g. from dask-jobqueue on SLURM), or "
             "local:N for N worker processes here. Workers need the same paths.",
@@ -159,6 +189,7 @@ def run(
     patients: Annotated[
         Path | None,
         typer.Option(
+            rich_help_panel="Outputs",
             help="CSV with columns slide,patient (one lymph node per slide): a directory run "
             "also writes OUT/patients.csv with each patient's pN stage (Camelyon17 rules).",
             show_default=False,
@@ -171,14 +202,18 @@ def run(
 
     A directory: slidescan run slides/ --out results/
 
-    Directory runs are resumable: complete outputs are skipped.
+    Reruns, of one slide or a directory, redo only what changed: a result made with the same
+    settings is skipped; a changed --threshold redoes only the call from the stored heatmap
+    ("recalled", a fraction of a second); other changes rescan.
 
     A failing slide is recorded in summary.csv and the rest go on; exit code 1 if any failed.
     """
     from slidescan.batch.directory import scan_directory
-    from slidescan.io.outputs import is_complete
+    from slidescan.batch.slide_jobs import scan_or_reuse
+    from slidescan.engine.weights import load_weights
+    from slidescan.io.outputs import SlideOutputs
     from slidescan.scan.scan_result import ScanOptions, describe
-    from slidescan.scan.scanner import scan_slide
+    from slidescan.scan.scanner import Scanner
 
     if not input.exists():
         raise SlidescanError(f"{input}: no such file or directory")
@@ -198,13 +233,15 @@ def run(
         outcomes = scan_directory(
             input, out_dir, weights=weights, options=options, overlay_dir=overlay,
             scheduler=scheduler, patients=patient_of,
-            on_outcome=functools.partial(_echo_outcome, remote=bool(scheduler)),
-            on_result=lambda result: typer.echo(describe(result)),
+            on_outcome=functools.partial(_echo_outcome, remote=bool(scheduler), batch=True),
+            on_result=_echo_result,
         )  # fmt: skip
         failed = sum(o.status == SlideStatus.failed for o in outcomes)
+        counts = Counter(o.status for o in outcomes if o.status != SlideStatus.failed)
+        kept = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         page = out_dir / "index.html"
         typer.echo(
-            f"{len(outcomes) - failed}/{len(outcomes)} slides done, {failed} failed; "
+            f"{len(outcomes) - failed}/{len(outcomes)} slides done ({kept}), {failed} failed; "
             f"summary: {out_dir / 'summary.csv'}"
             + (f"; review page: {page}" if page.is_file() else "")
             + (f"; patients: {out_dir / PATIENTS_NAME}" if patient_of is not None else "")
@@ -219,19 +256,37 @@ def run(
     heatmap = out or Path(f"{input.stem}.zarr")
     if heatmap.suffix != ".zarr":
         raise SlidescanError(f"--out must end in .zarr for a single slide, got {heatmap}")
-    if is_complete(heatmap) and not overwrite:
-        raise SlidescanError(f"{heatmap} already exists (use --overwrite to redo it)")
-    typer.echo(
-        describe(scan_slide(input, heatmap, weights=weights, overlay=overlay, **asdict(options)))
-    )
+    scanner = Scanner(load_weights(weights), options)
+    outcome = scan_or_reuse(
+        input, SlideOutputs(heatmap, overlay), scanner, overwrite=overwrite,
+        on_result=lambda result: typer.echo(describe(result)),
+    )  # fmt: skip
+    _echo_outcome(outcome, remote=False, batch=False)
 
 
-def _echo_outcome(outcome: Any, *, remote: bool) -> None:
-    """A directory run's line for a slide that was not scanned here (or, on a cluster, was)."""
+def _echo_result(result: Any) -> None:
+    """A directory run's line for a slide scanned here (none with --quiet)."""
+    from slidescan.scan.scan_result import describe
+
+    if not quiet():
+        typer.echo(describe(result))
+
+
+def _echo_outcome(outcome: Any, *, remote: bool, batch: bool) -> None:
+    """The line for a slide that was not scanned here (or, on a cluster, was); in a directory
+    run, skipped slides are only counted in the final summary."""
     if outcome.status == SlideStatus.failed:
-        typer.echo(f"{outcome.slide}: FAILED  {outcome.error}", err=True)
+        # The error names the slide already; the line does not repeat it.
+        error = (
+            outcome.error
+            if outcome.error.startswith(outcome.slide)
+            else (f"{outcome.slide}: {outcome.error}")
+        )
+        typer.echo(f"FAILED {error}", err=True)
+    elif batch and (quiet() or outcome.status == SlideStatus.skipped):
+        return
     elif outcome.status == SlideStatus.skipped:
-        typer.echo(f"{outcome.slide}: already done (use --overwrite to redo)")
+        typer.echo(f"{outcome.slide}: already done with the same settings (--overwrite redoes it)")
     elif outcome.status == SlideStatus.busy:
         typer.echo(f"{outcome.slide}: skipped, {outcome.error.split(': ', 1)[-1]}")
     elif remote and outcome.status in (SlideStatus.done, SlideStatus.redone):

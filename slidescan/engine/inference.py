@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from slidescan.engine.augment import dihedral
 from slidescan.engine.device import autocast, pin_memory, select_device
 from slidescan.engine.weights import LoadedModel, ModelCard
 from slidescan.errors import SlidescanError
+from slidescan.progress import progress as progress_bar
 from slidescan.vocabulary import Backend
 
 
@@ -184,6 +184,6 @@ def predict_dataset(
         persistent_workers=False,
     )
     out = []
-    for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+    for images, _ in progress_bar(loader, desc=desc, unit="batch", leave=False, show=progress):
         out.append(predict_probs(model, images, normalizer, tta=tta).numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

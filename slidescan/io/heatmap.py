@@ -232,6 +232,13 @@ class HeatmapWriter:
             raise ValueError(f"heatmap writer for {self.path} is closed")
 
 
+def update_heatmap_attrs(path: Path, **attrs: Any) -> None:
+    """Add or replace attributes of a finished heatmap group (not the format's own)."""
+    _check_not_reserved(attrs)
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs.update(attrs)
+
+
 def read_heatmap(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Load ``(probability, tissue, attrs)`` from a heatmap group written by :class:`HeatmapWriter`.
 

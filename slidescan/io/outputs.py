@@ -129,15 +129,16 @@ class SlideOutputs:
         """True when a scan finished here."""
         return is_complete(self.heatmap)
 
-    def matching_report(self, expected: str) -> dict[str, Any] | None:
-        """The report of a complete result made with fingerprint ``expected``, else None."""
+    def matching_report(self, expected: str, key: str = FINGERPRINT_KEY) -> dict[str, Any] | None:
+        """The report of a complete result made with fingerprint ``expected``, else None
+        (``key="heatmap_fingerprint"``: whose heatmap was made so)."""
         if not self.is_complete():
             return None
         try:
             report = read_report(self.heatmap)
         except SlidescanError:
             return None
-        return report if report.get(FINGERPRINT_KEY) == expected else None
+        return report if expected and report.get(key) == expected else None
 
     def matches(self, expected: str) -> bool:
         """True when a complete result here was made with fingerprint ``expected``."""
@@ -152,6 +153,13 @@ class SlideOutputs:
         except SlidescanError:
             return False  # not ours: never delete it without overwrite
         return True
+
+    def foreign(self) -> bool:
+        """Something that is not a slidescan result (or a report without its heatmap) sits where
+        this slide's outputs go: never replaced without being asked to."""
+        if self.heatmap.exists():
+            return not self.is_complete() and not self.interrupted()
+        return self.report.exists()
 
     def overlay_missing(self) -> bool:
         """An overlay is wanted but not on disk."""

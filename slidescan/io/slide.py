@@ -37,6 +37,7 @@ _WHITE = 255
 VENDOR_SUFFIXES = frozenset({".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif", ".svslide"})
 # --reader choices: "auto" decodes tiled TIFF slides directly where that is proven identical.
 READERS = tuple(Reader)
+DEFAULT_MPP_SOURCE = "--default-mpp"  # a slide's mpp_source when default_mpp gave its scale
 
 
 class _Backend(Protocol):
@@ -258,7 +259,7 @@ def open_slide(
     if mpp is None:
         mpp, source = found, "slide metadata"
     if mpp is None:
-        mpp, source = default_mpp, "--default-mpp"
+        mpp, source = default_mpp, DEFAULT_MPP_SOURCE
     if mpp is None:
         backend.close()
         raise SlidescanError(

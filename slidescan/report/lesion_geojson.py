@@ -127,7 +127,7 @@ def lesion_feature_collection(
                         "Longest diameter µm": round(lesion.diameter_mm * 1000.0, 1),
                         "Mean tumour probability": round(lesion.mean_probability, 6),
                         "Max tumour probability": round(lesion.max_probability, 6),
-                        "Tiles": lesion.cells,
+                        "Tiles": lesion.tiles,
                         "Category (1 ITC, 2 micro, 3 macro)": CATEGORY_RANK[lesion.category],
                     },
                 },

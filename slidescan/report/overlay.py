@@ -86,6 +86,7 @@ def draw_overlay(
     lesions: Sequence[Lesion] = (),
     seed_threshold: float | None = None,
     extent_threshold: float | None = None,
+    um_per_px: float | None = None,
 ) -> Figure:
     """The overlay figure: ``probability`` (rows, cols; NaN = not scanned) over ``thumbnail``.
 
@@ -96,6 +97,7 @@ def draw_overlay(
     :func:`~slidescan.scan.slide_call.label_lesions`: ``i + 1`` on ``lesions[i]``'s cells)
     are outlined, and the largest few labelled with category and diameter. The
     thresholds are marked on the colour bar and named in the legend. Title lines wrap to fit.
+    ``um_per_px`` (µm per thumbnail pixel) adds a scale bar.
     """
     # Imported here so the scanner does not pay for matplotlib unless it draws; the Figure +
     # Agg canvas API avoids pyplot's global state and never needs a display.
@@ -170,6 +172,8 @@ def draw_overlay(
     ax.set_axis_off()
     if labels is not None:
         _label_lesions(ax, labels, lesions, extent)
+    if um_per_px:
+        _scale_bar(ax, width, um_per_px)
 
     bar_height = 0.8 * image_height
     cax = fig.add_axes(
@@ -332,8 +336,27 @@ def _mark_thresholds(cax: Axes, seed: float | None, extent: float | None, *, gap
                  clip_on=False)  # fmt: skip
         cax.text(
             1.6, at, f"{marks[value]} {value:.3g}", transform=side, va="center", ha="left",
-            fontsize="small", fontweight="bold", gid="threshold",
+            fontsize="small", gid="threshold",
         )  # fmt: skip
+
+
+SCALE_BAR_UM = (50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000)
+
+
+def _scale_bar(ax: Any, width_px: int, um_per_px: float) -> None:
+    """A scale bar in the lower left: the longest round length up to a fifth of the image."""
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    fitting = [um for um in SCALE_BAR_UM if um / um_per_px <= width_px / 5] or [SCALE_BAR_UM[0]]
+    um = fitting[-1]
+    label = f"{um // 1000} mm" if um >= 1000 else f"{um} µm"
+    bar = AnchoredSizeBar(
+        ax.transData, um / um_per_px, label, "lower left", pad=0.4, borderpad=0.6, sep=3,
+        frameon=True, size_vertical=max(1.0, width_px / 300), fontproperties={"size": "small"},
+    )  # fmt: skip
+    bar.patch.set_alpha(0.8)
+    bar.set_gid("scale bar")
+    ax.add_artist(bar)
 
 
 def _wrapped_title(fig: Figure, title: str) -> tuple[Text, float]:

@@ -158,12 +158,23 @@ def _fixed(value: float | int | None, digits: int) -> tuple[str, str]:
 # Cells: (sort key, inner HTML); an empty key is an unknown, which always sorts last.
 
 
+def _probability(value: float | None) -> tuple[str, str]:
+    """A probability to three places that never rounds onto 0 or 1 (0.99999 is not 1.000)."""
+    key, shown = _fixed(value, 3)
+    if value is not None and 0.9995 <= value < 1:
+        shown = "> 0.999"
+    elif value is not None and 0 < value < 0.0005:
+        shown = "< 0.001"
+    return key, shown
+
+
 def _call_cell(entry: ReviewEntry) -> tuple[str, str]:
     if entry.positive is None:
         return "", "—"
-    if entry.positive:
-        return "1", '<span class="badge pos">POSITIVE</span>'
-    return "0", '<span class="badge neg">negative</span>'
+    word, key = ("POSITIVE", "1") if entry.positive else ("negative", "0")
+    if entry.reliable is False:  # not a call to trust: never the green or red badge
+        return key, f'<span class="badge warn">{word}?</span> <span class="why">unreliable</span>'
+    return key, f'<span class="badge {"pos" if entry.positive else "neg"}">{word}</span>'
 
 
 def _slide_cell(entry: ReviewEntry) -> tuple[str, str]:
@@ -207,7 +218,7 @@ COLUMNS: list[Column] = [
     ("slide", "Slide", "text", _slide_cell),
     ("call", "Call", "num", _call_cell),
     ("category", "Category", "num", _category_cell),
-    ("max_p", "Max p", "num", lambda e: _fixed(e.max_probability, 3)),
+    ("max_p", "Max p", "num", lambda e: _probability(e.max_probability)),
     ("largest_mm", "Largest lesion mm", "num", lambda e: _fixed(e.largest_lesion_mm, 2)),
     ("lesions", "Lesions", "num", lambda e: _fixed(e.lesions, 0)),
     ("tissue_mm2", "Tissue mm²", "num", lambda e: _fixed(e.tissue_mm2, 2)),

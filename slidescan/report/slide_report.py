@@ -2,7 +2,9 @@
 
 ``X.json`` beside each heatmap holds a :class:`SlideReport`. Its shape is the JSON Schema shipped
 beside this module (``slide_report.schema.json``); ``schema_version`` says which shape a file has.
-Reports written before the version existed (version 0) have the same fields and are read as such.
+Reports written before the version existed (version 0) have the same fields and are read as such;
+version 1 lacks ``heatmap_fingerprint`` (such a result is rescanned, never recalled) and calls
+tiles cells (``seed_cells``, a lesion's ``cells``), read as today's names.
 summary.csv rows, review-page entries and ``validate`` are derived from this record.
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 from slidescan.about import RESEARCH_USE_NOTICE
 from slidescan.errors import SlidescanError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: heatmap_fingerprint; tiles, not cells (seed_tiles, a lesion's tiles)
 SCHEMA_NAME = "slide_report.schema.json"
 NO_TISSUE_WARNING = "no tissue found: nothing was scanned"
 
@@ -30,7 +32,7 @@ class Lesion:
     col: float
     diameter_mm: float
     area_mm2: float
-    cells: int
+    tiles: int
     mean_probability: float
     max_probability: float
     category: str
@@ -53,7 +55,7 @@ class CallNumbers:
     largest_diameter_mm: float
     seed_threshold: float
     extent_threshold: float
-    seed_cells: int
+    seed_tiles: int  # tiles a lesion needs at the seed threshold
     positive_tiles: int
     tissue_tiles: int
     max_probability: float | None  # None: no tissue, so no probability at all
@@ -91,6 +93,8 @@ class SlideReport:
     wall_seconds: float
     fingerprint: str
     warnings: tuple[str, ...] = ()
+    # The fingerprint of what made the heatmap alone: equal, a new call needs no new scan.
+    heatmap_fingerprint: str = ""
     # What made the result (fingerprint input) and the heatmap's geometry, as in the zarr attrs.
     settings: dict[str, Any] = field(default_factory=dict)
     attributes: dict[str, Any] = field(default_factory=dict)
@@ -125,6 +129,8 @@ class SlideReport:
             if version > SCHEMA_VERSION:
                 raise ValueError(f"schema_version {version} is newer than this slidescan reads")
             call = dict(data["call"])
+            if "seed_cells" in call:  # version 1 called tiles cells
+                call["seed_tiles"] = call.pop("seed_cells")
             call["lesions"] = tuple(_lesion(lesion) for lesion in call.get("lesions", ()))
             check = dict(data["distribution"])
             check["reasons"] = tuple(check.get("reasons", ()))
@@ -163,6 +169,8 @@ def report_schema() -> dict[str, Any]:
 
 def _lesion(data: dict[str, Any]) -> LesionReport:
     values = dict(data)
+    if "cells" in values:  # version 1
+        values["tiles"] = values.pop("cells")
     values["centroid_level0"] = tuple(float(v) for v in values["centroid_level0"])
     return _build(LesionReport, values)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from slidescan.report.slide_report import SlideReport
 from slidescan.scan.distribution_check import DistributionCheck
 from slidescan.scan.slide_call import SlideCall
-from slidescan.vocabulary import CATEGORY_NAMES
+from slidescan.vocabulary import CATEGORY_NAMES, SlideStatus
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class ScanResult:
     overlay: Path | None = None
     distribution: DistributionCheck = DistributionCheck(False)
     slide_report: SlideReport | None = None  # what X.json holds
+    status: SlideStatus = SlideStatus.done  # recalled: only the call was redone
 
 
 def verdict_text(call: SlideCall, distribution: DistributionCheck) -> str:
@@ -70,9 +71,13 @@ def describe(result: ScanResult) -> str:
     c = result.call
     if result.tiles == 0:
         return f"{result.slide.name}: no tissue found, nothing scanned  [research use only]"
+    recalled = "  (recalled: new thresholds on the stored heatmap)" * (
+        result.status == SlideStatus.recalled
+    )
     line = (
-        f"{result.slide.name}: {verdict_text(c, result.distribution)}  lesions {len(c.lesions)}  "
-        f"tiles ≥ {c.extent_threshold:.2f}: {c.positive_tiles}/{result.tiles}  "
+        f"{result.slide.name}: {verdict_text(c, result.distribution)}{recalled}  "
+        f"lesions {len(c.lesions)}  "
+        f"tiles ≥ extent {c.extent_threshold:.3g}: {c.positive_tiles}/{result.tiles}  "
         f"{result.seconds:.1f} s  [research use only]"
     )
     if result.distribution.flagged:

@@ -7,14 +7,14 @@ leaves anything that looks finished, and every report carries the fingerprint of
 
 from __future__ import annotations
 
-import json
+import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from slidescan.about import RESEARCH_USE_NOTICE, __version__
 from slidescan.engine.cell_scoring import CellScorer
@@ -27,18 +27,21 @@ from slidescan.engine.stain_norm import (
     sample_patches,
     stain_map,
 )
-from slidescan.engine.weights import LoadedModel, ModelCard
+from slidescan.engine.weights import LoadedModel
 from slidescan.errors import SlidescanError, one_line
-from slidescan.io.heatmap import HeatmapWriter
+from slidescan.io.heatmap import HeatmapWriter, read_heatmap, update_heatmap_attrs
 from slidescan.io.outputs import SlideOutputs, Staging, fingerprint
-from slidescan.io.slide import Slide, open_slide
-from slidescan.report.lesion_geojson import lesion_feature_collection
-from slidescan.report.slide_report import (
-    NO_TISSUE_WARNING,
-    CallReport,
-    DistributionReport,
-    LesionReport,
-    SlideReport,
+from slidescan.io.slide import DEFAULT_MPP_SOURCE, Slide, open_slide
+from slidescan.progress import progress
+from slidescan.report.slide_report import NO_TISSUE_WARNING, SlideReport
+from slidescan.scan.call_outputs import (
+    CALL_SETTINGS,
+    CallInputs,
+    distribution_of,
+    make_call,
+    slide_report,
+    write_geojson,
+    write_overlay,
 )
 from slidescan.scan.distribution_check import (
     DistributionCheck,
@@ -50,12 +53,12 @@ from slidescan.scan.distribution_check import (
     supports_features,
 )
 from slidescan.scan.runner import TileRunner, choose_runner
-from slidescan.scan.scan_result import ScanOptions, ScanResult, verdict_text
-from slidescan.scan.slide_call import SlideCall, call_slide, seed_cells_for
+from slidescan.scan.scan_result import ScanOptions, ScanResult
 from slidescan.scan.slide_geometry import SlideGeometry, check_grid_scale, plan_grid
 from slidescan.scan.slide_tiles import SlideTileDataset
 from slidescan.scan.tiling import TileGrid
 from slidescan.scan.tissue import TISSUE_MASK_VERSION
+from slidescan.vocabulary import SlideStatus
 
 
 class Scanner:
@@ -103,15 +106,19 @@ class Scanner:
         dense_block = 64 if self.device.type == "cuda" else 32
         self.block = options.block or (dense_block if self.dense else 8)
 
-    def settings(self) -> dict[str, Any]:
-        """Everything besides the slide that changes a result (the fingerprint's input)."""
+    def settings(self, mpp_source: str | None = None) -> dict[str, Any]:
+        """Everything besides the slide that changes a result (the fingerprint's input).
+
+        ``default_mpp`` counts only for a slide whose scale came from it (``mpp_source``): a
+        slide with its own µm/px gets the same result with or without it.
+        """
         card, opts = self.loaded.card, self.options
         return {
             "weights_sha256": self.loaded.sha256,
             "model": card.model,
             "engine": self.engine,
             "mpp_override": opts.mpp,
-            "default_mpp": opts.default_mpp,
+            "default_mpp": opts.default_mpp if mpp_source == DEFAULT_MPP_SOURCE else None,
             "reader": opts.reader,
             "stride": self.stride or card.input_size,
             "dense": opts.dense,
@@ -127,8 +134,48 @@ class Scanner:
 
     def fingerprint(self, slide_path: Path) -> str:
         """The fingerprint a scan of ``slide_path`` with these settings records."""
-        size = slide_path.stat().st_size
-        return fingerprint({**self.settings(), "slide": slide_path.name, "slide_bytes": size})
+        return self.fingerprints(slide_path)[0]
+
+    def fingerprints(self, slide_path: Path, mpp_source: str | None = None) -> tuple[str, str]:
+        """(the whole result's, the heatmap's alone) fingerprints of a scan of ``slide_path``:
+        the heatmap's leaves out the call's thresholds."""
+        if mpp_source is None and self.options.mpp is None and self.options.default_mpp:
+            # Whether --default-mpp applies depends on the slide's own metadata.
+            opts = self.options
+            with open_slide(slide_path, default_mpp=opts.default_mpp, reader=opts.reader) as opened:
+                mpp_source = opened.mpp_source
+        settings = self.settings(mpp_source)
+        file = {"slide": slide_path.name, "slide_bytes": slide_path.stat().st_size}
+        heatmap = {k: v for k, v in settings.items() if k not in CALL_SETTINGS}
+        return fingerprint({**settings, **file}), fingerprint({**heatmap, **file})
+
+    def recall(self, slide_path: Path, outputs: SlideOutputs, previous: SlideReport) -> ScanResult:
+        """Redo only the call (lesions, category, report, GeoJSON, overlay) from the stored
+        heatmap of a result whose heatmap these settings would make again; the caller holds
+        ``outputs.locked()``."""
+        start = time.perf_counter()
+        probability, tissue, attrs = read_heatmap(outputs.heatmap)
+        inputs = CallInputs(
+            probability, tissue, SlideGeometry.from_attrs(attrs), distribution_of(previous),
+            previous.tiles_scanned,
+        )  # fmt: skip
+        attrs = {**previous.attributes, "seed_threshold": self.seed_threshold,
+                 "extent_threshold": self.extent_threshold}  # fmt: skip
+        thumb = None
+        if outputs.overlay is not None:
+            opts = self.options
+            with open_slide(
+                slide_path, mpp=opts.mpp, default_mpp=opts.default_mpp, reader=opts.reader
+            ) as slide:
+                thumb = slide.thumbnail(1024)
+        with outputs.staged() as staging:
+            shutil.copytree(outputs.heatmap, staging.heatmap)
+            result = self._finish(slide_path, outputs, staging, inputs, attrs, thumb, start)
+            update_heatmap_attrs(staging.heatmap, **{
+                k: attrs[k] for k in CALL_SETTINGS
+            })  # fmt: skip
+            staging.commit()
+        return replace(result, status=SlideStatus.recalled)
 
     def scan(self, slide_path: Path, out: Path, overlay: Path | None = None) -> ScanResult:
         """Scan ``slide_path`` into the zarr heatmap ``out`` (+ JSON report, optional overlay).
@@ -195,54 +242,49 @@ class Scanner:
                 self._check_distribution(slide, grid, cells, stain),
                 check_scale(slide.mpp, card.mpp),
             )
-        probability = writer.probability
-        call = call_slide(
-            probability, seed_threshold=self.seed_threshold,
-            extent_threshold=self.extent_threshold, cell_mm=_cell_mm(grid, card),
-            seed_cells=seed_cells_for(grid.stride, grid.patch_size),
-        )  # fmt: skip
-        if len(cells) == 0:  # nothing was looked at: not a negative anyone may trust
-            distribution = combine(distribution, (NO_TISSUE_WARNING,))
-        seconds = time.perf_counter() - start
-        report = SlideReport(
-            slide=slide_path.name, heatmap=outputs.heatmap.name, geojson=outputs.geojson.name,
-            call=_call_report(call, grid), distribution=_distribution_report(distribution),
-            reliable=not distribution.flagged, tiles_scanned=len(cells),
-            warnings=() if len(cells) else (NO_TISSUE_WARNING,), wall_seconds=round(seconds, 3),
-            fingerprint=self.fingerprint(slide_path), settings=self.settings(), attributes=attrs,
-        )  # fmt: skip
-        writer.update_attrs(**report.summary())
-        writer.close()
-        report.write(staging.report)
-        self._write_geojson(staging.geojson, call, geometry, slide_path.name, report.fingerprint)
-        if thumb is not None and staging.overlay is not None:
-            self._overlay(
-                thumb,
-                probability,
-                tissue,
-                geometry,
-                slide_path,
-                call,
-                distribution,
-                staging.overlay,
+            if len(cells) == 0:  # nothing was looked at: not a negative anyone may trust
+                distribution = combine(distribution, (NO_TISSUE_WARNING,))
+            inputs = CallInputs(writer.probability, tissue, geometry, distribution, len(cells))
+            return self._finish(
+                slide_path, outputs, staging, inputs, attrs, thumb, start, writer=writer
             )
-        return ScanResult(
-            slide_path, outputs.heatmap, outputs.report, call, len(cells), seconds,
-            outputs.overlay, distribution, report,
-        )  # fmt: skip
 
-    @staticmethod
-    def _write_geojson(
-        path: Path, call: SlideCall, geometry: SlideGeometry, slide: str, fingerprint: str
-    ) -> None:
-        """The lesions as QuPath annotations (an empty collection when there are none)."""
-        collection = lesion_feature_collection(
-            call.lesion_labels, call.lesions, cell_origin_level0=geometry.cell_origin_level0,
-            cell_level0_px=geometry.cell_level0_px, slide=slide,
-            slide_size=geometry.slide_dimensions, image_offset=geometry.bounds_origin,
-            namespace=fingerprint,
+    def _finish(
+        self,
+        slide_path: Path,
+        outputs: SlideOutputs,
+        staging: Staging,
+        inputs: CallInputs,
+        attrs: dict[str, Any],
+        thumb: tuple[np.ndarray, float] | None,
+        start: float,
+        *,
+        writer: HeatmapWriter | None = None,
+    ) -> ScanResult:
+        """The call from the heatmap, and the report, GeoJSON and overlay it writes."""
+        call = make_call(
+            inputs.probability, inputs.geometry, self.seed_threshold, self.extent_threshold
+        )
+        seconds = time.perf_counter() - start
+        source = inputs.geometry.mpp_source
+        report = slide_report(
+            slide_path.name, outputs.heatmap, inputs, call, seconds=seconds,
+            fingerprints=self.fingerprints(slide_path, source),
+            settings=self.settings(source), attributes=attrs,
         )  # fmt: skip
-        path.write_text(json.dumps(collection) + "\n")
+        if writer is not None:
+            writer.update_attrs(**report.summary())
+            writer.close()
+        else:
+            update_heatmap_attrs(staging.heatmap, **report.summary())
+        report.write(staging.report)
+        write_geojson(staging.geojson, call, inputs.geometry, slide_path.name, report.fingerprint)
+        if thumb is not None and staging.overlay is not None:
+            write_overlay(staging.overlay, thumb, inputs, call, slide_path.name)
+        return ScanResult(
+            slide_path, outputs.heatmap, outputs.report, call, inputs.tiles_scanned, seconds,
+            outputs.overlay, inputs.distribution, report,
+        )  # fmt: skip
 
     def _fit_stain(self, slide: Slide, grid: TileGrid, cells: np.ndarray) -> StainMap | None:
         """The slide's colour map onto the model's reference, fitted on a seeded sample of its
@@ -312,10 +354,9 @@ class Scanner:
             where=choose_runner(opts.runner, workers, self.device), workers=workers,
             batch_size=self.batch_size, dense=self.dense, device=self.device,
         )  # fmt: skip
-        bar = tqdm(
-            total=len(cells), desc=slide.path.name, unit="tile", leave=False,
-            disable=not opts.progress, dynamic_ncols=True,
-        )  # fmt: skip
+        bar = progress(
+            total=len(cells), desc=slide.path.name, unit="tile", leave=False, show=opts.progress
+        )
         try:
             for probs, scored in runner.run(dataset, slide.path.name):
                 writer.write_cells(scored.numpy(), probs.numpy())
@@ -348,54 +389,6 @@ class Scanner:
             "slidescan_version": __version__,
             "notice": RESEARCH_USE_NOTICE,
         }
-
-    def _overlay(
-        self,
-        thumb: tuple[np.ndarray, float],
-        probability: np.ndarray,
-        tissue: np.ndarray,
-        geometry: SlideGeometry,
-        slide_path: Path,
-        call: SlideCall,
-        distribution: DistributionCheck,
-        overlay: Path,
-    ) -> None:
-        """The PNG: heatmap, scanned tissue and lesion outlines over the slide's thumbnail."""
-        from slidescan.report.overlay import grid_extent_in_thumbnail, render_overlay
-
-        image, downsample = thumb
-        extent = grid_extent_in_thumbnail(
-            probability.shape, geometry.cell_level0_px, downsample, geometry.cell_origin_level0
-        )
-        title = f"{slide_path.name}\n{verdict_text(call, distribution)}"
-        overlay.parent.mkdir(parents=True, exist_ok=True)
-        render_overlay(
-            image, probability, overlay, title=title, thumbnail_extent=extent, tissue=tissue,
-            lesion_labels=call.lesion_labels, lesions=call.lesions,
-            seed_threshold=call.seed_threshold,
-            extent_threshold=call.extent_threshold,
-        )  # fmt: skip
-
-
-def _cell_mm(grid: TileGrid, card: ModelCard) -> float:
-    """The grid's cell side in mm: its stride at the model's resolution."""
-    return grid.stride * card.mpp / 1000.0
-
-
-def _call_report(call: SlideCall, grid: TileGrid) -> CallReport:
-    """The call for the report, lesion centroids also in level-0 pixels."""
-    values = call.to_dict()
-    lesions = []
-    for lesion in values.pop("lesions"):
-        x, y = grid.cell_center_level0(lesion["row"], lesion["col"])
-        lesions.append(
-            LesionReport(**lesion, centroid_level0=(round(float(x), 1), round(float(y), 1)))
-        )
-    return CallReport(**values, lesions=tuple(lesions))
-
-
-def _distribution_report(check: DistributionCheck) -> DistributionReport:
-    return DistributionReport(**{**check.to_dict(), "reasons": tuple(check.reasons)})
 
 
 def scan_slide(

@@ -89,6 +89,20 @@ class SlideGeometry:
             level=level, downsample=float(slide.level_downsamples[level]), grid=grid,
         )  # fmt: skip
 
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> SlideGeometry:
+        """The geometry a heatmap's attributes record (the inverse of :meth:`to_attrs`)."""
+        return cls(
+            slide_dimensions=(int(attrs["slide_dimensions"][0]), int(attrs["slide_dimensions"][1])),
+            bounds_origin=(
+                int(attrs["slide_bounds_origin_level0"][0]),
+                int(attrs["slide_bounds_origin_level0"][1]),
+            ),
+            slide_mpp=float(attrs["slide_mpp"]), mpp_source=str(attrs["slide_mpp_source"]),
+            reader=str(attrs["slide_reader"]), level=int(attrs["level"]),
+            downsample=float(attrs["downsample"]), grid=TileGrid.from_attrs(attrs["grid"]),
+        )  # fmt: skip
+
     @property
     def cell_origin_level0(self) -> tuple[float, float]:
         """Level-0 top-left of the area cell (0, 0) stands for."""

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from slidescan.engine.augment import dihedral
 from slidescan.engine.inference import Normalizer
 from slidescan.engine.weights import load_weights, save_weights
 from slidescan.errors import SlidescanError, one_line
+from slidescan.progress import progress
 from slidescan.scan.distribution_check import feature_batches, fit_reference, supports_features
 from slidescan.scan.slide_call import SEED_CELLS, calibrate_seed_threshold, false_positive_rate
 from slidescan.train.data_split import dataset_size
@@ -57,6 +57,8 @@ class CalibrationResult:
     false_positive_by_cells: dict[int, float]
     feature_threshold: float | None
     int8: str
+    target_rate: float = TARGET_RATE  # the seed's aim, on the calibration's own simulated slides
+    tissue_cells: int = CALIBRATION_CELLS
 
     def describe(self) -> str:
         """A few lines for the terminal."""
@@ -69,7 +71,9 @@ class CalibrationResult:
         return (
             f"held-out AUC {self.holdout_auc:.4f}; tile threshold {self.tile_threshold:.3f}, "
             f"lesion extent {self.extent_threshold:.3f}, seed {self.seed_threshold:.4f}{feat}\n"
-            f"simulated normal slides called positive, by tissue cells: {fp}\n{self.int8}"
+            f"seed chosen to call {self.target_rate:.0%} of {SIMULATED_SLIDES} simulated normal "
+            f"slides of {self.tissue_cells:,} tissue tiles positive; on {SIMULATED_SLIDES // 2} "
+            f"fresh ones, by tissue tiles: {fp} (the gap is sampling noise)\n{self.int8}"
         )
 
 
@@ -94,7 +98,7 @@ def dihedral_probs(
     """(labels (N,), probabilities (8, N) under each of the 8 flips/rotations)."""
     loader = DataLoader(data, batch_size=batch_size, num_workers=2)
     probs, labels = [], []
-    for images, y in tqdm(loader, desc="held-out patches ×8", unit="batch", leave=False):
+    for images, y in progress(loader, desc="held-out patches ×8", unit="batch", leave=False):
         x = normalizer(images)
         probs.append(torch.stack([torch.sigmoid(model(dihedral(x, k))) for k in range(8)]))
         labels.append(y)
@@ -108,7 +112,7 @@ def _features(
     n = dataset_size(data)
     pick = np.sort(np.random.default_rng(seed).permutation(n)[:limit])
     loader = DataLoader(Subset(data, pick.tolist()), batch_size=256, num_workers=2)
-    batches = (x for x, _ in tqdm(loader, desc="features", unit="batch", leave=False))
+    batches = (x for x, _ in progress(loader, desc="features", unit="batch", leave=False))
     return feature_batches(model, batches, normalizer)
 
 
@@ -168,7 +172,7 @@ def calibrate_weights(
         "seed_cells": SEED_CELLS,
         "seed_threshold": (
             f"calls {target_rate:.0%} of simulated all-normal slides of {tissue_cells:,} tissue "
-            "cells positive (cells drawn from held-out normal patches under 8 flips/rotations)"
+            "tiles positive (tiles drawn from held-out normal patches under 8 flips/rotations)"
         ),
         "false_positive_rate_by_tissue_cells": {str(k): v for k, v in curve.items()},
         "feature_patch_threshold": None if reference is None else reference.patch_threshold,
@@ -188,6 +192,8 @@ def calibrate_weights(
         false_positive_by_cells=curve,
         feature_threshold=None if reference is None else reference.patch_threshold,
         int8=int8_note,
+        target_rate=target_rate,
+        tissue_cells=tissue_cells,
     )
 
 

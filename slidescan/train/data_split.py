@@ -10,9 +10,9 @@ from typing import Any, cast
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from slidescan.errors import SlidescanError
+from slidescan.progress import progress
 
 
 def dataset_size(dataset: Dataset) -> int:
@@ -107,7 +107,7 @@ def pixel_digests(dataset: Dataset) -> np.ndarray:
     size = dataset_size(dataset)
     loader = DataLoader(dataset, batch_size=256, num_workers=2)
     out: list[str] = []
-    for images, _ in tqdm(loader, desc="find repeated patches", unit="batch", leave=False):
+    for images, _ in progress(loader, desc="find repeated patches", unit="batch", leave=False):
         out += [hashlib.blake2b(im.numpy().tobytes(), digest_size=12).hexdigest() for im in images]
     assert len(out) == size
     return np.asarray(out)

@@ -283,7 +283,7 @@ def format_metrics(m: BinaryMetrics) -> str:
         ("NLL", _fmt(m.nll)),
         ("Brier", _fmt(m.brier)),
         ("ECE (15 bins)", _fmt(m.ece)),
-        ("threshold", f"{m.threshold:g} (positive when p >= threshold)"),
+        ("tile threshold", f"{m.threshold:.3g} (a patch is tumour when p ≥ it)"),
         ("confusion", f"TP {m.tp}  FP {m.fp}  TN {m.tn}  FN {m.fn}"),
     ]
     width = max(len(name) for name, _ in rows)

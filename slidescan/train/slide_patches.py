@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import shapely
 import torch
-from tqdm.auto import tqdm
 
 from slidescan.batch.directory import find_slides
 from slidescan.engine.stain_norm import (
@@ -39,6 +38,7 @@ from slidescan.errors import SlidescanError
 from slidescan.io.annotations import DEFAULT_TUMOUR_CLASSES, find_annotation, read_annotations
 from slidescan.io.patches.dataset import ConcatPatchDataset, PatchDataset, to_chw
 from slidescan.io.slide import Slide, open_slide
+from slidescan.progress import progress
 from slidescan.scan.slide_geometry import plan_grid
 
 MARGIN_UM = 100.0  # normal patches keep this far from a tumour outline
@@ -197,7 +197,7 @@ def open_annotated_slides(
     slides = find_slides(slide_folder)
     if not slides:
         raise SlidescanError(f"{slide_folder}: no slides in this folder")
-    for path in tqdm(slides, desc="sample slides", unit="slide", leave=False):
+    for path in progress(slides, desc="sample slides", unit="slide", leave=False):
         note = find_annotation(annotation_folder, path.name) if annotation_folder else None
         with open_slide(path, mpp=mpp) as slide:
             samples.append(

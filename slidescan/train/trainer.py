@@ -26,6 +26,7 @@ from slidescan.engine.weights import LoadedModel, ModelCard, load_weights, save_
 from slidescan.errors import SlidescanError, one_line
 from slidescan.io.patches.dataset import PatchDataset
 from slidescan.models import count_parameters, create_model
+from slidescan.progress import progress
 from slidescan.train.checkpoint import (
     init_record,
     json_config,
@@ -293,9 +294,9 @@ class _Run:
         )
         self.train_model.train()
         seen, loss_sum, correct = 0, 0.0, 0
-        bar = tqdm(
+        bar = progress(
             loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-            disable=not ctx.is_main,
+            show=ctx.is_main,
         )  # fmt: skip
         for images, labels in bar:
             x = self.normalizer(images, augment=augment)

@@ -30,6 +30,7 @@ from slidescan.io.heatmap import read_heatmap
 from slidescan.io.outputs import SlideOutputs, is_complete, read_report
 from slidescan.io.pacing import Pacer
 from slidescan.report.outcome import SUMMARY_FIELDS, SlideOutcome
+from slidescan.report.slide_report import SlideReport
 from slidescan.scan.scan_result import ScanOptions, ScanResult
 from slidescan.scan.scanner import Scanner
 
@@ -75,13 +76,18 @@ class CountingScanner:
         opts = {"workers": 0, "device": "cpu", "progress": False, **options}
         self.scanner = Scanner(load_weights(weights), ScanOptions(**opts))
         self.scanned: list[str] = []
+        self.recalled: list[str] = []
 
-    def fingerprint(self, slide: Path) -> str:
-        return self.scanner.fingerprint(slide)
+    def fingerprints(self, slide: Path) -> tuple[str, str]:
+        return self.scanner.fingerprints(slide)
 
     def write(self, slide: Path, outputs: SlideOutputs) -> ScanResult:
         self.scanned.append(slide.name)
         return self.scanner.write(slide, outputs)
+
+    def recall(self, slide: Path, outputs: SlideOutputs, previous: SlideReport) -> ScanResult:
+        self.recalled.append(slide.name)
+        return self.scanner.recall(slide, outputs, previous)
 
 
 def read_summary(out_dir: Path) -> dict[str, dict[str, str]]:
@@ -147,7 +153,7 @@ def test_batch_outputs_and_summary(slide_dir: Path, weights: Path, tmp_path: Pat
         assert row["reliable"] == "true" and row["flags"] == ""
     for name in BAD:
         row = rows[name]
-        assert row["status"] == "failed" and name in row["error"]
+        assert row["status"] == "failed" and row["error"] and not row["error"].startswith(name)
         assert row["heatmap"] == row["category"] == row["tiles"] == row["reliable"] == ""
 
 
@@ -204,9 +210,7 @@ def test_interrupted_slides_are_redone(good_dir: Path, weights: Path, tmp_path: 
     assert all(is_complete(out / f"{name[:-4]}.zarr") for name in GOOD)
 
 
-@pytest.mark.parametrize(
-    "changed", [{"stride": 48}, {"threshold": 0.25}, {"tta": True}, {"mpp": SLIDE_MPP}]
-)
+@pytest.mark.parametrize("changed", [{"stride": 48}, {"tta": True}, {"mpp": SLIDE_MPP}])
 def test_rerun_with_other_settings_is_redone(
     good_dir: Path, weights: Path, tmp_path: Path, changed: dict[str, Any]
 ) -> None:
@@ -220,6 +224,29 @@ def test_rerun_with_other_settings_is_redone(
     same = CountingScanner(weights, **changed)
     assert [o.status for o in run_batch(find_slides(good_dir), out, same)] == ["skipped"] * 2
     assert same.scanned == []
+    assert outputs(out) == EXPECTED_OUTPUTS
+
+
+def test_a_new_threshold_is_recalled_not_rescanned(
+    good_dir: Path, weights: Path, tmp_path: Path
+) -> None:
+    """Issue 23, item 4: the threshold changes only the call, so only the call is redone."""
+    out = tmp_path / "results"
+    run_batch(find_slides(good_dir), out, CountingScanner(weights))
+    heatmaps = {name: read_heatmap(out / f"{name[:-4]}.zarr")[0] for name in GOOD}
+    other = CountingScanner(weights, threshold=0.25)
+    outcomes = run_batch(find_slides(good_dir), out, other)
+    assert other.scanned == [] and other.recalled == GOOD
+    assert [o.status for o in outcomes] == ["recalled", "recalled"]
+    assert [r["status"] for r in read_summary(out).values()] == ["recalled", "recalled"]
+    for name in GOOD:
+        heatmap = out / f"{name[:-4]}.zarr"
+        np.testing.assert_array_equal(read_heatmap(heatmap)[0], heatmaps[name])
+        report = read_report(heatmap)
+        assert report["call"]["seed_threshold"] == 0.25
+        assert report["fingerprint"] == other.scanner.fingerprint(good_dir / name)
+    same = CountingScanner(weights, threshold=0.25)
+    assert [o.status for o in run_batch(find_slides(good_dir), out, same)] == ["skipped"] * 2
     assert outputs(out) == EXPECTED_OUTPUTS
 
 
@@ -244,13 +271,14 @@ def test_rerun_makes_missing_overlays(good_dir: Path, weights: Path, tmp_path: P
     run_batch(find_slides(good_dir), out, CountingScanner(weights))
     again = CountingScanner(weights)
     outcomes = run_batch(find_slides(good_dir), out, again, overlay_dir=overlays)
-    assert again.scanned == GOOD and [o.status for o in outcomes] == ["redone", "redone"]
+    # An overlay is drawn from the stored heatmap: no rescan.
+    assert again.scanned == [] and [o.status for o in outcomes] == ["recalled", "recalled"]
     assert sorted(p.name for p in overlays.iterdir()) == ["a_good.png", "b_good.png"]
     (overlays / "b_good.png").unlink()  # deleted by hand: made again, the other kept
     third = CountingScanner(weights)
     outcomes = run_batch(find_slides(good_dir), out, third, overlay_dir=overlays)
-    assert third.scanned == ["b_good.tif"]
-    assert [o.status for o in outcomes] == ["skipped", "redone"]
+    assert third.recalled == ["b_good.tif"] and third.scanned == []
+    assert [o.status for o in outcomes] == ["skipped", "recalled"]
     assert sorted(p.name for p in overlays.iterdir()) == ["a_good.png", "b_good.png"]
 
 
@@ -295,11 +323,14 @@ def test_cli_batch_with_failures_exits_1(slide_dir: Path, weights: Path, tmp_pat
     assert outputs(out) == sorted([*EXPECTED_OUTPUTS, LOG_NAME, "index.html"])
     rows = read_summary(out)
     assert [rows[n]["status"] for n in GOOD + BAD] == ["done", "done", "failed", "failed"]
+    failures = result.stderr.splitlines()
     for name in BAD:
-        assert f"{name}: FAILED" in result.stderr
+        (line,) = [ln for ln in failures if name in ln]
+        assert line.startswith(f"FAILED {name}: ") and line.count(name) == 1
+        assert not rows[name]["error"].startswith(name), "summary.csv names the slide once"
     for name in GOOD:
         assert name in result.stdout and "research use only" in result.stdout
-    assert "2/4 slides done, 2 failed" in result.stdout
+    assert "2/4 slides done (2 done), 2 failed" in result.stdout
 
 
 def test_cli_batch_all_good_exit_0_and_resumes(
@@ -310,14 +341,15 @@ def test_cli_batch_all_good_exit_0_and_resumes(
     args = [good_dir, "--out", out, "--weights", weights, *FAST]
     first = invoke(*args, "--overlay", overlays)
     assert first.exit_code == 0, first.output
-    assert "2/2 slides done, 0 failed" in first.stdout
+    assert "2/2 slides done (2 done), 0 failed" in first.stdout
     assert f"review page: {out / 'index.html'}" in first.stdout
     assert sorted(p.name for p in overlays.iterdir()) == ["a_good.png", "b_good.png"]
     before = stamp(out / "a_good.zarr")
 
     again = invoke(*args)
     assert again.exit_code == 0, again.output
-    assert again.stdout.count("already done") == 2
+    assert "already done" not in again.stdout, "skipped slides are counted, not listed"
+    assert "2/2 slides done (2 skipped), 0 failed" in again.stdout
     assert stamp(out / "a_good.zarr") == before
     assert [r["status"] for r in read_summary(out).values()] == ["skipped", "skipped"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 
@@ -96,19 +97,75 @@ def test_run_options_reach_the_scan(slides: dict[str, Path], weights: Path, tmp_
     assert entries(png.parent) == ["x.png"]
 
 
-def test_existing_output_needs_overwrite(
+def test_rerun_skips_recalls_or_rescans_like_a_batch(
     slides: dict[str, Path], weights: Path, tmp_path: Path
 ) -> None:
+    """A single-slide rerun agrees with a directory run (issue 23, items 4 and 10): the same
+    settings skip (exit 0), a new --threshold redoes only the call from the stored heatmap, and
+    --overwrite scans again."""
     out = tmp_path / "x.zarr"
     args = [slides["good"], "--out", out, "--weights", weights, *FAST]
     assert invoke(*args).exit_code == 0
-    before = out.stat().st_ino
-    message = assert_one_error_line(invoke(*args))
-    assert "already exists" in message and "--overwrite" in message
-    assert out.stat().st_ino == before
+    heatmap_before = read_heatmap(out)[0]
+    first = read_report(out)
+    inode = (out / "probability").stat().st_ino
+
+    same = invoke(*args)
+    assert same.exit_code == 0, same.output
+    assert lines(same.stdout) == [
+        "slide.tif: already done with the same settings (--overwrite redoes it)"
+    ]
+    assert (out / "probability").stat().st_ino == inode
+
+    recalled = invoke(*args, "--threshold", "0")
+    assert recalled.exit_code == 0, recalled.output
+    assert "recalled" in recalled.stdout and "POSITIVE" in recalled.stdout
+    report = read_report(out)
+    assert report["heatmap_fingerprint"] == first["heatmap_fingerprint"]
+    assert report["fingerprint"] != first["fingerprint"]
+    assert report["call"]["seed_threshold"] == 0.0 and report["settings"]["seed_threshold"] == 0.0
+    probability, _, attrs = read_heatmap(out)
+    np.testing.assert_array_equal(probability, heatmap_before)  # the heatmap was not rescanned
+    assert attrs["seed_threshold"] == 0.0 and attrs["fingerprint"] == report["fingerprint"]
+    assert report["call"]["lesions"] and "Lesion" in (tmp_path / "x.geojson").read_text()
+    assert entries(tmp_path) == ["x.geojson", "x.json", "x.zarr"]
+    assert "already done" in invoke(*args, "--threshold", "0").stdout
+
     again = invoke(*args, "--overwrite")
     assert again.exit_code == 0, again.output
-    assert out.stat().st_ino != before and entries(tmp_path) == ["x.geojson", "x.json", "x.zarr"]
+    assert read_report(out)["fingerprint"] == first["fingerprint"]
+
+
+def test_a_foreign_folder_in_the_way_is_not_replaced(
+    slides: dict[str, Path], weights: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "x.zarr"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    message = assert_one_error_line(invoke(slides["good"], "--out", out, "--weights", weights))
+    assert "not a slidescan result" in message and message.endswith("(--overwrite)")
+    assert (out / "mine.txt").read_text() == "keep"
+
+
+def test_default_mpp_rescans_only_slides_it_scales(
+    slides: dict[str, Path], weights: Path, tmp_path: Path
+) -> None:
+    """Adding --default-mpp leaves slides with their own µm/px alone (issue 23, item 5)."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    (folder / "slide.tif").write_bytes(slides["good"].read_bytes())
+    out = tmp_path / "out"
+    assert invoke(folder, "--out", out, "--weights", weights, *FAST).exit_code == 0
+    result = invoke(folder, "--out", out, "--weights", weights, "--default-mpp", "0.3", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "already done" in result.stdout
+    assert read_report(out / "slide.zarr")["settings"]["default_mpp"] is None
+
+    recall = invoke(folder, "--out", out, "--weights", weights, "--threshold", "0", *FAST)
+    assert recall.exit_code == 0, recall.output
+    with open(out / "summary.csv", newline="") as fh:
+        (row,) = csv.DictReader(fh)
+    assert row["status"] == "recalled" and row["positive"] == "true"
 
 
 @pytest.mark.parametrize("key", ["truncated", "random"])

@@ -131,10 +131,10 @@ def test_one_row_per_slide_with_its_numbers(batch: dict[str, Any]) -> None:
         assert cells["call"] in ("POSITIVE", "negative") and cells["status"] == "done"
         assert 0.0 <= float(cells["max_p"]) <= 1.0
     broken = rows[BROKEN]
-    assert "failed" in broken["class"].split() and BROKEN in broken["cells"]["error"]
+    assert "failed" in broken["class"].split() and broken["cells"]["error"]
     assert broken["links"] == [] and broken["cells"]["call"] == "—"
     assert RESEARCH_USE_NOTICE in _page(batch)
-    assert "4 of 4 slides done" in _page(batch)
+    assert "4 of 4 slides finished" in _page(batch)
 
 
 def test_links_are_relative_and_point_at_the_files(batch: dict[str, Any]) -> None:
@@ -185,9 +185,29 @@ def test_entries_with_hostile_text_everywhere() -> None:
     assert page.rows[0]["cells"]["error"] == evil
 
 
+def test_an_unreliable_call_never_wears_a_trusted_badge_and_p_never_rounds_to_1() -> None:
+    """Issue 23, item 2: an unreliable negative is not the green "negative" of a reliable one,
+    and 0.99999 is not shown as 1.000."""
+    entries = [
+        ReviewEntry(slide="ok.tif", status="done", positive=False, reliable=True,
+                    max_probability=0.99999),
+        ReviewEntry(slide="odd.tif", status="done", positive=False, reliable=False,
+                    max_probability=0.2),
+        ReviewEntry(slide="bad.tif", status="failed", error="boom"),
+    ]  # fmt: skip
+    text = render_page(entries, finished=True)
+    rows = {r["cells"]["slide"]: r for r in Page(text).rows}
+    assert rows["ok.tif"]["cells"]["call"] == "negative"
+    assert rows["odd.tif"]["cells"]["call"].startswith("negative?")
+    assert 'class="badge neg">negative<' in text and text.count('class="badge neg"') == 1
+    assert rows["ok.tif"]["cells"]["max_p"] == "> 0.999"
+    assert rows["odd.tif"]["cells"]["max_p"] == "0.200"
+    assert "3 of 3 slides finished" in text and "1 failed" in text
+
+
 def test_page_updates_after_every_slide_then_stops_reloading(batch: dict[str, Any]) -> None:
     snapshots = batch["snapshots"]
-    assert [f"{i} of 4 slides done" in s for i, s in enumerate(snapshots, 1)] == [True] * 4
+    assert [f"{i} of 4 slides finished" in s for i, s in enumerate(snapshots, 1)] == [True] * 4
     for snapshot in snapshots:
         assert 'http-equiv="refresh"' in snapshot and '"finished": false' in snapshot
         assert len(Page(snapshot).rows) == 4  # pending slides listed too
@@ -209,12 +229,12 @@ def test_rewrites_are_paced_but_the_finished_page_always_written(tmp_path: Path)
         pacer=Pacer(share=0.5, clock=clock),
     )  # fmt: skip
     page.add(SlideOutcome(slide="a.svs", status="failed", error="boom"))
-    assert "1 of 3 slides done" in _text(page.path)
+    assert "1 of 3 slides finished" in _text(page.path)
     page.add(SlideOutcome(slide="b.svs", status="failed", error="boom"))
-    assert "1 of 3 slides done" in _text(page.path), "rewritten before it was due"
+    assert "1 of 3 slides finished" in _text(page.path), "rewritten before it was due"
     now[0] += 1.0
     page.add(SlideOutcome(slide="c.svs", status="failed", error="boom"))
-    assert "3 of 3 slides done" in _text(page.path)
+    assert "3 of 3 slides finished" in _text(page.path)
     page.add(SlideOutcome(slide="c.svs", status="failed", error="bang"))
     assert page.write(finished=True)
     assert '"finished": true' in _text(page.path) and "bang" in _text(page.path)
@@ -402,7 +422,7 @@ def test_browser_running_page_reloads_and_keeps_the_view(browser: Any, tmp_path:
     path = tmp_path / PAGE_NAME
     path.write_text(render_page(entries, finished=False, refresh_seconds=1), encoding="utf-8")
     _open(browser, path)
-    assert "1 of 2 slides done" in browser.find_element("id", "progress").text
+    assert "1 of 2 slides finished" in browser.find_element("id", "progress").text
     browser.find_element("id", "filter").send_keys("two")
     browser.find_element("tag name", "body").click()  # leave the box: reloads wait for that
     browser.execute_script("window.notReloaded = true")

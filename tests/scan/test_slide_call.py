@@ -59,7 +59,7 @@ def test_disc_lesion_measured_and_categorised(
     lesion = call.lesions[0]
     # The measured diameter is within one cell of the truth (cells quantise the outline).
     assert abs(lesion.diameter_mm - diameter_mm) <= size + 1e-9, (lesion.diameter_mm, size)
-    assert lesion.cells == int(truth.sum())
+    assert lesion.tiles == int(truth.sum())
     assert lesion.area_mm2 == pytest.approx(truth.sum() * size * size)
     assert lesion.row == pytest.approx(np.argwhere(truth)[:, 0].mean())
     assert lesion.col == pytest.approx(np.argwhere(truth)[:, 1].mean())
@@ -88,7 +88,7 @@ def test_a_lesion_needs_seed_cells_confident_tiles() -> None:
     assert len(_lesions(grid, cell_mm=0.1, seed_cells=2, **CALL)) == 1
     assert _lesions(grid, cell_mm=0.1, seed_cells=3, **CALL) == []
     grid[5, 8] = 0.91
-    assert _lesions(grid, cell_mm=0.1, seed_cells=3, **CALL)[0].cells == 7
+    assert _lesions(grid, cell_mm=0.1, seed_cells=3, **CALL)[0].tiles == 7
     with pytest.raises(ValueError, match="seed_cells"):
         _lesions(grid, cell_mm=0.1, seed_cells=0, **CALL)
 
@@ -118,7 +118,7 @@ def test_large_lesion_diameter_uses_the_outline_correctly() -> None:
     rng = np.random.default_rng(3)
     blob = _disc((60, 60), (30, 28), 20) & (rng.random((60, 60)) < 0.97)
     blob |= _disc((60, 60), (30, 28), 12)
-    lesion = max(_lesions(_grid(blob), cell_mm=1.0, **CALL), key=lambda les: les.cells)
+    lesion = max(_lesions(_grid(blob), cell_mm=1.0, **CALL), key=lambda les: les.tiles)
     pts = np.argwhere(blob & (np.arange(60)[:, None] >= 0))
     from scipy import ndimage
 
@@ -135,7 +135,7 @@ def test_hysteresis_needs_a_seed_and_extends_to_the_extent_threshold() -> None:
     assert _lesions(grid, cell_mm=0.1, **CALL) == []
     grid[5, 7] = 0.95  # one seed: the whole run is the lesion
     lesions = _lesions(grid, cell_mm=0.1, **CALL)
-    assert len(lesions) == 1 and lesions[0].cells == 10
+    assert len(lesions) == 1 and lesions[0].tiles == 10
     assert lesions[0].max_probability == pytest.approx(0.95)
     assert lesions[0].mean_probability == pytest.approx((9 * 0.6 + 0.95) / 10)
 
@@ -156,7 +156,7 @@ def test_slide_takes_its_largest_lesion_and_lists_all() -> None:
     assert [les.category for les in call.lesions] == ["macrometastasis", "itc"]
     assert call.largest_diameter_mm == call.lesions[0].diameter_mm
     payload = json.loads(json.dumps(call.to_dict()))
-    assert payload["lesions"][1]["cells"] == 1
+    assert payload["lesions"][1]["tiles"] == 1
     assert payload["category"] == "macrometastasis"
 
 
@@ -265,7 +265,7 @@ def test_label_lesions_marks_each_lesion_in_report_order() -> None:
     labels, lesions = label_lesions(
         grid, seed_threshold=0.9, extent_threshold=0.5, cell_mm=0.1, seed_cells=3
     )
-    assert [les.cells for les in lesions] == [8 * 15, 9]
+    assert [les.tiles for les in lesions] == [8 * 15, 9]
     assert labels.dtype == np.int32 and labels.shape == grid.shape
     assert (labels == 1).sum() == 120 and labels[10:18, 10:25].min() == 1
     assert (labels == 2).sum() == 9 and labels[2:5, 2:5].max() == 2

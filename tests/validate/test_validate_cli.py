@@ -29,7 +29,7 @@ def _call(category: str, diameter: float, at: tuple[float, float] = (500.0, 500.
     )
     return CallReport(
         positive=category in ("micrometastasis", "macrometastasis"), category=category,
-        largest_diameter_mm=diameter, seed_threshold=0.98, extent_threshold=0.7, seed_cells=3,
+        largest_diameter_mm=diameter, seed_threshold=0.98, extent_threshold=0.7, seed_tiles=3,
         positive_tiles=len(lesions), tissue_tiles=100, max_probability=0.4 + diameter / 10,
         lesions=lesions,
     )  # fmt: skip
