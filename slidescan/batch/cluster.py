@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slidescan.batch.slide_jobs import duplicate_outputs, failed, process_slide
+from slidescan.batch.slide_jobs import duplicate_outputs, failed, process_slide, slide_key
 from slidescan.batch.summary import SummaryBook
 from slidescan.errors import SlidescanError, one_line, redact_path
 from slidescan.io.outputs import SlideOutputs
@@ -88,7 +88,12 @@ def _worker_scanner(weights: str | None, options: ScanOptions) -> Scanner:
 
 
 def scan_task(
-    slide: str, out_dir: str, weights: str | None, options: ScanOptions, overlay_dir: str | None
+    slide: str,
+    out_dir: str,
+    weights: str | None,
+    options: ScanOptions,
+    overlay_dir: str | None,
+    key: str | None = None,
 ) -> SlideOutcome:
     """What one Dask task does: scan one slide on the worker it landed on."""
     if multiprocessing.current_process().daemon or options.workers is None:
@@ -98,9 +103,9 @@ def scan_task(
     options = dataclasses.replace(options, progress=False)
     scanner = _worker_scanner(weights, options)
     outputs = SlideOutputs.in_folder(
-        Path(slide), Path(out_dir), Path(overlay_dir) if overlay_dir else None
+        Path(slide), Path(out_dir), Path(overlay_dir) if overlay_dir else None, key=key
     )
-    return process_slide(Path(slide), outputs, scanner, overwrite=options.overwrite)
+    return process_slide(Path(slide), outputs, scanner, overwrite=options.overwrite, key=key)
 
 
 def run_batch_on_cluster(
@@ -112,8 +117,9 @@ def run_batch_on_cluster(
     options: ScanOptions,
     overlay_dir: Path | None = None,
     on_outcome: Callable[[SlideOutcome], None] | None = None,
+    root: Path | None = None,
 ) -> list[SlideOutcome]:
-    """Like :func:`slidescan.batch.directory.run_batch`, with one Dask task per slide.
+    """Like :func:`slidescan.batch.slide_jobs.run_batch`, with one Dask task per slide.
 
     Tasks of finished slides only compare fingerprints: whether a result matches depends on the
     engine the worker's device gets, which only the worker knows."""
@@ -122,7 +128,7 @@ def run_batch_on_cluster(
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: dict[Path, SlideOutcome] = {}
     todo = []
-    duplicates = duplicate_outputs(slides, out_dir)
+    duplicates = duplicate_outputs(slides, out_dir, root)
     with SummaryBook(out_dir) as book:
 
         def record(slide: Path, outcome: SlideOutcome) -> None:
@@ -133,14 +139,14 @@ def run_batch_on_cluster(
 
         for slide in slides:
             if slide in duplicates:
-                record(slide, failed(slide, duplicates[slide]))
+                record(slide, failed(slide, duplicates[slide], slide_key(slide, root)))
             else:
                 todo.append(slide)
         futures = {
             client.submit(
                 scan_task, str(s.resolve()), str(out_dir.resolve()),
                 str(weights.resolve()) if weights else None, options,
-                str(overlay_dir.resolve()) if overlay_dir else None,
+                str(overlay_dir.resolve()) if overlay_dir else None, slide_key(s, root),
                 pure=False,
             ): s
             for s in todo
@@ -152,7 +158,9 @@ def run_batch_on_cluster(
             try:
                 outcome = future.result()
             except Exception as exc:  # a worker died or the task could not run at all
-                outcome = failed(slide, f"task failed: {one_line(exc, path=slide)}")
+                outcome = failed(
+                    slide, f"task failed: {one_line(exc, path=slide)}", slide_key(slide, root)
+                )
                 outcome.detail = redact_path("".join(traceback.format_exception(exc)), slide)
             record(slide, outcome)
     return [outcomes[s] for s in slides]

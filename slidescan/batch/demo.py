@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -181,6 +182,12 @@ def run_demo(
     if not slide.is_file():
         raise SlidescanError(f"{slide}: the demo slide is missing from this installation")
     check_demo_folder(out_dir)
+    # A copy beside the outputs: QuPath opens it from there, not from inside the installation.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copy = out_dir / DEMO_SLIDE
+    if not copy.is_file() or copy.stat().st_size != slide.stat().st_size:
+        shutil.copyfile(slide, copy)
+    slide = copy
     (outcome,) = scan_directory(
         [slide], out_dir, weights=weights, options=options, overlay_dir=out_dir,
         on_result=on_result,

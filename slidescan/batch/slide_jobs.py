@@ -7,6 +7,7 @@ import contextlib
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -14,10 +15,26 @@ from slidescan.batch.summary import SummaryBook
 from slidescan.errors import SlidescanError, one_line, redact_path
 from slidescan.io.outputs import OutputBusy, SlideOutputs
 from slidescan.progress import progress
-from slidescan.report.outcome import SlideOutcome, outcome_from_previous, outcome_from_report
+from slidescan.report.outcome import (
+    SlideOutcome,
+    outcome_from_previous,
+    outcome_from_report,
+    under_key,
+)
 from slidescan.report.slide_report import SlideReport
 from slidescan.scan.scan_result import ScanResult
 from slidescan.vocabulary import SlideStatus
+
+
+def slide_key(slide: Path, root: Path | None = None) -> str:
+    """How a batch knows a slide: its path relative to ``root`` (the folder scanned recursively,
+    or a slide list's folder) when it lies under it, else its file name."""
+    if root is not None:
+        try:
+            return slide.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            pass
+    return slide.name
 
 
 def outcome_from_result(result: ScanResult) -> SlideOutcome:
@@ -43,18 +60,20 @@ class SlideScanner(Protocol):
         ...
 
 
-def duplicate_outputs(slides: list[Path], out_dir: Path) -> dict[Path, str]:
+def duplicate_outputs(
+    slides: list[Path], out_dir: Path, root: Path | None = None
+) -> dict[Path, str]:
     """Slides whose output another slide of the batch already claims (a.svs and a.tif → a.zarr),
     with the error to record for them."""
-    claimed: dict[Path, str] = {}
+    claimed: dict[Path, Path] = {}
     errors = {}
     for slide in slides:
-        heatmap = SlideOutputs.in_folder(slide, out_dir).heatmap
-        owner = claimed.setdefault(heatmap, slide.name)
-        if owner != slide.name:
+        heatmap = SlideOutputs.in_folder(slide, out_dir, key=slide_key(slide, root)).heatmap
+        owner = claimed.setdefault(heatmap, slide)
+        if owner != slide:
             errors[slide] = (
-                f"{slide.name}: output {heatmap.name} belongs to {owner} in this batch; "
-                "rename one of the two slides"
+                f"output {heatmap.name} belongs to {owner} in this batch; rename one of the two "
+                "slides (or scan their folders with --recursive)"
             )
     return errors
 
@@ -108,16 +127,25 @@ def process_slide(
     *,
     overwrite: bool = False,
     on_result: Callable[[ScanResult], None] | None = None,
+    key: str | None = None,
 ) -> SlideOutcome:
-    """:func:`scan_or_reuse` for a batch: a failure becomes the slide's row."""
+    """:func:`scan_or_reuse` for a batch: a failure becomes the slide's row, which names the
+    slide by its ``key`` (default: its file name)."""
     start = time.perf_counter()
+    key = key or slide.name
+
+    def labelled(result: ScanResult) -> None:
+        if on_result is not None:
+            on_result(replace(result, label=key))
+
     try:
-        return scan_or_reuse(slide, outputs, scanner, overwrite=overwrite, on_result=on_result)
+        outcome = scan_or_reuse(slide, outputs, scanner, overwrite=overwrite, on_result=labelled)
+        return under_key(outcome, key)
     except OutputBusy as exc:
-        return SlideOutcome(slide=slide.name, status=SlideStatus.busy, error=one_line(exc))
+        return SlideOutcome(slide=key, status=SlideStatus.busy, error=one_line(exc))
     except Exception as exc:  # any failure is this slide's, never the whole batch's
         return SlideOutcome(
-            slide=slide.name, status=SlideStatus.failed,
+            slide=key, status=SlideStatus.failed,
             seconds=round(time.perf_counter() - start, 2), error=_without_name(exc, slide),
             detail=redact_path(traceback.format_exc(), slide),
         )  # fmt: skip
@@ -129,9 +157,9 @@ def _without_name(exc: BaseException, slide: Path) -> str:
     return line.removeprefix(f"{slide.name}: ")
 
 
-def failed(slide: Path, error: str) -> SlideOutcome:
+def failed(slide: Path, error: str, key: str | None = None) -> SlideOutcome:
     """A summary row for a slide that could not be scanned."""
-    return SlideOutcome(slide=slide.name, status=SlideStatus.failed, error=error)
+    return SlideOutcome(slide=key or slide.name, status=SlideStatus.failed, error=error)
 
 
 def run_batch(
@@ -143,8 +171,10 @@ def run_batch(
     overlay_dir: Path | None = None,
     on_outcome: Callable[[SlideOutcome], None] | None = None,
     on_result: Callable[[ScanResult], None] | None = None,
+    root: Path | None = None,
 ) -> list[SlideOutcome]:
     """Scan each slide into ``out_dir``; skip results of the same settings unless ``overwrite``.
+    With ``root`` (a recursive run) the outputs mirror the slides' folders under it.
 
     ``on_result`` sees each finished scan, ``on_outcome`` each summary row (scanned or not).
 
@@ -154,17 +184,18 @@ def run_batch(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: list[SlideOutcome] = []
-    duplicates = duplicate_outputs(slides, out_dir)
+    duplicates = duplicate_outputs(slides, out_dir, root)
     with SummaryBook(out_dir) as book:
         for slide in progress(
             slides, desc="slides", unit="slide", leave=False, show=len(slides) > 1
         ):
+            key = slide_key(slide, root)
             if slide in duplicates:
-                outcome = failed(slide, duplicates[slide])
+                outcome = failed(slide, duplicates[slide], key)
             else:
-                outputs = SlideOutputs.in_folder(slide, out_dir, overlay_dir)
+                outputs = SlideOutputs.in_folder(slide, out_dir, overlay_dir, key=key)
                 outcome = process_slide(
-                    slide, outputs, scanner, overwrite=overwrite, on_result=on_result
+                    slide, outputs, scanner, overwrite=overwrite, on_result=on_result, key=key
                 )
             outcomes.append(outcome)
             book.record(outcome)

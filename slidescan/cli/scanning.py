@@ -22,7 +22,8 @@ def run(
         Path,
         typer.Argument(
             help="A slide (any OpenSlide format: SVS, NDPI, MRXS, tiled TIFF…; or a PNG/JPEG/TIFF "
-            "image) or a directory of slides.",
+            "image), a directory of slides, or a slide list: a .txt file with one path per line "
+            "or a .csv with a slide (or path) column, paths relative to the list.",
             show_default=False,
         ),
     ],
@@ -186,6 +187,17 @@ def run(
             show_default=False,
         ),
     ] = None,
+    recursive: Annotated[
+        bool,
+        typer.Option(
+            "--recursive",
+            "-r",
+            rich_help_panel="Outputs",
+            help="Also scan the slides in the directory's sub-folders (cases/P001/node_1.svs), "
+            "the outputs mirroring them (OUT/P001/node_1.zarr); slides are known by their path "
+            "relative to the directory, in summary.csv, the review page and --patients.",
+        ),
+    ] = False,
     patients: Annotated[
         Path | None,
         typer.Option(
@@ -208,7 +220,7 @@ def run(
 
     A failing slide is recorded in summary.csv and the rest go on; exit code 1 if any failed.
     """
-    from slidescan.batch.directory import scan_directory
+    from slidescan.batch.directory import SLIDE_LISTS, scan_directory
     from slidescan.batch.slide_jobs import scan_or_reuse
     from slidescan.engine.weights import load_weights
     from slidescan.io.outputs import SlideOutputs
@@ -223,16 +235,21 @@ def run(
         dense=dense, reader=reader.value, default_mpp=default_mpp, full_paths=full_paths,
         any_scale=any_scale, stain_norm=stain_norm.value if stain_norm else None,
     )  # fmt: skip
-    if patients is not None and not input.is_dir():
+    is_list = input.is_file() and input.suffix.lower() in SLIDE_LISTS
+    if patients is not None and not (input.is_dir() or is_list):
         raise SlidescanError("--patients stages the slides of a directory run: give a folder")
-    if input.is_dir():
+    if recursive and not input.is_dir():
+        raise SlidescanError("--recursive scans a directory's sub-folders: give a folder")
+    if input.is_dir() or is_list:
+        from slidescan.batch.directory import read_slide_list
         from slidescan.batch.patients import PATIENTS_NAME, read_patient_map
 
         patient_of = read_patient_map(patients) if patients is not None else None
         out_dir = out or Path("slidescan-results")
         outcomes = scan_directory(
-            input, out_dir, weights=weights, options=options, overlay_dir=overlay,
-            scheduler=scheduler, patients=patient_of,
+            read_slide_list(input) if is_list else input, out_dir, weights=weights,
+            options=options, overlay_dir=overlay, scheduler=scheduler, patients=patient_of,
+            recursive=recursive, root=input.parent if is_list else None,
             on_outcome=functools.partial(_echo_outcome, remote=bool(scheduler), batch=True),
             on_result=_echo_result,
         )  # fmt: skip
@@ -326,7 +343,7 @@ def demo(
 
     Writes what `slidescan run` writes for a folder, index.html included, and says where to look.
     """
-    from slidescan.batch.demo import DEMO_SLIDE, demo_folder, run_demo
+    from slidescan.batch.demo import DEMO_SLIDE, run_demo
     from slidescan.scan.scan_result import ScanOptions, describe
 
     options = ScanOptions(device=device, workers=workers, overwrite=overwrite)
@@ -367,7 +384,7 @@ def demo(
         (o.overlay.name if o.overlay else "", "the heatmap and lesion outlines over the slide"),
         (
             o.geojson.name,
-            f"lesions for QuPath: open {demo_folder() / DEMO_SLIDE}, then\n"
+            f"lesions for QuPath: open {out / DEMO_SLIDE} (a copy of the demo slide), then\n"
             "File > Import objects from file",
         ),
         (o.heatmap.name, "the heatmap as OME-Zarr (napari, ome-zarr)"),

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from slidescan.errors import SlidescanError
@@ -105,10 +105,20 @@ class SlideOutputs:
     overlay: Path | None = None
 
     @classmethod
-    def in_folder(cls, slide: Path, out_dir: Path, overlay_dir: Path | None = None) -> SlideOutputs:
-        """The outputs of ``slide`` in a directory run: ``OUT/<stem>.zarr`` (and ``<stem>.png``)."""
-        overlay = overlay_dir / f"{slide.stem}.png" if overlay_dir is not None else None
-        return cls(out_dir / f"{slide.stem}.zarr", overlay)
+    def in_folder(
+        cls, slide: Path, out_dir: Path, overlay_dir: Path | None = None, *, key: str | None = None
+    ) -> SlideOutputs:
+        """The outputs of ``slide`` in a directory run: ``OUT/<stem>.zarr`` (and ``<stem>.png``).
+
+        ``key``: the slide's path relative to the folder scanned (a recursive run), whose
+        sub-folders the outputs mirror: ``cases/P001/node_1.svs`` → ``OUT/P001/node_1.zarr``.
+        """
+        rel = PurePosixPath(key if key is not None else slide.name)
+        name = f"{Path(rel.name).stem}"
+        overlay = (
+            None if overlay_dir is None else overlay_dir.joinpath(*rel.parent.parts, f"{name}.png")
+        )
+        return cls(out_dir.joinpath(*rel.parent.parts, f"{name}.zarr"), overlay)
 
     @property
     def report(self) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from slidescan.report.slide_report import SlideReport
@@ -83,3 +83,13 @@ def outcome_from_previous(
     return outcome_from_report(
         replace(parsed, heatmap=heatmap.name), slide.name, SlideStatus.skipped
     )
+
+
+def under_key(outcome: SlideOutcome, key: str) -> SlideOutcome:
+    """``outcome`` under the slide's batch key (its path relative to the folder scanned
+    recursively), its heatmap then relative to the output folder."""
+    outcome.slide = key
+    folder = PurePosixPath(key).parent
+    if outcome.heatmap and folder != PurePosixPath("."):
+        outcome.heatmap = (folder / outcome.heatmap).as_posix()
+    return outcome

@@ -28,7 +28,7 @@ from slidescan.about import RESEARCH_USE_NOTICE, __version__
 from slidescan.io.atomic import atomic_write
 from slidescan.io.outputs import SlideOutputs, geojson_path, read_report, report_path
 from slidescan.io.pacing import Pacer
-from slidescan.report.outcome import SlideOutcome, outcome_from_previous
+from slidescan.report.outcome import SlideOutcome, outcome_from_previous, under_key
 from slidescan.vocabulary import CATEGORY_NAMES, CATEGORY_RANK, SlideStatus
 
 PAGE_NAME = "index.html"
@@ -108,7 +108,9 @@ def entry_for(outcome: SlideOutcome, out_dir: Path, overlay_dir: Path | None) ->
         return base
     heatmap = out_dir / outcome.heatmap
     report_file, geojson = report_path(heatmap), geojson_path(heatmap)
-    overlay = SlideOutputs.in_folder(Path(outcome.slide), out_dir, overlay_dir).overlay
+    overlay = SlideOutputs.in_folder(
+        Path(outcome.slide), out_dir, overlay_dir, key=outcome.slide
+    ).overlay
     try:
         report = json.loads(report_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -343,16 +345,17 @@ def _patients_section(rows: Sequence[dict[str, Any]]) -> str:
 
 def finished_elsewhere(slide: str, out_dir: Path) -> SlideOutcome | None:
     """The outcome of ``slide`` from a complete result that another run left in ``out_dir``."""
-    outputs = SlideOutputs.in_folder(Path(slide), out_dir)
+    outputs = SlideOutputs.in_folder(Path(slide), out_dir, key=slide)
     if not outputs.is_complete():
         return None
     try:
         outcome = outcome_from_previous(Path(slide), outputs.heatmap, read_report(outputs.heatmap))
     except Exception:  # unreadable: the row stays "busy"
         return None
-    if outcome is not None:
-        outcome.status = SlideStatus.done
-    return outcome
+    if outcome is None:
+        return None
+    outcome.status = SlideStatus.done
+    return under_key(outcome, slide)
 
 
 class ReviewPage:
@@ -362,19 +365,19 @@ class ReviewPage:
     def __init__(
         self,
         out_dir: Path,
-        slides: Iterable[Path],
+        slides: Iterable[Path | str],
         overlay_dir: Path | None,
         pacer: Pacer | None = None,
     ) -> None:
-        """Every slide starts as ``pending``, in batch order. Rewrites after :meth:`add` are
-        paced (see :class:`Pacer`); ``write(finished=True)`` always writes."""
+        """Every slide (a path, known by its name, or a batch key) starts as ``pending``, in batch
+        order. Rewrites after :meth:`add` are paced (see :class:`Pacer`);
+        ``write(finished=True)`` always writes."""
         self.pacer = pacer or Pacer()
         self.out_dir = out_dir
         self.overlay_dir = overlay_dir
         self.path = out_dir / PAGE_NAME
-        self.entries = {
-            s.name: ReviewEntry(slide=s.name, status=SlideStatus.pending) for s in slides
-        }
+        keys = [s if isinstance(s, str) else s.name for s in slides]
+        self.entries = {k: ReviewEntry(slide=k, status=SlideStatus.pending) for k in keys}
         self.patients: list[dict[str, Any]] = []  # set by a run with --patients, at its end
 
     def _pick_up_busy_slides(self) -> None:

@@ -54,6 +54,7 @@ class ScanResult:
     distribution: DistributionCheck = DistributionCheck(False)
     slide_report: SlideReport | None = None  # what X.json holds
     status: SlideStatus = SlideStatus.done  # recalled: only the call was redone
+    label: str = ""  # how a batch names the slide (its relative path); default: the file name
 
 
 def verdict_text(call: SlideCall, distribution: DistributionCheck) -> str:
@@ -68,14 +69,15 @@ def verdict_text(call: SlideCall, distribution: DistributionCheck) -> str:
 
 def describe(result: ScanResult) -> str:
     """One line per slide for the terminal."""
-    c = result.call
+    c, name = result.call, result.label or result.slide.name
     if result.tiles == 0:
-        return f"{result.slide.name}: no tissue found, nothing scanned  [research use only]"
+        return f"{name}: no tissue found, nothing scanned  [research use only]"
     recalled = "  (recalled: new thresholds on the stored heatmap)" * (
         result.status == SlideStatus.recalled
     )
     line = (
-        f"{result.slide.name}: {verdict_text(c, result.distribution)}{recalled}  "
+        f"{name}: {verdict_text(c, result.distribution)}"
+        f"{recalled}  "
         f"lesions {len(c.lesions)}  "
         f"tiles ≥ extent {c.extent_threshold:.3g}: {c.positive_tiles}/{result.tiles}  "
         f"{result.seconds:.1f} s  [research use only]"

@@ -60,15 +60,16 @@ def read_results(folder: Path) -> RunResults:
         with open(summary, newline="", encoding="utf-8") as fh:
             for row in csv.DictReader(fh):
                 if row.get("status") in DONE and row.get("heatmap"):
-                    path = folder / Path(row["heatmap"]).with_suffix(".json").name
+                    path = folder / Path(row["heatmap"]).with_suffix(".json")
                     reports[row["slide"]] = read_slide_report(path)
                 else:
                     failed.append(row["slide"])
     else:
-        for path in sorted(folder.glob("*.json")):
+        for path in sorted(folder.rglob("*.json")):
             if path.with_suffix(".zarr").exists():
                 report = read_slide_report(path)
-                reports[Path(report.slide).name] = report
+                key = path.parent.relative_to(folder) / Path(report.slide).name
+                reports[key.as_posix()] = report
     if not reports and not failed:
         raise SlidescanError(f"{folder}: no slide results (summary.csv or X.json reports)")
     return RunResults(reports, failed)

@@ -94,9 +94,12 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     names = sorted(p.name for p in out.iterdir())
     stem = Path(DEMO_SLIDE).stem
     assert names == sorted(
-        [f"{stem}.geojson", f"{stem}.json", f"{stem}.png", f"{stem}.zarr", "index.html",
-         "summary.csv", "truth.csv", "annotations", "validation"]
+        [DEMO_SLIDE, f"{stem}.geojson", f"{stem}.json", f"{stem}.png", f"{stem}.zarr",
+         "index.html", "summary.csv", "truth.csv", "annotations", "validation"]
     )  # fmt: skip
+    # QuPath opens the copy beside the outputs (issue 23, item 11), not the installed file.
+    assert f"open {out / DEMO_SLIDE} (a copy of the demo slide)" in result.stdout
+    assert (out / DEMO_SLIDE).read_bytes() == (demo_folder() / DEMO_SLIDE).read_bytes()
     # The demo goes through `validate` with its truth: both lesions found, the call right.
     assert (
         "slidescan validate" in result.stdout and "FROC score 1.000 over 2 lesions" in result.stdout

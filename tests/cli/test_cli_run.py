@@ -22,6 +22,7 @@ from typer.testing import Result
 
 from slidescan.io.heatmap import read_heatmap
 from slidescan.io.outputs import is_complete, read_report
+from slidescan.progress import BARS_ENV
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,7 @@ def test_default_mpp_rescans_only_slides_it_scales(
     assert invoke(folder, "--out", out, "--weights", weights, *FAST).exit_code == 0
     result = invoke(folder, "--out", out, "--weights", weights, "--default-mpp", "0.3", *FAST)
     assert result.exit_code == 0, result.output
-    assert "already done" in result.stdout
+    assert "1/1 slides done (1 skipped)" in result.stdout
     assert read_report(out / "slide.zarr")["settings"]["default_mpp"] is None
 
     recall = invoke(folder, "--out", out, "--weights", weights, "--threshold", "0", *FAST)
@@ -311,9 +312,13 @@ def test_run_help_explains_options() -> None:
         "--tta", "--overwrite", "--batch-size", "--device", "--workers",
     ]:  # fmt: skip
         assert option in text
-    mpp_help = text[text.index("--mpp") : text.index("--stride")]
+    mpp_help = text[text.index("--mpp") : text.index("--default-mpp")]
     assert "microns per pixel" in mpp_help.lower()
     assert "summary.csv" in text
+    # Grouped (issue 23, item 9), and switches shown as switches, not "--tta <bool>".
+    for panel in ("Outputs", "Model and call", "Scale", "Speed and hardware"):
+        assert f" {panel} " in text
+    assert "<bool>" not in result.output
 
 
 def test_unwritable_overlay_fails_before_the_scan(
@@ -340,3 +345,80 @@ def test_batch_into_an_unwritable_folder_fails_at_once_in_one_line(
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines == [f"error: {tmp_path / 'afile' / 'results'}: cannot write there "
                      f"({tmp_path / 'afile'} is a file, not a folder)"]  # fmt: skip
+
+
+def test_recursive_case_folders_mirror_the_tree_and_keep_same_named_slides_apart(
+    slides: dict[str, Path], weights: Path, tmp_path: Path
+) -> None:
+    """Issue 23, item 14: cases/P001/node_1.tif and cases/P002/node_1.tif never collide."""
+    cases = tmp_path / "cases"
+    for patient in ("P001", "P002"):
+        (cases / patient).mkdir(parents=True)
+        (cases / patient / "node_1.tif").write_bytes(slides["good"].read_bytes())
+    (cases / ".hidden").mkdir()
+    (cases / ".hidden" / "x.tif").write_bytes(slides["good"].read_bytes())
+    patients = tmp_path / "patients.csv"
+    patients.write_text("slide,patient\nP001/node_1.tif,P001\nP002/node_1.tif,P002\n")
+    out = tmp_path / "out"
+    args = [cases, "--out", out, "--weights", weights, "--recursive", "--patients", patients]
+    result = invoke(*args, "--overlay", tmp_path / "png", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "P001/node_1.tif: " in result.stdout and "P002/node_1.tif: " in result.stdout
+    for patient in ("P001", "P002"):
+        assert is_complete(out / patient / "node_1.zarr")
+        assert (tmp_path / "png" / patient / "node_1.png").is_file()
+    with open(out / "summary.csv", newline="") as fh:
+        rows = {row["slide"]: row for row in csv.DictReader(fh)}
+    assert sorted(rows) == ["P001/node_1.tif", "P002/node_1.tif"]
+    assert rows["P001/node_1.tif"]["heatmap"] == "P001/node_1.zarr"
+    with open(out / "patients.csv", newline="") as fh:
+        assert sorted(row["patient"] for row in csv.DictReader(fh)) == ["P001", "P002"]
+    page = (out / "index.html").read_text()
+    assert "P001/node_1.tif" in page and "./P002/node_1.json" in page
+    flat = invoke(cases, "--out", tmp_path / "flat", "--weights", weights, *FAST)
+    assert flat.exit_code == 1 and "no slide files found" in flat.stderr
+
+
+def test_a_slide_list_names_the_slides_to_scan(
+    slides: dict[str, Path], weights: Path, tmp_path: Path
+) -> None:
+    """Issue 23, item 14: a text or CSV list, as batch schedulers write them."""
+    for patient in ("P001", "P002"):
+        (tmp_path / patient).mkdir()
+        (tmp_path / patient / "node_1.tif").write_bytes(slides["good"].read_bytes())
+    listed = tmp_path / "slides.txt"
+    listed.write_text("# tonight's slides\nP001/node_1.tif\n\nP002/node_1.tif\n")
+    result = invoke(listed, "--out", tmp_path / "out", "--weights", weights, *FAST)
+    assert result.exit_code == 0, result.output
+    assert is_complete(tmp_path / "out" / "P002" / "node_1.zarr")
+    table = tmp_path / "slides.csv"
+    table.write_text("patient,slide\nP001,P001/node_1.tif\n")
+    again = invoke(table, "--out", tmp_path / "out", "--weights", weights, *FAST)
+    assert again.exit_code == 0 and "1/1 slides done (1 skipped)" in again.stdout
+    bad = tmp_path / "bad.txt"
+    bad.write_text("P003/node_1.tif\n")
+    message = assert_one_error_line(invoke(bad, "--out", tmp_path / "o2", "--weights", weights))
+    assert "no such slide" in message and "P003" in message
+
+
+def test_logs_get_lines_not_bars_and_quiet_keeps_the_summary(
+    slides: dict[str, Path], weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23, item 9: where stderr is not a terminal (here, as in a SLURM log) no progress
+    bar writes carriage returns; --quiet leaves errors and the final summary."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for name in ("a.tif", "b.tif"):
+        (folder / name).write_bytes(slides["good"].read_bytes())
+    result = invoke(folder, "--out", tmp_path / "out", "--weights", weights, *FAST)
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.output and "\x1b[" not in result.output
+    assert "%|" not in result.stderr, "no progress bar in a log"
+    assert [ln.split(":")[0] for ln in lines(result.stdout)[:2]] == ["a.tif", "b.tif"]
+    monkeypatch.setenv(BARS_ENV, "1")  # --quiet sets it to 0; restored after the test
+    quiet = invoke_cli(
+        "--quiet", "run", folder, "--out", tmp_path / "q", "--weights", weights, *FAST
+    )
+    assert quiet.exit_code == 0, quiet.output
+    assert lines(quiet.stdout) == [ln for ln in lines(quiet.stdout) if "slides done" in ln]
+    assert len(lines(quiet.stdout)) == 1 and quiet.stderr.strip() == ""
