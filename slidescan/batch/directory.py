@@ -14,16 +14,17 @@ from slidescan.batch.slide_jobs import run_batch, slide_key
 from slidescan.engine.weights import load_weights
 from slidescan.errors import SlidescanError, one_line
 from slidescan.io.outputs import ensure_output_folder
+from slidescan.io.slide import dicom_file
 from slidescan.report.outcome import SlideOutcome
 from slidescan.report.review_page import ReviewPage
 from slidescan.scan.scan_result import ScanOptions, ScanResult
 from slidescan.scan.scanner import Scanner
 from slidescan.vocabulary import SlideStatus
 
-# What OpenSlide reads, plus plain images for the fallback reader.
+# What OpenSlide reads, plus plain images for the fallback reader. DICOM (.dcm) slides are folders.
 SLIDE_SUFFIXES = frozenset(
     {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
-     ".dcm", ".png", ".jpg", ".jpeg"}
+     ".png", ".jpg", ".jpeg"}
 )  # fmt: skip
 _log = logging.getLogger(__name__)
 
@@ -32,16 +33,19 @@ SLIDE_LISTS = (".txt", ".csv")  # a file naming slides, one per line or in a sli
 
 
 def find_slides(folder: Path, *, recursive: bool = False) -> list[Path]:
-    """Slide files directly inside ``folder``, or with ``recursive`` in its sub-folders too
-    (sorted; hidden files and folders, and slidescan's own outputs, ignored)."""
+    """Slides directly inside ``folder``, or with ``recursive`` in its sub-folders too (sorted;
+    hidden files and folders, and slidescan's own outputs, ignored). A DICOM WSI, a folder of
+    ``.dcm`` files, is one slide: ``folder`` itself when it is one, else each such sub-folder."""
     if not folder.is_dir():
         raise SlidescanError(f"{folder}: not a directory")
+    if dicom_file(folder) is not None:
+        return [folder]
     found = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(
         p
         for p in found
-        if p.is_file()
-        and p.suffix.lower() in SLIDE_SUFFIXES
+        if ((p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
+            or (p.is_dir() and dicom_file(p) is not None))
         and not any(part.startswith(".") or part.endswith(".zarr")
                     for part in p.relative_to(folder).parts)
     )  # fmt: skip

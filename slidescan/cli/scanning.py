@@ -224,6 +224,7 @@ def run(
     from slidescan.batch.slide_jobs import scan_or_reuse
     from slidescan.engine.weights import load_weights
     from slidescan.io.outputs import SlideOutputs
+    from slidescan.io.slide import dicom_file
     from slidescan.scan.scan_result import ScanOptions, describe
     from slidescan.scan.scanner import Scanner
 
@@ -236,11 +237,18 @@ def run(
         any_scale=any_scale, stain_norm=stain_norm.value if stain_norm else None,
     )  # fmt: skip
     is_list = input.is_file() and input.suffix.lower() in SLIDE_LISTS
+    # A DICOM WSI is a folder: with --out X.zarr it is scanned as one slide.
+    one_dicom = (
+        input.is_dir()
+        and dicom_file(input) is not None
+        and out is not None
+        and (out.suffix == ".zarr")
+    )
     if patients is not None and not (input.is_dir() or is_list):
         raise SlidescanError("--patients stages the slides of a directory run: give a folder")
     if recursive and not input.is_dir():
         raise SlidescanError("--recursive scans a directory's sub-folders: give a folder")
-    if input.is_dir() or is_list:
+    if (input.is_dir() and not one_dicom) or is_list:
         from slidescan.batch.directory import read_slide_list
         from slidescan.batch.patients import PATIENTS_NAME, read_patient_map
 

@@ -209,6 +209,23 @@ def check_reader(reader: str) -> None:
         )
 
 
+def dicom_file(folder: Path) -> Path | None:
+    """A DICOM WSI folder's first ``.dcm`` file (OpenSlide finds the rest of the series from
+    it); None when ``folder`` holds none."""
+    try:
+        return min((p for p in folder.iterdir() if p.suffix.lower() == ".dcm" and p.is_file()),
+                   default=None)  # fmt: skip
+    except OSError:
+        return None
+
+
+def slide_bytes(path: Path) -> int:
+    """A slide's size on disk: its file, or all the files of a DICOM folder."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    return path.stat().st_size
+
+
 def open_slide(
     path: str | Path,
     *,
@@ -221,7 +238,8 @@ def open_slide(
     used only where the metadata has none.
 
     ``reader="auto"`` lets tiled TIFF slides be decoded directly (:mod:`slidescan.io.tiff_reader`);
-    ``"openslide"`` keeps every pixel on OpenSlide's decoder.
+    ``"openslide"`` keeps every pixel on OpenSlide's decoder. ``path`` may be a DICOM WSI folder:
+    one slide, named after the folder.
     """
     check_reader(reader)
     path = Path(path)
@@ -233,13 +251,15 @@ def open_slide(
             )
     if not path.exists():
         raise SlidescanError(f"{name}: file not found ({path})")
-    if not path.is_file():
+    # A DICOM whole-slide image is a folder of .dcm files; OpenSlide opens the series from any.
+    target = dicom_file(path) if path.is_dir() else path
+    if target is None:
         raise SlidescanError(f"{name}: not a file ({path})")
-    if path.stat().st_size == 0:
+    if target.stat().st_size == 0:
         raise SlidescanError(f"{name}: empty file (0 bytes)")
 
     try:
-        vendor = openslide.OpenSlide.detect_format(path)
+        vendor = openslide.OpenSlide.detect_format(target)
     except (openslide.OpenSlideError, OSError) as exc:
         raise SlidescanError(f"{name}: cannot read the file: {one_line(exc, path=path)}") from exc
     backend: _Backend
@@ -250,7 +270,7 @@ def open_slide(
             f"{path.suffix} file (truncated or corrupt?)"
         )
     if vendor is not None:
-        backend = OpenSlideBackend(path, vendor, direct_tiff=reader == "auto")
+        backend = OpenSlideBackend(target, vendor, direct_tiff=reader == "auto")
         found = backend.mpp
     else:
         backend = ImageBackend(path)

@@ -31,7 +31,7 @@ from slidescan.engine.weights import LoadedModel
 from slidescan.errors import SlidescanError, one_line
 from slidescan.io.heatmap import HeatmapWriter, read_heatmap, update_heatmap_attrs
 from slidescan.io.outputs import SlideOutputs, Staging, fingerprint
-from slidescan.io.slide import DEFAULT_MPP_SOURCE, Slide, open_slide
+from slidescan.io.slide import DEFAULT_MPP_SOURCE, Slide, open_slide, slide_bytes
 from slidescan.progress import progress
 from slidescan.report.slide_report import NO_TISSUE_WARNING, SlideReport
 from slidescan.scan.call_outputs import (
@@ -145,7 +145,7 @@ class Scanner:
             with open_slide(slide_path, default_mpp=opts.default_mpp, reader=opts.reader) as opened:
                 mpp_source = opened.mpp_source
         settings = self.settings(mpp_source)
-        file = {"slide": slide_path.name, "slide_bytes": slide_path.stat().st_size}
+        file = {"slide": slide_path.name, "slide_bytes": slide_bytes(slide_path)}
         heatmap = {k: v for k, v in settings.items() if k not in CALL_SETTINGS}
         return fingerprint({**settings, **file}), fingerprint({**heatmap, **file})
 
