@@ -28,6 +28,7 @@ from slidescan.about import RESEARCH_USE_NOTICE, __version__
 from slidescan.io.atomic import atomic_write
 from slidescan.io.outputs import SlideOutputs, geojson_path, read_report, report_path
 from slidescan.io.pacing import Pacer
+from slidescan.report.heatmap_thumbnail import write_heatmap_thumbnail
 from slidescan.report.outcome import SlideOutcome, outcome_from_previous, under_key
 from slidescan.vocabulary import CATEGORY_NAMES, CATEGORY_RANK, SlideStatus
 
@@ -39,8 +40,9 @@ _STYLE = "\n" + (_TEMPLATES / "review_page.css").read_text(encoding="utf-8")
 _SCRIPT = "\n" + (_TEMPLATES / "review_page.js").read_text(encoding="utf-8")
 _TEMPLATE = string.Template((_TEMPLATES / "review_page.html").read_text(encoding="utf-8"))
 FINISHED = frozenset(
-    {SlideStatus.done, SlideStatus.redone, SlideStatus.skipped}
+    {SlideStatus.done, SlideStatus.redone, SlideStatus.skipped, SlideStatus.recalled}
 )  # statuses that leave a result on disk
+THUMBNAILS = "thumbnails"  # OUT/thumbnails/<slide>.png: the picture of a slide without an overlay
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,8 @@ def entry_for(outcome: SlideOutcome, out_dir: Path, overlay_dir: Path | None) ->
     overlay = SlideOutputs.in_folder(
         Path(outcome.slide), out_dir, overlay_dir, key=outcome.slide
     ).overlay
+    if overlay is None or not overlay.is_file():
+        overlay = _thumbnail(heatmap, out_dir, outcome.slide)
     try:
         report = json.loads(report_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -127,6 +131,20 @@ def entry_for(outcome: SlideOutcome, out_dir: Path, overlay_dir: Path | None) ->
         geojson=href(geojson, out_dir) if geojson.is_file() else "",
         overlay=href(overlay, out_dir) if overlay and overlay.is_file() else "",
     )
+
+
+def _thumbnail(heatmap: Path, out_dir: Path, key: str) -> Path | None:
+    """The slide's heatmap thumbnail, made when missing or older than its report."""
+    thumb = SlideOutputs.in_folder(Path(key), out_dir, out_dir / THUMBNAILS, key=key).overlay
+    assert thumb is not None
+    try:
+        stale = not thumb.is_file() or thumb.stat().st_mtime < report_path(heatmap).stat().st_mtime
+        if stale:
+            write_heatmap_thumbnail(heatmap, thumb)
+    except Exception as exc:  # a picture is never worth failing the page for
+        logger.warning("review page: %s: no thumbnail (%s)", heatmap, exc)
+        return None
+    return thumb
 
 
 def script_json(value: Any) -> str:
@@ -209,14 +227,14 @@ def _overlay_cell(entry: ReviewEntry) -> tuple[str, str]:
     if not entry.overlay:
         return "", "—"
     url = _esc(entry.overlay)
-    alt = _esc(f"overlay of {entry.slide}")
+    alt = _esc(f"heatmap of {entry.slide}")
     return "", f'<a href="{url}"><img src="{url}" alt="{alt}" loading="lazy"></a>'
 
 
 # key, heading, sort type, cell: (sort key, inner HTML)
 Column = tuple[str, str, str, Callable[[ReviewEntry], tuple[str, str]]]
 COLUMNS: list[Column] = [
-    ("overlay", "Overlay", "", _overlay_cell),
+    ("overlay", "Heatmap", "", _overlay_cell),
     ("slide", "Slide", "text", _slide_cell),
     ("call", "Call", "num", _call_cell),
     ("category", "Category", "num", _category_cell),
@@ -411,7 +429,7 @@ class ReviewPage:
             with self.pacer.timed():
                 page = render_page(
                     list(self.entries.values()), finished=finished,
-                    overlays=self.overlay_dir is not None, patients=self.patients,
+                    patients=self.patients,
                 )  # fmt: skip
                 with atomic_write(self.path) as tmp:
                     tmp.write_text(page, encoding="utf-8")

@@ -320,7 +320,8 @@ def test_cli_batch_with_failures_exits_1(slide_dir: Path, weights: Path, tmp_pat
     result = invoke(slide_dir, "--out", out, "--weights", weights, *FAST)
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
-    assert outputs(out) == sorted([*EXPECTED_OUTPUTS, LOG_NAME, "index.html"])
+    assert outputs(out) == sorted([*EXPECTED_OUTPUTS, LOG_NAME, "index.html", "thumbnails"])
+    assert sorted(p.name for p in (out / "thumbnails").iterdir()) == ["a_good.png", "b_good.png"]
     rows = read_summary(out)
     assert [rows[n]["status"] for n in GOOD + BAD] == ["done", "done", "failed", "failed"]
     failures = result.stderr.splitlines()

@@ -181,7 +181,7 @@ def test_entries_with_hostile_text_everywhere() -> None:
     text = render_page([entry], finished=True, title=evil)
     assert text.count("<script") == 2 and text.count("</script") == 2 and "<b>" not in text
     page = Page(text)
-    assert page.images[0]["alt"] == f"overlay of {evil}"
+    assert page.images[0]["alt"] == f"heatmap of {evil}"
     assert page.rows[0]["cells"]["error"] == evil
 
 
