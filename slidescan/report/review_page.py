@@ -271,7 +271,6 @@ def render_page(
     entries: Sequence[ReviewEntry],
     *,
     finished: bool,
-    overlays: bool = True,
     title: str = "slidescan review",
     updated: str | None = None,
     refresh_seconds: int = REFRESH_SECONDS,
@@ -279,7 +278,7 @@ def render_page(
 ) -> str:
     """The whole page, one row per entry (``pending`` entries count as not yet done), and the
     patients' pN stages (rows of ``scan.patients.stage_patients``) when there are any."""
-    columns = [c for c in COLUMNS if overlays or c[0] != "overlay"]
+    columns = COLUMNS
     total = len(entries)
     done = sum(e.status != SlideStatus.pending for e in entries)
     counts = {

@@ -171,9 +171,6 @@ class Scanner:
         with outputs.staged() as staging:
             shutil.copytree(outputs.heatmap, staging.heatmap)
             result = self._finish(slide_path, outputs, staging, inputs, attrs, thumb, start)
-            update_heatmap_attrs(staging.heatmap, **{
-                k: attrs[k] for k in CALL_SETTINGS
-            })  # fmt: skip
             staging.commit()
         return replace(result, status=SlideStatus.recalled)
 
@@ -276,7 +273,9 @@ class Scanner:
             writer.update_attrs(**report.summary())
             writer.close()
         else:
-            update_heatmap_attrs(staging.heatmap, **report.summary())
+            # A recall: the copied heatmap takes the new call and its thresholds.
+            thresholds = {k: attrs[k] for k in CALL_SETTINGS}
+            update_heatmap_attrs(staging.heatmap, **report.summary(), **thresholds)
         report.write(staging.report)
         write_geojson(staging.geojson, call, inputs.geometry, slide_path.name, report.fingerprint)
         if thumb is not None and staging.overlay is not None:
