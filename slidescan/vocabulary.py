@@ -83,3 +83,10 @@ class StainNorm(StrEnum):
     none = "none"
     macenko = "macenko"  # stain vectors from optical density
     reinhard = "reinhard"  # colour statistics in CIELAB
+
+
+class Sensitivity(StrEnum):
+    """Named operating points of the lesion call (``ModelCard.operating_points``)."""
+
+    standard = "standard"  # the card's calibrated seed threshold: few false-positive slides
+    high = "high"  # a lower seed threshold: more small metastases, more false-positive slides

@@ -12,7 +12,7 @@ import typer
 from slidescan.cli.app import app, quiet, user_errors
 from slidescan.cli.options import BackendOpt, DeviceOpt, StainNormOpt, WeightsOpt
 from slidescan.errors import SlidescanError
-from slidescan.vocabulary import Backend, Reader, SlideStatus
+from slidescan.vocabulary import Backend, Reader, Sensitivity, SlideStatus
 
 
 @app.command(rich_help_panel="Scan slides")
@@ -106,6 +106,17 @@ def run(
             show_default=False,
         ),
     ] = None,
+    sensitivity: Annotated[
+        Sensitivity,
+        typer.Option(
+            rich_help_panel="Model and call",
+            help="Operating point of the lesion call, from the model card: standard (few "
+            "false-positive slides) or high (a lower seed threshold: more small "
+            "micrometastases found, more normal slides called positive; the shipped model's "
+            "figures for both are in the README). Recorded in each report; a change is "
+            "recalled from the stored heatmap.",
+        ),
+    ] = Sensitivity.standard,
     overlay: Annotated[
         Path | None,
         typer.Option(
@@ -215,8 +226,8 @@ def run(
     A directory: slidescan run slides/ --out results/
 
     Reruns, of one slide or a directory, redo only what changed: a result made with the same
-    settings is skipped; a changed --threshold redoes only the call from the stored heatmap
-    ("recalled", a fraction of a second); other changes rescan.
+    settings is skipped; a changed --threshold or --sensitivity redoes only the call from the
+    stored heatmap ("recalled", a fraction of a second); other changes rescan.
 
     A failing slide is recorded in summary.csv and the rest go on; exit code 1 if any failed.
     """
@@ -233,6 +244,7 @@ def run(
     options = ScanOptions(
         mpp=mpp, stride=stride, min_tissue=min_tissue, batch_size=batch_size, workers=workers,
         device=device, backend=backend.value, tta=tta, overwrite=overwrite, threshold=threshold,
+        sensitivity=sensitivity.value,
         dense=dense, reader=reader.value, default_mpp=default_mpp, full_paths=full_paths,
         any_scale=any_scale, stain_norm=stain_norm.value if stain_norm else None,
     )  # fmt: skip

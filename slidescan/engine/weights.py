@@ -58,11 +58,33 @@ class ModelCard:
     # Colours of the training patches by stain-normalisation method (engine.stain_norm).
     stain_reference: dict[str, Any] = field(default_factory=dict)
     stain_norm: str = "none"  # what its training inputs went through; scans default to it
+    # Named lesion-call settings besides the standard one (vocabulary.Sensitivity), each a dict
+    # with its "seed_threshold" and how it was chosen ("chosen_on", "figures").
+    operating_points: dict[str, Any] = field(default_factory=dict)
     slidescan_version: str = ""
 
-    def lesion_thresholds(self, seed: float | None = None) -> tuple[float, float]:
-        """(seed, extent) thresholds of the lesion finder; ``seed`` overrides the card's seed,
-        and the extent never exceeds the seed. Uncalibrated cards use the tile threshold."""
+    def lesion_thresholds(
+        self, seed: float | None = None, sensitivity: str = "standard"
+    ) -> tuple[float, float]:
+        """(seed, extent) thresholds of the lesion finder at the named ``sensitivity``; ``seed``
+        overrides the card's seed, and the extent never exceeds the seed. Uncalibrated cards
+        use the tile threshold."""
+        if sensitivity != "standard":
+            if seed is not None:
+                raise SlidescanError(
+                    f"a seed threshold and the {sensitivity!r} operating point both set the "
+                    "seed: give one of them",
+                    param="sensitivity",
+                )
+            point = self.operating_points.get(sensitivity)
+            if point is None:
+                named = ", ".join(["standard", *sorted(self.operating_points)])
+                raise SlidescanError(
+                    f"model {self.model} names no {sensitivity!r} operating point (it has: "
+                    f"{named}); give a seed threshold instead",
+                    param="sensitivity",
+                )
+            seed = float(point["seed_threshold"])
         if seed is None:
             seed = self.seed_threshold if self.seed_threshold is not None else self.threshold
         extent = self.extent_threshold if self.extent_threshold is not None else self.threshold

@@ -25,7 +25,8 @@ class ScanOptions:
     backend: str = "auto"
     tta: bool = False
     overwrite: bool = False
-    threshold: float | None = None
+    threshold: float | None = None  # the lesion seed threshold; None: the sensitivity's
+    sensitivity: str = "standard"  # vocabulary.Sensitivity: a named seed threshold of the card
     block: int | None = None
     dense: bool = False
     reader: str = "auto"
@@ -75,9 +76,11 @@ def describe(result: ScanResult) -> str:
     recalled = "  (recalled: new thresholds on the stored heatmap)" * (
         result.status == SlideStatus.recalled
     )
+    settings = result.slide_report.settings if result.slide_report is not None else {}
+    point = f"  [{settings['sensitivity']} sensitivity]" if "sensitivity" in settings else ""
     line = (
         f"{name}: {verdict_text(c, result.distribution)}"
-        f"{recalled}  "
+        f"{recalled}{point}  "
         f"lesions {len(c.lesions)}  "
         f"tiles ≥ extent {c.extent_threshold:.3g}: {c.positive_tiles}/{result.tiles}  "
         f"{result.seconds:.1f} s  [research use only]"

@@ -80,7 +80,9 @@ class Scanner:
         card = loaded.card
         # A lesion needs one tile at the seed threshold (calibrated on simulated normal slides)
         # and extends over neighbours at the tile threshold. --threshold replaces the seed.
-        self.seed_threshold, self.extent_threshold = card.lesion_thresholds(options.threshold)
+        self.seed_threshold, self.extent_threshold = card.lesion_thresholds(
+            options.threshold, options.sensitivity
+        )
         self.stain_norm = options.stain_norm or card.stain_norm
         check_reference(self.stain_norm, card.stain_reference)
         self.stride = options.stride
@@ -128,6 +130,8 @@ class Scanner:
             "seed_threshold": self.seed_threshold,
             "extent_threshold": self.extent_threshold,
             "slidescan_version": __version__,
+            # Only when not the standard: results of earlier versions (which had none) stay valid.
+            **({"sensitivity": opts.sensitivity} if opts.sensitivity != "standard" else {}),
             # Only when on: results of earlier versions (which had none) stay valid.
             **({"stain_norm": self.stain_norm} if self.stain_norm != "none" else {}),
         }
@@ -160,7 +164,8 @@ class Scanner:
             previous.tiles_scanned,
         )  # fmt: skip
         attrs = {**previous.attributes, "seed_threshold": self.seed_threshold,
-                 "extent_threshold": self.extent_threshold}  # fmt: skip
+                 "extent_threshold": self.extent_threshold,
+                 "sensitivity": self.options.sensitivity}  # fmt: skip
         thumb = None
         if outputs.overlay is not None:
             opts = self.options
@@ -385,6 +390,7 @@ class Scanner:
             "device": str(self.device),
             "seed_threshold": self.seed_threshold,
             "extent_threshold": self.extent_threshold,
+            "sensitivity": self.options.sensitivity,
             "slidescan_version": __version__,
             "notice": RESEARCH_USE_NOTICE,
         }

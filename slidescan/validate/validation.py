@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ def validate(
         "failed": sorted(run.failed),
         "slide_score": SLIDE_SCORE_RULE,
         "positive_call": "micrometastasis or macrometastasis",
+        "operating_point": operating_point(run.reports.values()),
     }
     out.update(_slide_level(slides, run.reports, truth))
     if annotations is not None:
@@ -104,6 +106,16 @@ def validate(
     if any(t.patient for t in truth.values()):
         out["patients"] = _patient_level(run, truth)
     return out
+
+
+def operating_point(reports: Iterable[SlideReport]) -> dict[str, Any]:
+    """The lesion call's operating point(s) the run used: the named sensitivities and the seed
+    thresholds of its reports (a run may mix them; validation figures hold for what it used)."""
+    reports = list(reports)
+    return {
+        "sensitivity": sorted({r.settings.get("sensitivity", "standard") for r in reports}),
+        "seed_threshold": sorted({r.call.seed_threshold for r in reports}),
+    }
 
 
 def _refuse_mismatch(names: list[str], where: str) -> None:
@@ -243,9 +255,13 @@ def describe_validation(result: dict[str, Any]) -> str:
         f"{auc['value']:.3f} [{auc['ci'][0]:.3f}, {auc['ci'][1]:.3f}]"
         if auc["ci"][0] is not None else f"{auc['value']:.3f}"
     )  # fmt: skip
+    point = result["operating_point"]
+    seeds = ", ".join(f"{t:.4g}" for t in point["seed_threshold"])
     lines = [
         f"slides {result['slides']}" + (f", {len(result['failed'])} failed (not counted)"
                                         if result["failed"] else ""),
+        f"operating point: {' and '.join(point['sensitivity'])} sensitivity (seed threshold "
+        f"{seeds})",
         f"slide AUC {auc_text}; " + "; ".join(prop(k) for k in ("sensitivity", "specificity",
                                                                  "accuracy")),
     ]  # fmt: skip

@@ -110,8 +110,13 @@ def _page(result: dict[str, Any], figures: list[Path]) -> str:
     if "froc" in result:
         summary.append({"measure": "FROC score", "value": result["froc"]["score"], "95% CI": "",
                         "count": f"{result['froc']['lesions']} lesions"})  # fmt: skip
+    point = result["operating_point"]
+    seeds = ", ".join(f"{t:.4g}" for t in point["seed_threshold"])
     sections = [
-        "<h2>Slides</h2>", _table(summary),
+        "<h2>Slides</h2>",
+        f"<p>Operating point of the run: {html.escape(' and '.join(point['sensitivity']))} "
+        f"sensitivity (lesion seed threshold {seeds}).</p>",
+        _table(summary),
         f"<p>Slide score: {html.escape(result['slide_score'])}. Failed slides (not counted): "
         f"{html.escape(', '.join(result['failed']) or 'none')}.</p>",
         images, "<h2>Discordant slides</h2>", _table(result["discordant"]),

@@ -25,7 +25,7 @@ from typer.testing import Result
 from slidescan.batch.directory import find_slides
 from slidescan.batch.slide_jobs import run_batch
 from slidescan.batch.summary import LOG_NAME, SummaryBook, write_summary
-from slidescan.engine.weights import load_weights
+from slidescan.engine.weights import load_weights, save_weights
 from slidescan.io.heatmap import read_heatmap
 from slidescan.io.outputs import SlideOutputs, is_complete, read_report
 from slidescan.io.pacing import Pacer
@@ -248,6 +248,30 @@ def test_a_new_threshold_is_recalled_not_rescanned(
     same = CountingScanner(weights, threshold=0.25)
     assert [o.status for o in run_batch(find_slides(good_dir), out, same)] == ["skipped"] * 2
     assert outputs(out) == EXPECTED_OUTPUTS
+
+
+def test_a_named_sensitivity_is_recalled_and_recorded(tmp_path: Path, good_dir: Path) -> None:
+    """Issue 22: --sensitivity high is the card's seed threshold, named in the report; going
+    back and forth between operating points redoes only the call."""
+    weights = tmp_path / "w.pt"
+    loaded = load_weights(write_untrained_weights(weights))
+    loaded.card.operating_points = {"high": {"seed_threshold": 0.3}}
+    save_weights(weights, loaded.model, loaded.card)
+    out = tmp_path / "results"
+    run_batch(find_slides(good_dir), out, CountingScanner(weights))
+    standard = read_report(out / "a_good.zarr")
+    assert "sensitivity" not in standard["settings"]  # results of earlier versions stay valid
+    high = CountingScanner(weights, sensitivity="high")
+    outcomes = run_batch(find_slides(good_dir), out, high)
+    assert high.scanned == [] and [o.status for o in outcomes] == ["recalled", "recalled"]
+    report = read_report(out / "a_good.zarr")
+    assert report["settings"]["sensitivity"] == "high"
+    assert report["call"]["seed_threshold"] == 0.3
+    assert read_heatmap(out / "a_good.zarr")[2]["sensitivity"] == "high"
+    back = CountingScanner(weights)
+    outcomes = run_batch(find_slides(good_dir), out, back)
+    assert back.scanned == [] and [o.status for o in outcomes] == ["recalled", "recalled"]
+    assert read_report(out / "a_good.zarr")["fingerprint"] == standard["fingerprint"]
 
 
 def test_other_weights_redo_and_reports_name_their_fingerprint(

@@ -279,6 +279,10 @@ def test_wildly_wrong_mpp_is_refused_before_scanning(weights: Path, tmp_path: Pa
     [
         (["--out", "x.h5"], "--out must end in .zarr"),
         (["--mpp", "-1"], "mpp must be a positive number, got -1.0 (--mpp)"),
+        # The test model's card names no high-sensitivity point; a threshold and a named point
+        # both set the seed (issue 22).
+        (["--sensitivity", "high"], "names no 'high' operating point (it has: standard)"),
+        (["--sensitivity", "high", "--threshold", "0.9"], "give one of them (--sensitivity)"),
     ],
 )
 def test_bad_options(

@@ -286,3 +286,28 @@ def test_lesion_thresholds_from_the_card() -> None:
     assert card.lesion_thresholds() == (0.98, 0.75)
     assert card.lesion_thresholds(0.9) == (0.9, 0.75)
     assert card.lesion_thresholds(0.6) == (0.6, 0.6)  # the extent never exceeds the seed
+
+
+def test_named_operating_points_set_the_seed() -> None:
+    """Issue 22: a lab picks a named operating point; the card says what it means."""
+    card = ModelCard(
+        model="pcamnet-v2", threshold=0.5, extent_threshold=0.75, seed_threshold=0.98,
+        operating_points={"high": {"seed_threshold": 0.95}},
+    )  # fmt: skip
+    assert card.lesion_thresholds(sensitivity="standard") == (0.98, 0.75)
+    assert card.lesion_thresholds(sensitivity="high") == (0.95, 0.75)
+    with pytest.raises(SlidescanError, match="give one of them") as both:
+        card.lesion_thresholds(0.9, sensitivity="high")
+    assert both.value.param == "sensitivity"
+    bare = ModelCard(model="pcamnet-v2", threshold=0.5)
+    with pytest.raises(SlidescanError, match="names no 'high' operating point"):
+        bare.lesion_thresholds(sensitivity="high")
+
+
+def test_the_shipped_model_names_a_high_sensitivity_point() -> None:
+    card = load_weights().card
+    seed, extent = card.lesion_thresholds()
+    high, high_extent = card.lesion_thresholds(sensitivity="high")
+    assert extent < high < seed and high_extent == extent
+    figures = card.operating_points["high"]["figures"]
+    assert figures["normal_slides_positive"] <= 0.05  # the issue's false-positive bound

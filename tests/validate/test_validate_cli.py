@@ -84,6 +84,13 @@ def test_slide_level_figures_equal_scikit_learn(tmp_path: Path) -> None:
     for name in ("validation.html", "validation-roc.png", "validation-confusion.png"):
         assert (tmp_path / "v" / name).stat().st_size > 0
     assert "research use" in (tmp_path / "v" / "validation.html").read_text().lower()
+    # The figures hold for the operating point the run used: said on every output.
+    assert data["operating_point"] == {"sensitivity": ["standard"], "seed_threshold": [0.98]}
+    assert "operating point: standard sensitivity (seed threshold 0.98)" in out.output
+    assert (
+        "standard sensitivity (lesion seed threshold 0.98)"
+        in (tmp_path / "v" / "validation.html").read_text()
+    )
 
 
 def test_froc_from_qupath_and_asap_annotations(tmp_path: Path) -> None:
