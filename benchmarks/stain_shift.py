@@ -1,7 +1,7 @@
 """Stain-shift stress test: patch AUC under controlled colour, compression and focus shifts.
 
     python benchmarks/stain_shift.py weights/pcamnet-v2.pt runs/other.pt \
-        [--data ../shared/data/pcam-jpeg] [--limit 1500] [--threads 2]
+        [--data ../shared/data/pcam-jpeg] [--limit 1500] [--threads 2] [--tta]
 
 A proxy for slides from unseen labs and scanners: the validation patches are shifted at four
 increasing strengths of each kind, and the AUC is measured at every strength. The shifts are
@@ -112,8 +112,11 @@ def shifted_sets(patches: np.ndarray, seed: int = 0) -> dict[tuple[str, float], 
     return out
 
 
-def auc_table(weights: Path, sets: dict[tuple[str, float], np.ndarray], labels: np.ndarray) -> dict:
-    """AUC of one model on every shifted set (torch engine, CPU)."""
+def auc_table(
+    weights: Path, sets: dict[tuple[str, float], np.ndarray], labels: np.ndarray, tta: bool = False
+) -> dict:
+    """AUC of one model on every shifted set (torch engine, CPU; ``tta``: the mean logit over
+    the 8 flips/rotations, as the patch commands compute by default)."""
     loaded = load_weights(weights)
     predictor = make_predictor(loaded, "cpu", "torch")
     result = {}
@@ -121,7 +124,9 @@ def auc_table(weights: Path, sets: dict[tuple[str, float], np.ndarray], labels: 
         batch = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
         probs = np.concatenate(
             [
-                predict_probs(predictor.model, batch[i : i + 256], predictor.normalizer).numpy()
+                predict_probs(
+                    predictor.model, batch[i : i + 256], predictor.normalizer, tta=tta
+                ).numpy()
                 for i in range(0, len(batch), 256)
             ]
         )
@@ -137,6 +142,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=1500, help="patches (half per class)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tta", action="store_true", help="mean over the 8 flips/rotations")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -149,7 +155,8 @@ def main() -> None:
     patches = np.stack([dataset[int(i)][0].permute(1, 2, 0).numpy() for i in pick])
     labels = labels_all[pick]
     sets = shifted_sets(patches, args.seed)
-    print(f"data: {dataset.description}; {len(pick)} patches; torch threads {args.threads}\n")
+    print(f"data: {dataset.description}; {len(pick)} patches; torch threads {args.threads}"
+          f"{'; 8× TTA' if args.tta else ''}\n")  # fmt: skip
 
     kinds = list(SHIFTS)
     print(
@@ -160,7 +167,7 @@ def main() -> None:
     print("|---|---:|" + "---:|" * len(kinds) + "---:|")
     detail = []
     for path in args.weights:
-        aucs = auc_table(path, sets, labels)
+        aucs = auc_table(path, sets, labels, tta=args.tta)
         shifted = [v for (k, _), v in aucs.items() if k != "clean"]
         strongest = [aucs[(k, SHIFTS[k][1][-1])] for k in kinds]
         print(

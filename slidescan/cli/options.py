@@ -71,7 +71,15 @@ WorkersOpt = Annotated[
     int,
     typer.Option(rich_help_panel="Speed and hardware", min=0, help="DataLoader worker processes."),
 ]
-TtaOpt = Annotated[bool, typer.Option("--tta", help="Average over the 8 flips/rotations.")]
+PatchTtaOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tta/--no-tta",
+        help="Average each patch's probability over its 8 flips/rotations (on by default for "
+        "patches: +0.008 AUC on PatchCamelyon valid for about 2.5× the time). --no-tta: one "
+        "pass, as `run` scans by default.",
+    ),
+]
 PatchBatchOpt = Annotated[
     int, typer.Option(rich_help_panel="Speed and hardware", min=1, help="Patches per batch.")
 ]

@@ -13,9 +13,9 @@ from slidescan.cli.options import (
     DataArg,
     DeviceOpt,
     PatchBatchOpt,
+    PatchTtaOpt,
     ResizeOpt,
     StainNormOpt,
-    TtaOpt,
     WeightsOpt,
     WorkersOpt,
 )
@@ -30,7 +30,7 @@ def evaluate(
     split: Annotated[
         str, typer.Option(help="Split to read from folders that have several.")
     ] = "valid",
-    tta: TtaOpt = False,
+    tta: PatchTtaOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object only.")] = False,
     report: Annotated[
         Path | None,
@@ -67,7 +67,7 @@ def evaluate(
         return
     typer.echo(
         f"{loaded.card.model} ({result.engine}) on {dataset.description}"
-        + (" with TTA" if tta else "")
+        + (" with TTA (8 flips/rotations)" if tta else " (one pass, no TTA)")
     )
     typer.echo(format_metrics(result.metrics))
     if report is not None:
@@ -89,7 +89,7 @@ def predict(
         bool,
         typer.Option("--kaggle", help="Kaggle submission format: id,label (label = probability)."),
     ] = False,
-    tta: TtaOpt = False,
+    tta: PatchTtaOpt = True,
     batch_size: PatchBatchOpt = 256,
     resize: ResizeOpt = False,
     device: DeviceOpt = "auto",

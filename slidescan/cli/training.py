@@ -56,6 +56,15 @@ def train(
         ),
     ] = None,
     tumour_class: TumourClassOpt = None,
+    hard_negatives: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output folder of a finished `slidescan run` over the --slides: the tiles of "
+            "its lesions away from the tumour outlines (on a slide without annotations, all of "
+            "them) are its false positives, taken first among each slide's normal patches.",
+            show_default=False,
+        ),
+    ] = None,
     patches_per_slide: Annotated[
         int, typer.Option(min=1, help="At most this many patches of each class per slide.")
     ] = 2000,
@@ -159,6 +168,8 @@ def train(
         raise SlidescanError("give patch DATA, --slides DIR, or both")
     if annotations is not None and slides is None:
         raise SlidescanError("--annotations needs --slides")
+    if hard_negatives is not None and slides is None:
+        raise SlidescanError("--hard-negatives needs --slides")
     init_path = _init_weights(init, fine_tune_default=slides is not None)
     if init_path is not None:
         init_card = load_weights(init_path).card
@@ -171,7 +182,7 @@ def train(
         classes = tuple(tumour_class) if tumour_class else DEFAULT_TUMOUR_CLASSES
         parts.append(open_annotated_slides(
             slides, annotations, card, tumour_classes=classes, max_per_class=patches_per_slide,
-            seed=seed,
+            hard_negatives=hard_negatives, seed=seed,
         ))  # fmt: skip
     train_data = parts[0] if len(parts) == 1 else ConcatPatchDataset(parts)
     val_data = open_patch_datasets(val, split="valid", resize=resize) if val else None

@@ -10,6 +10,10 @@ trained on are the ones a scan reads; a slide without an annotation file is all 
 Locations are chosen once (the tissue mask of each slide's thumbnail, as a scan computes it);
 pixels are read in the DataLoader's workers, each opening its slides once, nothing extracted to
 disk. The trainer holds out whole slides and balances the classes (``data_split.hold_out``).
+
+*Hard negatives*: given a finished run over the same slides, the tiles of its lesions that lie
+away from the tumour outlines (every lesion tile of a slide without annotations) are the model's
+own false positives; they are taken first among each slide's normal patches.
 """
 
 from __future__ import annotations
@@ -36,10 +40,12 @@ from slidescan.engine.stain_norm import (
 from slidescan.engine.weights import ModelCard
 from slidescan.errors import SlidescanError
 from slidescan.io.annotations import DEFAULT_TUMOUR_CLASSES, find_annotation, read_annotations
+from slidescan.io.heatmap import read_heatmap
 from slidescan.io.patches.dataset import ConcatPatchDataset, PatchDataset, to_chw
 from slidescan.io.slide import Slide, open_slide
 from slidescan.progress import progress
-from slidescan.scan.slide_geometry import plan_grid
+from slidescan.scan.call_outputs import make_call
+from slidescan.scan.slide_geometry import SlideGeometry, plan_grid
 
 MARGIN_UM = 100.0  # normal patches keep this far from a tumour outline
 CENTRE_FRACTION = 1 / 3  # PatchCamelyon: the label is the central 32×32 of 96×96
@@ -55,6 +61,36 @@ class SlideSample:
     locations: np.ndarray  # (n, 2) int64
     labels: np.ndarray  # (n,) int64
     annotated: bool
+    hard_negatives: int = 0  # normal patches taken from a previous run's lesions
+
+
+@dataclass(frozen=True)
+class LesionCells:
+    """The cells of a finished run's lesions on one slide, where the scan's grid lies."""
+
+    mask: np.ndarray  # (rows, cols) bool
+    origin: tuple[float, float]  # level-0 top-left of cell (0, 0)
+    cell_px: float  # a cell's side in level-0 pixels
+
+    def covers(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Whether each level-0 point lies in a lesion cell."""
+        c = np.floor((np.asarray(x) - self.origin[0]) / self.cell_px).astype(np.int64)
+        r = np.floor((np.asarray(y) - self.origin[1]) / self.cell_px).astype(np.int64)
+        rows, cols = self.mask.shape
+        inside = (r >= 0) & (c >= 0) & (r < rows) & (c < cols)
+        out = np.zeros(inside.shape, bool)
+        out[inside] = self.mask[r[inside], c[inside]]
+        return out
+
+
+def run_lesions(heatmap: Path) -> LesionCells:
+    """The lesion cells of a finished scan's heatmap, at the thresholds its call used."""
+    probability, _, attrs = read_heatmap(heatmap)
+    geometry = SlideGeometry.from_attrs(attrs)
+    call = make_call(
+        probability, geometry, float(attrs["seed_threshold"]), float(attrs["extent_threshold"])
+    )
+    return LesionCells(call.lesion_labels > 0, geometry.cell_origin_level0, geometry.cell_level0_px)
 
 
 def sample_slide(
@@ -65,9 +101,11 @@ def sample_slide(
     tumour_classes: tuple[str, ...] = DEFAULT_TUMOUR_CLASSES,
     max_per_class: int = 2000,
     margin_um: float = MARGIN_UM,
+    lesions: LesionCells | None = None,
     rng: np.random.Generator,
 ) -> SlideSample:
-    """Tumour and normal patch locations of one slide on the scanner's grid (see module doc)."""
+    """Tumour and normal patch locations of one slide on the scanner's grid (see module doc);
+    normal patches in ``lesions`` (a previous run's) come first."""
     grid, tissue = plan_grid(slide, card, None, MIN_TISSUE)
     rows, cols = np.nonzero(tissue)
     step = grid.stride * grid.scale
@@ -91,10 +129,16 @@ def sample_slide(
             labels[shapely.contains(tumour, centres)] = 1
             # Neither clearly tumour nor clearly away from it: left out, not guessed.
             keep = (labels == 1) | ~shapely.intersects(grown, patches)
-    picked = [_at_most(np.flatnonzero(keep & (labels == k)), max_per_class, rng) for k in (0, 1)]
-    index = np.sort(np.concatenate(picked))
+    normal = keep & (labels == 0)
+    hard = normal & lesions.covers(x0 + side / 2, y0 + side / 2) if lesions else normal & False
+    first = _at_most(np.flatnonzero(hard), max_per_class, rng)
+    rest = _at_most(np.flatnonzero(normal & ~hard), max_per_class - len(first), rng)
+    tumour = _at_most(np.flatnonzero(keep & (labels == 1)), max_per_class, rng)
+    index = np.sort(np.concatenate([first, rest, tumour]))
     locations = np.stack([np.round(x0[index]), np.round(y0[index])], axis=1).astype(np.int64)
-    return SlideSample(slide.path, slide.mpp, locations, labels[index], annotation is not None)
+    return SlideSample(
+        slide.path, slide.mpp, locations, labels[index], annotation is not None, len(first)
+    )
 
 
 def _at_most(index: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -123,10 +167,12 @@ class SlidePatchDataset(PatchDataset):
                for x, y in [self.samples[s].locations[j]]]  # fmt: skip
         n_slides = len(self.samples)
         n_tumour = int(labels.sum())
+        n_hard = sum(sample.hard_negatives for sample in self.samples)
+        hard = f", {n_hard} of them hard negatives" * bool(n_hard)
         super().__init__(
             ids, labels,
             f"{n_slides} slide{'s' * (n_slides != 1)} ({n_tumour} tumour, "
-            f"{len(labels) - n_tumour} normal patches)",
+            f"{len(labels) - n_tumour} normal patches{hard})",
         )  # fmt: skip
         self.groups = np.array([self.samples[s].path.name for s, _ in self._items])
         self._open: dict[int, Slide] = {}
@@ -188,15 +234,19 @@ def open_annotated_slides(
     tumour_classes: tuple[str, ...] = DEFAULT_TUMOUR_CLASSES,
     max_per_class: int = 2000,
     mpp: float | None = None,
+    hard_negatives: Path | None = None,
     seed: int = 0,
 ) -> SlidePatchDataset:
     """Sample every slide of ``slide_folder`` (annotations by slide name from ``annotation_folder``;
-    a slide without one is all normal) at ``card``'s µm/px and patch size."""
+    a slide without one is all normal) at ``card``'s µm/px and patch size; ``hard_negatives``: a
+    finished run's output folder over these slides, whose lesion tiles away from the outlines
+    are taken first among the normal patches."""
     rng = np.random.default_rng(seed)
     samples = []
     slides = find_slides(slide_folder)
     if not slides:
         raise SlidescanError(f"{slide_folder}: no slides in this folder")
+    runs = _previous_lesions(slides, hard_negatives) if hard_negatives is not None else {}
     for path in progress(slides, desc="sample slides", unit="slide", leave=False):
         note = find_annotation(annotation_folder, path.name) if annotation_folder else None
         with open_slide(path, mpp=mpp) as slide:
@@ -207,6 +257,7 @@ def open_annotated_slides(
                     note,
                     tumour_classes=tumour_classes,
                     max_per_class=max_per_class,
+                    lesions=runs.get(path),
                     rng=rng,
                 )  # fmt: skip
             )
@@ -216,3 +267,23 @@ def open_annotated_slides(
             "(expected <slide stem>.geojson, .json or .xml)"
         )
     return SlidePatchDataset(samples, target_mpp=card.mpp, size=card.input_size)
+
+
+def _previous_lesions(slides: Sequence[Path], run: Path) -> dict[Path, LesionCells]:
+    """The lesion cells of each of ``slides`` that the run folder ``run`` holds a heatmap of
+    (``<stem>.zarr``, made from a slide of the same name)."""
+    if not run.is_dir():
+        raise SlidescanError(f"{run}: no such run folder", param="hard_negatives")
+    found = {}
+    for path in slides:
+        heatmap = run / f"{path.stem}.zarr"
+        if heatmap.is_dir():
+            _, _, attrs = read_heatmap(heatmap)
+            if Path(str(attrs.get("slide_path", ""))).name == path.name:
+                found[path] = run_lesions(heatmap)
+    if not found:
+        raise SlidescanError(
+            f"{run}: no heatmap of these slides (expected <slide stem>.zarr from `slidescan run`)",
+            param="hard_negatives",
+        )
+    return found

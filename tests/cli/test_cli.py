@@ -105,7 +105,7 @@ HELP_DEFAULTS = {
     "evaluate": {
         "--weights": None,
         "--split": "valid",
-        "--tta": None,
+        "--tta": "tta",
         "--json": None,
         "--report": None,
         "--batch-size": "256",
@@ -117,7 +117,7 @@ HELP_DEFAULTS = {
         "--out": "predictions.csv",
         "--weights": None,
         "--kaggle": None,
-        "--tta": None,
+        "--tta": "tta",
         "--batch-size": "256",
         "--resize": None,
         "--device": "auto",
@@ -253,6 +253,40 @@ def test_predict_backends_agree(trained: tuple[Path, Result], toy: Path, tmp_pat
     assert max(abs(probs["torch"][k] - probs["onnx"][k]) for k in probs["torch"]) < 1e-4
     bad = invoke("predict", toy, "--weights", weights, "--backend", "tensorrt", *FAST)
     _assert_usage_error(bad, "--backend", "tensorrt", "onnx-int8")
+
+
+def test_patches_default_to_the_mean_over_8_flips_and_no_tta_is_one_pass(
+    trained: tuple[Path, Result], toy: Path, tmp_path: Path
+) -> None:
+    """Issue 20: patch commands average the 8 flips/rotations unless told --no-tta."""
+    import torch
+
+    from slidescan.engine.augment import dihedral
+    from slidescan.engine.inference import Normalizer
+
+    weights, _ = trained
+    image = next(iter(sorted((toy / "1").glob("*.png"))))
+    loaded = load_weights(weights)
+    x = Normalizer(loaded.card, torch.device("cpu"))(
+        torch.from_numpy(read_patch_image(image)).permute(2, 0, 1)[None].contiguous()
+    )
+    with torch.inference_mode():
+        logits = np.array([loaded.model(dihedral(x, k)).item() for k in range(8)])
+    each = 1 / (1 + np.exp(-logits))
+    assert np.ptp(each) > 1e-4  # the flips disagree, so the test can tell them apart
+    got = {}
+    for flag in ([], ["--no-tta"]):
+        out = tmp_path / f"p{len(flag)}.csv"
+        result = invoke("predict", image, "--weights", weights, "--out", out, "--backend",
+                        "torch", *flag, *FAST)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        got[bool(flag)] = float(_read_csv(out)[1][1])
+    assert got[False] == pytest.approx(1 / (1 + np.exp(-logits.mean())), abs=1e-5)  # mean logit
+    assert got[True] == pytest.approx(each[0], abs=1e-5)
+    summary = invoke("evaluate", toy, "--weights", weights, "--json", *FAST)
+    assert json.loads(summary.stdout)["tta"] is True
+    one_pass = invoke("evaluate", toy, "--weights", weights, "--no-tta", *FAST)
+    assert "(one pass, no TTA)" in one_pass.stdout
 
 
 def test_predict_single_file(trained: tuple[Path, Result], toy: Path, tmp_path: Path) -> None:

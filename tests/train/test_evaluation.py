@@ -23,7 +23,7 @@ def test_metrics_json_matches_json_output(weights: Path, tmp_path: Path) -> None
     assert saved == printed
     for key in PROVENANCE:
         assert key in saved, key
-    assert saved["model"] == "pcamnet-s" and saved["tta"] is False
+    assert saved["model"] == "pcamnet-s" and saved["tta"] is True  # the patch default
     assert saved["weights_sha256"] == file_sha256(weights)
     assert str(data) in saved["data"] and saved["engine"]
     assert saved["n"] == 12

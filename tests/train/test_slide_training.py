@@ -14,9 +14,15 @@ from slide_fixtures import GLASS
 
 from slidescan.engine.weights import ModelCard, file_sha256, load_weights
 from slidescan.errors import SlidescanError
+from slidescan.io.heatmap_format import PROBABILITY_KEY
 from slidescan.io.slide import open_slide
 from slidescan.train.data_split import balance_classes, split_holdout
-from slidescan.train.slide_patches import MARGIN_UM, open_annotated_slides, sample_slide
+from slidescan.train.slide_patches import (
+    MARGIN_UM,
+    open_annotated_slides,
+    run_lesions,
+    sample_slide,
+)
 
 CELLS = 14  # tissue cells a side, inside a one-cell glass border
 TUMOUR = (5, 9)  # cell rows and columns [5, 9) of the canvas are tumour
@@ -101,6 +107,46 @@ def test_annotations_named_after_no_slide_are_an_error(
     _geojson(tmp_path / "other.geojson")
     with pytest.raises(SlidescanError, match="no annotation file is named after a slide"):
         open_annotated_slides(slides, tmp_path, ModelCard(model="pcamnet-s"))
+
+
+def test_hard_negatives_are_a_previous_runs_lesion_tiles(
+    lab: tuple[Path, Path], weights: Path, tmp_path: Path
+) -> None:
+    """Issue 19: the tiles of a previous run's lesions on a normal slide come first among its
+    normal patches."""
+    import zarr
+
+    slides, notes = lab
+    run = tmp_path / "run"
+    scanned = invoke("run", slides / "s3.tif", "--out", run / "s3.zarr", "--weights", weights,
+                     "--device", "cpu", "--workers", "0")  # fmt: skip
+    assert scanned.exit_code == 0, scanned.output
+    # The run's call on this all-normal slide: one false lesion of 3×3 confident tiles.
+    group = zarr.open_group(str(run / "s3.zarr"), mode="r+")
+    probability = np.zeros(group[PROBABILITY_KEY].shape, np.float32)
+    probability[4:7, 5:8] = 0.99
+    group[PROBABILITY_KEY][...] = probability
+    group.attrs.update(seed_threshold=0.9, extent_threshold=0.5)
+    lesions = run_lesions(run / "s3.zarr")
+    assert lesions.mask.sum() == 9
+
+    card = ModelCard(model="pcamnet-s")
+    data = open_annotated_slides(slides, notes, card, max_per_class=9, hard_negatives=run)
+    sample = data.samples[3]
+    assert sample.path.name == "s3.tif" and sample.hard_negatives == 9
+    centres = sample.locations + 48  # the slide is at the model's scale
+    cells = {(int(r), int(c)) for c, r in (centres - lesions.origin) // lesions.cell_px}
+    assert cells == {(r, c) for r in range(4, 7) for c in range(5, 8)}
+    assert "9 of them hard negatives" in data.description
+    # Annotated slides had no run: their normal patches are drawn as before, none hard.
+    assert [s.hard_negatives for s in data.samples[:3]] == [0, 0, 0]
+    plain = open_annotated_slides(slides, notes, card, max_per_class=9)
+    assert not lesions.covers(*(plain.samples[3].locations + 48).T).all()
+
+    with pytest.raises(SlidescanError, match="no heatmap of these slides"):
+        open_annotated_slides(slides, notes, card, hard_negatives=tmp_path)
+    refused = invoke("train", slides, "--hard-negatives", run)
+    assert refused.exit_code == 1 and "--hard-negatives needs --slides" in refused.output
 
 
 def test_hold_out_keeps_slides_whole_with_both_classes_on_each_side() -> None:
