@@ -75,7 +75,7 @@ PatchTtaOpt = Annotated[
     bool,
     typer.Option(
         "--tta/--no-tta",
-        help="Average each patch's probability over its 8 flips/rotations (on by default for "
+        help="Average each patch's logit over its 8 flips/rotations (on by default for "
         "patches: +0.008 AUC on PatchCamelyon valid for about 2.5× the time). --no-tta: one "
         "pass, as `run` scans by default.",
     ),

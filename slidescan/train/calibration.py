@@ -41,6 +41,9 @@ from slidescan.train.metrics import best_threshold, binary_metrics
 # cells: 7 % called positive with a seed calibrated at 1 % on 10,000 held-out cells).
 CALIBRATION_CELLS = 40_000
 TARGET_RATE = 0.01
+# The "high" operating point (run --sensitivity high): 5× the standard's false-positive slides
+# for more small micrometastases. The shipped model's was chosen on PCam valid mosaics instead.
+HIGH_SENSITIVITY_RATE = 0.05
 SIMULATED_SLIDES = 1000
 EXTENT_QUANTILE = 0.95
 REPORT_CELLS = (2_500, 5_000, 10_000, 20_000, 40_000)
@@ -53,6 +56,7 @@ class CalibrationResult:
     tile_threshold: float
     extent_threshold: float
     seed_threshold: float
+    high_seed_threshold: float  # the "high" operating point's seed
     holdout_auc: float
     false_positive_by_cells: dict[int, float]
     feature_threshold: float | None
@@ -70,7 +74,8 @@ class CalibrationResult:
         )
         return (
             f"held-out AUC {self.holdout_auc:.4f}; tile threshold {self.tile_threshold:.3f}, "
-            f"lesion extent {self.extent_threshold:.3f}, seed {self.seed_threshold:.4f}{feat}\n"
+            f"lesion extent {self.extent_threshold:.3f}, seed {self.seed_threshold:.4f} "
+            f"(--sensitivity high: {self.high_seed_threshold:.4f}){feat}\n"
             f"seed chosen to call {self.target_rate:.0%} of {SIMULATED_SLIDES} simulated normal "
             f"slides of {self.tissue_cells:,} tissue tiles positive; on {SIMULATED_SLIDES // 2} "
             f"fresh ones, by tissue tiles: {fp} (the gap is sampling noise)\n{self.int8}"
@@ -138,10 +143,19 @@ def calibrate_weights(
     negatives = probs[:, labels == 0].ravel()
     extent = max(float(np.quantile(negatives, EXTENT_QUANTILE)), float(tile))
     cell_mm = card.input_size * card.mpp / 1000.0  # the default stride-96 grid
-    seed_t = calibrate_seed_threshold(
-        negatives, extent_threshold=extent, cell_mm=cell_mm, tissue_cells=tissue_cells,
-        seed_cells=SEED_CELLS, target_rate=target_rate, slides=SIMULATED_SLIDES, seed=seed,
-    )  # fmt: skip
+    seed_t, high_t = (
+        calibrate_seed_threshold(
+            negatives,
+            extent_threshold=extent,
+            cell_mm=cell_mm,
+            tissue_cells=tissue_cells,
+            seed_cells=SEED_CELLS,
+            target_rate=rate,
+            slides=SIMULATED_SLIDES,
+            seed=seed,
+        )  # fmt: skip
+        for rate in (target_rate, max(HIGH_SENSITIVITY_RATE, target_rate))
+    )
     curve = {
         cells: false_positive_rate(
             negatives,
@@ -164,6 +178,15 @@ def calibrate_weights(
     card.threshold = float(tile)
     card.extent_threshold = extent
     card.seed_threshold = float(seed_t)
+    card.operating_points = {
+        "high": {
+            "seed_threshold": float(high_t),
+            "chosen_on": (
+                f"calls {max(HIGH_SENSITIVITY_RATE, target_rate):.0%} of the same simulated "
+                f"all-normal slides of {tissue_cells:,} tissue tiles positive"
+            ),
+        }
+    }
     card.calibration = {
         "holdout_patches": int(len(labels)),
         "holdout_auc": float(auc),
@@ -188,6 +211,7 @@ def calibrate_weights(
         tile_threshold=float(tile),
         extent_threshold=extent,
         seed_threshold=float(seed_t),
+        high_seed_threshold=float(high_t),
         holdout_auc=float(auc),
         false_positive_by_cells=curve,
         feature_threshold=None if reference is None else reference.patch_threshold,

@@ -130,7 +130,8 @@ def sample_slide(
             # Neither clearly tumour nor clearly away from it: left out, not guessed.
             keep = (labels == 1) | ~shapely.intersects(grown, patches)
     normal = keep & (labels == 0)
-    hard = normal & lesions.covers(x0 + side / 2, y0 + side / 2) if lesions else normal & False
+    centres = (x0 + side / 2, y0 + side / 2)
+    hard = normal & lesions.covers(*centres) if lesions is not None else np.zeros_like(normal)
     first = _at_most(np.flatnonzero(hard), max_per_class, rng)
     rest = _at_most(np.flatnonzero(normal & ~hard), max_per_class - len(first), rng)
     tumour = _at_most(np.flatnonzero(keep & (labels == 1)), max_per_class, rng)

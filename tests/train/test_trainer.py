@@ -127,6 +127,10 @@ def test_training_ends_calibrated_on_the_held_out_patches(trained) -> None:
     card = loaded.card
     assert card.seed_threshold is not None and card.extent_threshold is not None
     assert card.threshold <= card.extent_threshold <= card.seed_threshold <= 1
+    # A trained model gets a high-sensitivity point too (issue 22): a seed no stricter.
+    high = card.operating_points["high"]["seed_threshold"]
+    assert card.extent_threshold <= high <= card.seed_threshold
+    assert card.lesion_thresholds(sensitivity="high") == (high, card.extent_threshold)
     cal = card.calibration
     assert cal["holdout_patches"] == card.training["n_val"] and cal["seed_cells"] == 3
     rates = cal["false_positive_rate_by_tissue_cells"]
