@@ -26,6 +26,7 @@ from slidescan.engine.inference import Normalizer
 from slidescan.engine.weights import load_weights, save_weights, shipped_weights_path
 from slidescan.scan.slide_call import SEED_CELLS, call_slide
 from slidescan.train.calibration import dihedral_probs
+from slidescan.vocabulary import Sensitivity
 
 # Size bands of issue 22 (ITC, 0.2–0.5, 0.5–1, 1–2, > 2 mm) and tissue areas, for the named points.
 BAND_SIZES = (0.15, 0.3, 0.4, 0.5, 0.65, 0.8, 1.5, 2.2)
@@ -52,9 +53,14 @@ def main() -> None:
     record = None
     if args.record is not None:
         name, _, value = args.record.partition("=")
-        record = (name, float(value))
-        if record[1] not in SEEDS or args.tta:
-            parser.error(f"--record needs a seed of the table ({SEEDS}) and no --tta")
+        named = [s.value for s in Sensitivity if s != Sensitivity.standard]
+        try:
+            record = (name, float(value))
+        except ValueError:
+            parser.error("--record takes NAME=SEED, e.g. high=0.98")
+        if name not in named or record[1] not in SEEDS or args.tta or args.named:
+            parser.error(f"--record needs a name of {named}, a seed of the table ({SEEDS}), "
+                         "and neither --tta nor --named")  # fmt: skip
     loaded = load_weights(args.weights)
     card = loaded.card
     patches, labels = load_patches(shared_data_dir() / "pcam-jpeg" / "valid")

@@ -124,9 +124,11 @@ def scan_directory(
             raise SlidescanError(
                 f"no patient for {', '.join(unmapped[:3])}{more} in the patient map"
             )
-    ensure_output_folder(out_dir)  # before any scanning, warning or progress bar
     options = options or ScanOptions()
-    loaded = load_weights(weights)  # a bad weights file fails here, once, not once per slide
+    # A bad weights file or operating point fails here, once, not once per slide.
+    loaded = load_weights(weights)
+    loaded.card.lesion_thresholds(options.threshold, options.sensitivity)
+    ensure_output_folder(out_dir)  # before any scanning, warning or progress bar
     # index.html: never fails the batch
     page = ReviewPage(out_dir, [slide_key(s, root) for s in slides], overlay_dir)
     page.write()

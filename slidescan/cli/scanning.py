@@ -101,8 +101,9 @@ def run(
             max=1.0,
             help="Seed threshold of a lesion: the probability one of its tiles must reach "
             "(default: the model's own, calibrated so that about 1% of simulated normal slides "
-            "of 40,000 tissue tiles are called positive). A lesion extends over neighbouring "
-            "tiles at the model's tile threshold (or this value, if lower).",
+            "of 40,000 tissue tiles are called positive; replaces --sensitivity's, so give one "
+            "of the two). A lesion extends over neighbouring tiles at the model's extent "
+            "threshold (or this value, if lower).",
             show_default=False,
         ),
     ] = None,

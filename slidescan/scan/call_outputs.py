@@ -25,7 +25,7 @@ from slidescan.scan.slide_call import SlideCall, call_slide, seed_cells_for
 from slidescan.scan.slide_geometry import SlideGeometry
 
 # Settings that change only the call, never the heatmap: a change to them is recalled.
-CALL_SETTINGS = ("seed_threshold", "extent_threshold", "sensitivity")
+CALL_SETTINGS = ("seed_threshold", "extent_threshold", "operating_point")
 
 
 @dataclass(frozen=True)

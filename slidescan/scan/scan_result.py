@@ -77,7 +77,9 @@ def describe(result: ScanResult) -> str:
         result.status == SlideStatus.recalled
     )
     settings = result.slide_report.settings if result.slide_report is not None else {}
-    point = f"  [{settings['sensitivity']} sensitivity]" if "sensitivity" in settings else ""
+    point = {
+        "high": "  [high sensitivity]", "custom": f"  [seed threshold {c.seed_threshold:.4g}]"
+    }.get(settings.get("operating_point", "standard"), "")  # fmt: skip
     line = (
         f"{name}: {verdict_text(c, result.distribution)}"
         f"{recalled}{point}  "

@@ -83,6 +83,8 @@ class Scanner:
         self.seed_threshold, self.extent_threshold = card.lesion_thresholds(
             options.threshold, options.sensitivity
         )
+        # Named in reports, so a validation says which point its figures hold for.
+        self.operating_point = "custom" if options.threshold is not None else options.sensitivity
         self.stain_norm = options.stain_norm or card.stain_norm
         check_reference(self.stain_norm, card.stain_reference)
         self.stride = options.stride
@@ -131,7 +133,11 @@ class Scanner:
             "extent_threshold": self.extent_threshold,
             "slidescan_version": __version__,
             # Only when not the standard: results of earlier versions (which had none) stay valid.
-            **({"sensitivity": opts.sensitivity} if opts.sensitivity != "standard" else {}),
+            **(
+                {"operating_point": self.operating_point}
+                if self.operating_point != "standard"
+                else {}
+            ),
             # Only when on: results of earlier versions (which had none) stay valid.
             **({"stain_norm": self.stain_norm} if self.stain_norm != "none" else {}),
         }
@@ -165,7 +171,7 @@ class Scanner:
         )  # fmt: skip
         attrs = {**previous.attributes, "seed_threshold": self.seed_threshold,
                  "extent_threshold": self.extent_threshold,
-                 "sensitivity": self.options.sensitivity}  # fmt: skip
+                 "operating_point": self.operating_point}  # fmt: skip
         thumb = None
         if outputs.overlay is not None:
             opts = self.options
@@ -390,7 +396,7 @@ class Scanner:
             "device": str(self.device),
             "seed_threshold": self.seed_threshold,
             "extent_threshold": self.extent_threshold,
-            "sensitivity": self.options.sensitivity,
+            "operating_point": self.operating_point,
             "slidescan_version": __version__,
             "notice": RESEARCH_USE_NOTICE,
         }

@@ -18,7 +18,7 @@ The slide takes its largest lesion's category (``negative`` when it has none) an
 when that is a micrometastasis or larger (pN1mi and above; ITC alone stage as pN0(i+)).
 
 The seed threshold is calibrated on simulated all-normal slides of realistic size
-(:func:`calibrate_seed_threshold`), not on single windows: a slide has thousands of chances to
+(:func:`calibrate_seed_thresholds`), not on single windows: a slide has thousands of chances to
 produce a false lesion, so the rate that matters is per slide, and it grows with tissue area
 (:func:`false_positive_rate`).
 """
@@ -226,33 +226,37 @@ def false_positive_rate(
     return float((critical >= seed_threshold).mean())
 
 
-def calibrate_seed_threshold(
+def calibrate_seed_thresholds(
     negative_probs: np.ndarray,
     *,
     extent_threshold: float,
     cell_mm: float,
     tissue_cells: int = 40_000,
     seed_cells: int = 1,
-    target_rate: float = 0.01,
+    target_rates: tuple[float, ...] = (0.01,),
     slides: int = 400,
     seed: int = 0,
-) -> float:
-    """Seed threshold that calls at most ``target_rate`` of simulated all-normal slides of
-    ``tissue_cells`` cells positive (never below ``extent_threshold``).
+) -> list[float]:
+    """For each of ``target_rates``, the seed threshold that calls at most that share of the same
+    simulated all-normal slides of ``tissue_cells`` cells positive (never below
+    ``extent_threshold``).
 
     ``negative_probs``: the model's probabilities on normal patches held out of training
     (ideally each under the 8 flips/rotations, as a mosaic of those patches would show them).
     Cells of real slides are spatially correlated, which random mosaics are not: choose a
     ``target_rate`` below the rate you can accept.
     """
-    if not 0 < target_rate < 1:
-        raise ValueError(f"target_rate must be in (0, 1), got {target_rate}")
+    for rate in target_rates:
+        if not 0 < rate < 1:
+            raise ValueError(f"target_rate must be in (0, 1), got {rate}")
     critical = _critical_seeds(
         negative_probs, extent_threshold, cell_mm, tissue_cells, seed_cells, slides, seed
     )
     # Called positive when critical >= seed: the seed must exceed the (1 - rate) quantile.
-    threshold = float(np.nextafter(np.quantile(critical, 1 - target_rate), np.inf))
-    return max(threshold, float(extent_threshold))
+    return [
+        max(float(np.nextafter(np.quantile(critical, 1 - rate), np.inf)), float(extent_threshold))
+        for rate in target_rates
+    ]
 
 
 def _critical_seeds(

@@ -10,7 +10,7 @@ the card), never on the data the model is reported on:
   mosaics measured ~0.35 mm too long);
 - the *seed* threshold calls at most ``target_rate`` of simulated all-normal slides of
   ``tissue_cells`` cells positive, the cells drawn from the held-out normal patches under all
-  8 flips/rotations (``slide_call.calibrate_seed_threshold``);
+  8 flips/rotations (``slide_call.calibrate_seed_thresholds``);
 - the feature reference of the out-of-distribution check (``distribution_check``);
 - the int8 CPU engine, calibrated on training patches, its last layer kept in float.
 """
@@ -31,7 +31,7 @@ from slidescan.engine.weights import load_weights, save_weights
 from slidescan.errors import SlidescanError, one_line
 from slidescan.progress import progress
 from slidescan.scan.distribution_check import feature_batches, fit_reference, supports_features
-from slidescan.scan.slide_call import SEED_CELLS, calibrate_seed_threshold, false_positive_rate
+from slidescan.scan.slide_call import SEED_CELLS, calibrate_seed_thresholds, false_positive_rate
 from slidescan.train.data_split import dataset_size
 from slidescan.train.metrics import best_threshold, binary_metrics
 
@@ -56,7 +56,7 @@ class CalibrationResult:
     tile_threshold: float
     extent_threshold: float
     seed_threshold: float
-    high_seed_threshold: float  # the "high" operating point's seed
+    high_seed_threshold: float | None  # the "high" operating point's (None: rate too loose)
     holdout_auc: float
     false_positive_by_cells: dict[int, float]
     feature_threshold: float | None
@@ -67,6 +67,11 @@ class CalibrationResult:
     def describe(self) -> str:
         """A few lines for the terminal."""
         fp = ", ".join(f"{k:,}: {v:.1%}" for k, v in self.false_positive_by_cells.items())
+        high = (
+            ""
+            if self.high_seed_threshold is None
+            else f" (--sensitivity high: {self.high_seed_threshold:.4f})"
+        )
         feat = (
             ""
             if self.feature_threshold is None
@@ -74,8 +79,8 @@ class CalibrationResult:
         )
         return (
             f"held-out AUC {self.holdout_auc:.4f}; tile threshold {self.tile_threshold:.3f}, "
-            f"lesion extent {self.extent_threshold:.3f}, seed {self.seed_threshold:.4f} "
-            f"(--sensitivity high: {self.high_seed_threshold:.4f}){feat}\n"
+            f"lesion extent {self.extent_threshold:.3f}, seed {self.seed_threshold:.4f}{high}"
+            f"{feat}\n"
             f"seed chosen to call {self.target_rate:.0%} of {SIMULATED_SLIDES} simulated normal "
             f"slides of {self.tissue_cells:,} tissue tiles positive; on {SIMULATED_SLIDES // 2} "
             f"fresh ones, by tissue tiles: {fp} (the gap is sampling noise)\n{self.int8}"
@@ -143,19 +148,17 @@ def calibrate_weights(
     negatives = probs[:, labels == 0].ravel()
     extent = max(float(np.quantile(negatives, EXTENT_QUANTILE)), float(tile))
     cell_mm = card.input_size * card.mpp / 1000.0  # the default stride-96 grid
-    seed_t, high_t = (
-        calibrate_seed_threshold(
-            negatives,
-            extent_threshold=extent,
-            cell_mm=cell_mm,
-            tissue_cells=tissue_cells,
-            seed_cells=SEED_CELLS,
-            target_rate=rate,
-            slides=SIMULATED_SLIDES,
-            seed=seed,
-        )  # fmt: skip
-        for rate in (target_rate, max(HIGH_SENSITIVITY_RATE, target_rate))
+    # The high point only where it is looser than the standard one.
+    rates = (
+        (target_rate, HIGH_SENSITIVITY_RATE)
+        if target_rate < HIGH_SENSITIVITY_RATE
+        else (target_rate,)
     )
+    seeds = calibrate_seed_thresholds(
+        negatives, extent_threshold=extent, cell_mm=cell_mm, tissue_cells=tissue_cells,
+        seed_cells=SEED_CELLS, target_rates=rates, slides=SIMULATED_SLIDES, seed=seed,
+    )  # fmt: skip
+    seed_t, high_t = seeds[0], (seeds[1] if len(seeds) > 1 else None)
     curve = {
         cells: false_positive_rate(
             negatives,
@@ -178,15 +181,16 @@ def calibrate_weights(
     card.threshold = float(tile)
     card.extent_threshold = extent
     card.seed_threshold = float(seed_t)
-    card.operating_points = {
-        "high": {
+    points = {k: v for k, v in card.operating_points.items() if k != "high"}
+    if high_t is not None:
+        points["high"] = {
             "seed_threshold": float(high_t),
             "chosen_on": (
-                f"calls {max(HIGH_SENSITIVITY_RATE, target_rate):.0%} of the same simulated "
-                f"all-normal slides of {tissue_cells:,} tissue tiles positive"
+                f"calls {HIGH_SENSITIVITY_RATE:.0%} of the same simulated all-normal slides of "
+                f"{tissue_cells:,} tissue tiles positive"
             ),
         }
-    }
+    card.operating_points = points
     card.calibration = {
         "holdout_patches": int(len(labels)),
         "holdout_auc": float(auc),
@@ -211,7 +215,7 @@ def calibrate_weights(
         tile_threshold=float(tile),
         extent_threshold=extent,
         seed_threshold=float(seed_t),
-        high_seed_threshold=float(high_t),
+        high_seed_threshold=high_t,
         holdout_auc=float(auc),
         false_positive_by_cells=curve,
         feature_threshold=None if reference is None else reference.patch_threshold,

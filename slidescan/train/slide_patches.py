@@ -41,6 +41,7 @@ from slidescan.engine.weights import ModelCard
 from slidescan.errors import SlidescanError
 from slidescan.io.annotations import DEFAULT_TUMOUR_CLASSES, find_annotation, read_annotations
 from slidescan.io.heatmap import read_heatmap
+from slidescan.io.outputs import SlideOutputs, is_complete
 from slidescan.io.patches.dataset import ConcatPatchDataset, PatchDataset, to_chw
 from slidescan.io.slide import Slide, open_slide
 from slidescan.progress import progress
@@ -85,7 +86,10 @@ class LesionCells:
 
 def run_lesions(heatmap: Path) -> LesionCells:
     """The lesion cells of a finished scan's heatmap, at the thresholds its call used."""
-    probability, _, attrs = read_heatmap(heatmap)
+    return _lesion_cells(*read_heatmap(heatmap)[::2])
+
+
+def _lesion_cells(probability: np.ndarray, attrs: dict[str, Any]) -> LesionCells:
     geometry = SlideGeometry.from_attrs(attrs)
     call = make_call(
         probability, geometry, float(attrs["seed_threshold"]), float(attrs["extent_threshold"])
@@ -130,12 +134,12 @@ def sample_slide(
             # Neither clearly tumour nor clearly away from it: left out, not guessed.
             keep = (labels == 1) | ~shapely.intersects(grown, patches)
     normal = keep & (labels == 0)
-    centres = (x0 + side / 2, y0 + side / 2)
-    hard = normal & lesions.covers(*centres) if lesions is not None else np.zeros_like(normal)
+    middles = (x0 + side / 2, y0 + side / 2)
+    hard = normal & lesions.covers(*middles) if lesions is not None else np.zeros_like(normal)
     first = _at_most(np.flatnonzero(hard), max_per_class, rng)
     rest = _at_most(np.flatnonzero(normal & ~hard), max_per_class - len(first), rng)
-    tumour = _at_most(np.flatnonzero(keep & (labels == 1)), max_per_class, rng)
-    index = np.sort(np.concatenate([first, rest, tumour]))
+    positive = _at_most(np.flatnonzero(keep & (labels == 1)), max_per_class, rng)
+    index = np.sort(np.concatenate([first, rest, positive]))
     locations = np.stack([np.round(x0[index]), np.round(y0[index])], axis=1).astype(np.int64)
     return SlideSample(
         slide.path, slide.mpp, locations, labels[index], annotation is not None, len(first)
@@ -277,11 +281,11 @@ def _previous_lesions(slides: Sequence[Path], run: Path) -> dict[Path, LesionCel
         raise SlidescanError(f"{run}: no such run folder", param="hard_negatives")
     found = {}
     for path in slides:
-        heatmap = run / f"{path.stem}.zarr"
-        if heatmap.is_dir():
-            _, _, attrs = read_heatmap(heatmap)
+        heatmap = SlideOutputs.in_folder(path, run).heatmap
+        if is_complete(heatmap):
+            probability, _, attrs = read_heatmap(heatmap)
             if Path(str(attrs.get("slide_path", ""))).name == path.name:
-                found[path] = run_lesions(heatmap)
+                found[path] = _lesion_cells(probability, attrs)
     if not found:
         raise SlidescanError(
             f"{run}: no heatmap of these slides (expected <slide stem>.zarr from `slidescan run`)",

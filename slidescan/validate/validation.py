@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from slidescan.validate.froc import (
     lesion_regions,
     match_detections,
 )
+from slidescan.validate.operating_point import operating_point, operating_point_text
 from slidescan.validate.slide_metrics import (
     SLIDE_SCORE_RULE,
     category_agreement,
@@ -106,16 +106,6 @@ def validate(
     if any(t.patient for t in truth.values()):
         out["patients"] = _patient_level(run, truth)
     return out
-
-
-def operating_point(reports: Iterable[SlideReport]) -> dict[str, Any]:
-    """The lesion call's operating point(s) the run used: the named sensitivities and the seed
-    thresholds of its reports (a run may mix them; validation figures hold for what it used)."""
-    reports = list(reports)
-    return {
-        "sensitivity": sorted({r.settings.get("sensitivity", "standard") for r in reports}),
-        "seed_threshold": sorted({r.call.seed_threshold for r in reports}),
-    }
 
 
 def _refuse_mismatch(names: list[str], where: str) -> None:
@@ -255,13 +245,10 @@ def describe_validation(result: dict[str, Any]) -> str:
         f"{auc['value']:.3f} [{auc['ci'][0]:.3f}, {auc['ci'][1]:.3f}]"
         if auc["ci"][0] is not None else f"{auc['value']:.3f}"
     )  # fmt: skip
-    point = result["operating_point"]
-    seeds = ", ".join(f"{t:.4g}" for t in point["seed_threshold"])
     lines = [
         f"slides {result['slides']}" + (f", {len(result['failed'])} failed (not counted)"
                                         if result["failed"] else ""),
-        f"operating point: {' and '.join(point['sensitivity'])} sensitivity (seed threshold "
-        f"{seeds})",
+        f"operating point: {operating_point_text(result['operating_point'])}",
         f"slide AUC {auc_text}; " + "; ".join(prop(k) for k in ("sensitivity", "specificity",
                                                                  "accuracy")),
     ]  # fmt: skip

@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from slidescan.about import RESEARCH_USE_NOTICE  # noqa: E402
+from slidescan.validate.operating_point import operating_point_text  # noqa: E402
 
 
 def write_figures_and_page(result: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -110,12 +111,10 @@ def _page(result: dict[str, Any], figures: list[Path]) -> str:
     if "froc" in result:
         summary.append({"measure": "FROC score", "value": result["froc"]["score"], "95% CI": "",
                         "count": f"{result['froc']['lesions']} lesions"})  # fmt: skip
-    point = result["operating_point"]
-    seeds = ", ".join(f"{t:.4g}" for t in point["seed_threshold"])
+    point = operating_point_text(result["operating_point"])
     sections = [
         "<h2>Slides</h2>",
-        f"<p>Operating point of the run: {html.escape(' and '.join(point['sensitivity']))} "
-        f"sensitivity (lesion seed threshold {seeds}).</p>",
+        f"<p>Operating point of the lesion call: {html.escape(point)}.</p>",
         _table(summary),
         f"<p>Slide score: {html.escape(result['slide_score'])}. Failed slides (not counted): "
         f"{html.escape(', '.join(result['failed']) or 'none')}.</p>",

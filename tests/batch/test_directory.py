@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zarr
 from scan_helpers import CELL_UM, FAST, SLIDE_MPP, write_untrained_weights
 from scan_helpers import invoke as invoke_cli
 from slide_fixtures import (
@@ -27,7 +28,7 @@ from slidescan.batch.slide_jobs import run_batch
 from slidescan.batch.summary import LOG_NAME, SummaryBook, write_summary
 from slidescan.engine.weights import load_weights, save_weights
 from slidescan.io.heatmap import read_heatmap
-from slidescan.io.outputs import SlideOutputs, is_complete, read_report
+from slidescan.io.outputs import SlideOutputs, is_complete, read_report, report_path
 from slidescan.io.pacing import Pacer
 from slidescan.report.outcome import SUMMARY_FIELDS, SlideOutcome
 from slidescan.report.slide_report import SlideReport
@@ -260,18 +261,29 @@ def test_a_named_sensitivity_is_recalled_and_recorded(tmp_path: Path, good_dir: 
     out = tmp_path / "results"
     run_batch(find_slides(good_dir), out, CountingScanner(weights))
     standard = read_report(out / "a_good.zarr")
-    assert "sensitivity" not in standard["settings"]  # results of earlier versions stay valid
+    assert "operating_point" not in standard["settings"]  # earlier versions' results stay valid
+    # A result of a version before operating points: its heatmap and report never named one.
+    heatmap = out / "a_good.zarr"
+    group = zarr.open_group(str(heatmap), mode="r+")
+    del group.attrs["operating_point"]
+    old = json.loads(report_path(heatmap).read_text())
+    del old["attributes"]["operating_point"]
+    report_path(heatmap).write_text(json.dumps(old))
     high = CountingScanner(weights, sensitivity="high")
     outcomes = run_batch(find_slides(good_dir), out, high)
     assert high.scanned == [] and [o.status for o in outcomes] == ["recalled", "recalled"]
     report = read_report(out / "a_good.zarr")
-    assert report["settings"]["sensitivity"] == "high"
+    assert report["settings"]["operating_point"] == "high"
     assert report["call"]["seed_threshold"] == 0.3
-    assert read_heatmap(out / "a_good.zarr")[2]["sensitivity"] == "high"
+    assert read_heatmap(out / "a_good.zarr")[2]["operating_point"] == "high"
     back = CountingScanner(weights)
     outcomes = run_batch(find_slides(good_dir), out, back)
     assert back.scanned == [] and [o.status for o in outcomes] == ["recalled", "recalled"]
     assert read_report(out / "a_good.zarr")["fingerprint"] == standard["fingerprint"]
+    # A given seed threshold is a custom point, named so in the report.
+    custom = CountingScanner(weights, threshold=0.4)
+    run_batch(find_slides(good_dir), out, custom)
+    assert read_report(out / "a_good.zarr")["settings"]["operating_point"] == "custom"
 
 
 def test_other_weights_redo_and_reports_name_their_fingerprint(
@@ -337,6 +349,16 @@ def test_same_stem_slides_do_not_share_an_output(
 
 
 # --- the same through the command line --------------------------------------------------------
+
+
+def test_a_missing_operating_point_fails_the_batch_once_before_anything_is_written(
+    good_dir: Path, weights: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "results"
+    result = invoke(good_dir, "--out", out, "--weights", weights, "--sensitivity", "high", *FAST)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.count("names no 'high' operating point") == 1
+    assert not out.exists()
 
 
 def test_cli_batch_with_failures_exits_1(slide_dir: Path, weights: Path, tmp_path: Path) -> None:

@@ -121,6 +121,7 @@ def test_rerun_skips_recalls_or_rescans_like_a_batch(
     recalled = invoke(*args, "--threshold", "0")
     assert recalled.exit_code == 0, recalled.output
     assert "recalled" in recalled.stdout and "POSITIVE" in recalled.stdout
+    assert "[seed threshold 0]" in recalled.stdout  # a custom operating point says so
     report = read_report(out)
     assert report["heatmap_fingerprint"] == first["heatmap_fingerprint"]
     assert report["fingerprint"] != first["fingerprint"]

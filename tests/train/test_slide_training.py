@@ -19,6 +19,8 @@ from slidescan.io.slide import open_slide
 from slidescan.train.data_split import balance_classes, split_holdout
 from slidescan.train.slide_patches import (
     MARGIN_UM,
+    LesionCells,
+    SlideSample,
     open_annotated_slides,
     run_lesions,
     sample_slide,
@@ -109,39 +111,60 @@ def test_annotations_named_after_no_slide_are_an_error(
         open_annotated_slides(slides, tmp_path, ModelCard(model="pcamnet-s"))
 
 
+def _false_lesion(run: Path, weights: Path, slide: Path, rows: slice, cols: slice) -> Path:
+    """Scan ``slide`` into ``run``, then give its heatmap one lesion of confident tiles."""
+    import zarr
+
+    heatmap = run / f"{slide.stem}.zarr"
+    scanned = invoke("run", slide, "--out", heatmap, "--weights", weights, "--device", "cpu",
+                     "--workers", "0")  # fmt: skip
+    assert scanned.exit_code == 0, scanned.output
+    group = zarr.open_group(str(heatmap), mode="r+")
+    probability = np.zeros(group[PROBABILITY_KEY].shape, np.float32)
+    probability[rows, cols] = 0.99
+    group[PROBABILITY_KEY][...] = probability
+    group.attrs.update(seed_threshold=0.9, extent_threshold=0.5)
+    return heatmap
+
+
+def _cells(sample: SlideSample, lesions: LesionCells, label: int) -> set[tuple[int, int]]:
+    """(row, col) of the sample's patches of ``label`` on the run's grid."""
+    middles = sample.locations[sample.labels == label] + 48  # the slide is at the model's scale
+    return {(int(r), int(c)) for c, r in (middles - lesions.origin) // lesions.cell_px}
+
+
 def test_hard_negatives_are_a_previous_runs_lesion_tiles(
     lab: tuple[Path, Path], weights: Path, tmp_path: Path
 ) -> None:
-    """Issue 19: the tiles of a previous run's lesions on a normal slide come first among its
-    normal patches."""
-    import zarr
-
+    """Issue 19: the tiles of a previous run's lesions away from the outlines come first among
+    a slide's normal patches; tiles in or near the tumour never do."""
     slides, notes = lab
     run = tmp_path / "run"
-    scanned = invoke("run", slides / "s3.tif", "--out", run / "s3.zarr", "--weights", weights,
-                     "--device", "cpu", "--workers", "0")  # fmt: skip
-    assert scanned.exit_code == 0, scanned.output
-    # The run's call on this all-normal slide: one false lesion of 3×3 confident tiles.
-    group = zarr.open_group(str(run / "s3.zarr"), mode="r+")
-    probability = np.zeros(group[PROBABILITY_KEY].shape, np.float32)
-    probability[4:7, 5:8] = 0.99
-    group[PROBABILITY_KEY][...] = probability
-    group.attrs.update(seed_threshold=0.9, extent_threshold=0.5)
-    lesions = run_lesions(run / "s3.zarr")
-    assert lesions.mask.sum() == 9
+    # The all-normal slide: a false lesion of 3×3 tiles.
+    normal = run_lesions(_false_lesion(run, weights, slides / "s3.tif", slice(4, 7), slice(5, 8)))
+    assert normal.mask.sum() == 9
+    # An annotated slide (tumour in cells [5, 9)): a 9×9 lesion over the tumour and its margin,
+    # of which only row and column 2 and the four corners lie clear of the outline grown by
+    # 100 µm (the grown square has rounded corners).
+    outlined = run_lesions(
+        _false_lesion(run, weights, slides / "s0.tif", slice(2, 11), slice(2, 11))
+    )
+    clear = {(r, c) for r in range(2, 11) for c in range(2, 11) if r == 2 or c == 2}
+    clear |= {(3, 3), (3, 10), (10, 3), (10, 10)}
 
     card = ModelCard(model="pcamnet-s")
-    data = open_annotated_slides(slides, notes, card, max_per_class=9, hard_negatives=run)
-    sample = data.samples[3]
-    assert sample.path.name == "s3.tif" and sample.hard_negatives == 9
-    centres = sample.locations + 48  # the slide is at the model's scale
-    cells = {(int(r), int(c)) for c, r in (centres - lesions.origin) // lesions.cell_px}
-    assert cells == {(r, c) for r in range(4, 7) for c in range(5, 8)}
-    assert "9 of them hard negatives" in data.description
-    # Annotated slides had no run: their normal patches are drawn as before, none hard.
-    assert [s.hard_negatives for s in data.samples[:3]] == [0, 0, 0]
+    data = open_annotated_slides(slides, notes, card, max_per_class=21, hard_negatives=run)
+    s0, s1, s2, s3 = data.samples
+    block = {(r, c) for r in range(4, 7) for c in range(5, 8)}
+    assert s3.path.name == "s3.tif" and s3.hard_negatives == 9 and block <= _cells(s3, normal, 0)
+    assert s0.hard_negatives == len(clear) == 21 and _cells(s0, outlined, 0) == clear
+    assert (s1.hard_negatives, s2.hard_negatives) == (0, 0)  # no result of theirs in the run
+    assert "30 of them hard negatives" in data.description
+    few = open_annotated_slides(slides, notes, card, max_per_class=9, hard_negatives=run)
+    assert _cells(few.samples[3], normal, 0) == block
     plain = open_annotated_slides(slides, notes, card, max_per_class=9)
-    assert not lesions.covers(*(plain.samples[3].locations + 48).T).all()
+    assert plain.samples[3].hard_negatives == 0
+    assert not normal.covers(*(plain.samples[3].locations + 48).T).all()
 
     with pytest.raises(SlidescanError, match="no heatmap of these slides"):
         open_annotated_slides(slides, notes, card, hard_negatives=tmp_path)

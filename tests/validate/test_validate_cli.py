@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from slide_fixtures import square_image, write_pyramid
 
 from slidescan.io.annotations import read_annotations
-from slidescan.report.slide_report import CallReport, LesionReport, SlideReport
+from slidescan.report.slide_report import CallReport, LesionReport, SlideReport, read_slide_report
 from slidescan.validate.slide_metrics import slide_score
 
 SUMMARY = ["slide", "status", "heatmap"]
@@ -85,12 +85,25 @@ def test_slide_level_figures_equal_scikit_learn(tmp_path: Path) -> None:
         assert (tmp_path / "v" / name).stat().st_size > 0
     assert "research use" in (tmp_path / "v" / "validation.html").read_text().lower()
     # The figures hold for the operating point the run used: said on every output.
-    assert data["operating_point"] == {"sensitivity": ["standard"], "seed_threshold": [0.98]}
-    assert "operating point: standard sensitivity (seed threshold 0.98)" in out.output
+    assert data["operating_point"] == {"name": ["standard"], "seed_threshold": [0.98]}
+    assert "operating point: standard (seed threshold 0.98)" in out.output
     assert (
-        "standard sensitivity (lesion seed threshold 0.98)"
+        "Operating point of the lesion call: standard (seed threshold 0.98)"
         in (tmp_path / "v" / "validation.html").read_text()
     )
+
+
+def test_a_run_mixing_operating_points_says_so(tmp_path: Path) -> None:
+    """Issue 22: figures hold for the points the run used; a mixed folder names them all."""
+    results = _results(tmp_path / "res", CALLS)
+    report = read_slide_report(results / "m1.json")
+    settings = {**report.settings, "operating_point": "high"}
+    call = dataclasses.replace(report.call, seed_threshold=0.95)
+    dataclasses.replace(report, settings=settings, call=call).write(results / "m1.json")
+    out = invoke("validate", results, "--truth", _truth(tmp_path / "t.csv", TRUTH), "--json")
+    assert out.exit_code == 0, out.output
+    point = json.loads(out.stdout)["operating_point"]
+    assert point == {"name": ["high", "standard"], "seed_threshold": [0.95, 0.98]}
 
 
 def test_froc_from_qupath_and_asap_annotations(tmp_path: Path) -> None:
