@@ -11,7 +11,8 @@ from slidescan.vocabulary import SlideStatus
 
 SUMMARY_FIELDS = [
     "slide", "status", "positive", "category", "largest_lesion_mm", "lesions", "reliable",
-    "flags", "tiles", "seconds", "heatmap", "error", "finished",
+    "flags", "operating_point", "seed_threshold", "tiles", "seconds", "heatmap", "error",
+    "finished",
 ]  # fmt: skip
 
 
@@ -27,6 +28,8 @@ class SlideOutcome:
     lesions: int | None = None
     reliable: bool | None = None
     flags: str = ""  # why the call is unreliable (out of distribution, scale)
+    operating_point: str = ""  # the lesion call's: standard, a named one (high), or custom
+    seed_threshold: float | None = None
     tiles: int | None = None
     seconds: float | None = None
     heatmap: str = ""
@@ -47,6 +50,8 @@ class SlideOutcome:
             "lesions": "" if self.lesions is None else self.lesions,
             "reliable": _bool_cell(self.reliable),
             "flags": self.flags,
+            "operating_point": self.operating_point,
+            "seed_threshold": "" if self.seed_threshold is None else f"{self.seed_threshold:.6g}",
             "tiles": "" if self.tiles is None else self.tiles,
             "seconds": "" if self.seconds is None else f"{self.seconds:.2f}",
             "heatmap": self.heatmap,
@@ -66,7 +71,9 @@ def outcome_from_report(report: SlideReport, slide: str, status: SlideStatus) ->
     return SlideOutcome(
         slide=slide, status=status, positive=call.positive, category=call.category,
         largest_lesion_mm=call.largest_diameter_mm, lesions=len(call.lesions),
-        reliable=report.reliable, flags="; ".join(check.reasons), tiles=report.tiles_scanned,
+        reliable=report.reliable, flags="; ".join(check.reasons),
+        operating_point=report.settings.get("operating_point", "standard"),
+        seed_threshold=call.seed_threshold, tiles=report.tiles_scanned,
         seconds=round(report.wall_seconds, 2), heatmap=report.heatmap,
     )  # fmt: skip
 

@@ -62,6 +62,8 @@ class ReviewEntry:
     reliable: bool | None = None
     flags: str = ""
     error: str = ""
+    operating_point: str = ""  # the lesion call's (see report.outcome.SlideOutcome)
+    seed_threshold: float | None = None
     report: str = ""  # href relative to the page; "" when there is no such file
     geojson: str = ""
     overlay: str = ""
@@ -104,7 +106,8 @@ def entry_for(outcome: SlideOutcome, out_dir: Path, overlay_dir: Path | None) ->
         slide=outcome.slide, status=outcome.status, positive=outcome.positive,
         category=outcome.category, largest_lesion_mm=outcome.largest_lesion_mm,
         lesions=outcome.lesions, reliable=outcome.reliable, flags=outcome.flags,
-        error=outcome.error,
+        error=outcome.error, operating_point=outcome.operating_point,
+        seed_threshold=outcome.seed_threshold,
     )  # fmt: skip
     if outcome.status not in FINISHED or not outcome.heatmap:
         return base
@@ -320,6 +323,11 @@ def render_page(
         f"script-src {_csp_hash(_SCRIPT)}; base-uri 'none'; form-action 'none'"
     )
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no results yet"
+    points = sorted({(e.operating_point, e.seed_threshold) for e in entries if e.operating_point})
+    call = "; ".join(f"{name} (seed threshold {seed:.4g})" if seed is not None else name
+                     for name, seed in points)  # fmt: skip
+    if call:
+        summary += f"; lesion call: {call}"
     return _TEMPLATE.substitute(
         csp=_esc(csp),
         refresh=refresh,

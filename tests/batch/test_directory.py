@@ -276,6 +276,8 @@ def test_a_named_sensitivity_is_recalled_and_recorded(tmp_path: Path, good_dir: 
     assert report["settings"]["operating_point"] == "high"
     assert report["call"]["seed_threshold"] == 0.3
     assert read_heatmap(out / "a_good.zarr")[2]["operating_point"] == "high"
+    row = read_summary(out)["a_good.tif"]
+    assert (row["operating_point"], row["seed_threshold"]) == ("high", "0.3")
     back = CountingScanner(weights)
     outcomes = run_batch(find_slides(good_dir), out, back)
     assert back.scanned == [] and [o.status for o in outcomes] == ["recalled", "recalled"]

@@ -205,6 +205,21 @@ def test_an_unreliable_call_never_wears_a_trusted_badge_and_p_never_rounds_to_1(
     assert "3 of 3 slides finished" in text and "1 failed" in text
 
 
+def test_the_page_names_the_operating_points_of_its_calls() -> None:
+    """Issue 22: a folder may mix standard and high calls (reruns, merged runs): the header
+    names each point with its seed threshold."""
+    entries = [
+        ReviewEntry(slide="a.tif", status="done", positive=False, reliable=True,
+                    operating_point="standard", seed_threshold=0.9862),
+        ReviewEntry(slide="b.tif", status="recalled", positive=True, reliable=True,
+                    operating_point="high", seed_threshold=0.98),
+        ReviewEntry(slide="c.tif", status="pending"),
+    ]  # fmt: skip
+    text = render_page(entries, finished=False)
+    assert "lesion call: high (seed threshold 0.98); standard (seed threshold 0.9862)" in text
+    assert "lesion call" not in render_page(entries[2:], finished=False)
+
+
 def test_page_updates_after_every_slide_then_stops_reloading(batch: dict[str, Any]) -> None:
     snapshots = batch["snapshots"]
     assert [f"{i} of 4 slides finished" in s for i, s in enumerate(snapshots, 1)] == [True] * 4
