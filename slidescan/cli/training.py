@@ -317,8 +317,9 @@ def calibrate(
 
     DATA is the model's training data. Everything is chosen on patches held out of training:
     the tile threshold maximises their accuracy; the lesion seed threshold calls at most --rate
-    of simulated all-normal slides of --tissue-cells cells positive. `slidescan train` does this
-    itself; run it again after changing the policy.
+    of simulated all-normal slides of --tissue-cells cells positive, and the `run --sensitivity
+    high` seed 5% of them (replacing any earlier high point; none when --rate is 5% or more).
+    `slidescan train` does this itself; run it again after changing the policy.
     """
     from torch.utils.data import Dataset
 
