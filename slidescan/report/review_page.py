@@ -323,7 +323,10 @@ def render_page(
         f"script-src {_csp_hash(_SCRIPT)}; base-uri 'none'; form-action 'none'"
     )
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no results yet"
-    points = sorted({(e.operating_point, e.seed_threshold) for e in entries if e.operating_point})
+    points = sorted(
+        {(e.operating_point, e.seed_threshold) for e in entries if e.operating_point},
+        key=lambda p: (p[0], -1.0 if p[1] is None else p[1]),
+    )
     call = "; ".join(f"{name} (seed threshold {seed:.4g})" if seed is not None else name
                      for name, seed in points)  # fmt: skip
     if call:
