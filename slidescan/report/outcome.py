@@ -72,7 +72,7 @@ def outcome_from_report(report: SlideReport, slide: str, status: SlideStatus) ->
         slide=slide, status=status, positive=call.positive, category=call.category,
         largest_lesion_mm=call.largest_diameter_mm, lesions=len(call.lesions),
         reliable=report.reliable, flags="; ".join(check.reasons),
-        operating_point=report.settings.get("operating_point", "standard"),
+        operating_point=report.operating_point,
         seed_threshold=call.seed_threshold, tiles=report.tiles_scanned,
         seconds=round(report.wall_seconds, 2), heatmap=report.heatmap,
     )  # fmt: skip

@@ -106,6 +106,12 @@ class SlideReport:
         """False when the slide had no tissue, so nothing was scanned."""
         return self.tiles_scanned > 0
 
+    @property
+    def operating_point(self) -> str:
+        """The lesion call's operating point: standard, a named one of the card (high), or
+        custom (a given seed threshold). Reports name it only when it is not the standard."""
+        return str(self.settings.get("operating_point", "standard"))
+
     def summary(self) -> dict[str, Any]:
         """The fields a heatmap's zarr attributes repeat (call, check, counts, fingerprint)."""
         data = self.to_dict()

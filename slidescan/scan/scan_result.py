@@ -76,10 +76,10 @@ def describe(result: ScanResult) -> str:
     recalled = "  (recalled: new thresholds on the stored heatmap)" * (
         result.status == SlideStatus.recalled
     )
-    settings = result.slide_report.settings if result.slide_report is not None else {}
+    named = result.slide_report.operating_point if result.slide_report else "standard"
     point = {
         "high": "  [high sensitivity]", "custom": f"  [seed threshold {c.seed_threshold:.4g}]"
-    }.get(settings.get("operating_point", "standard"), "")  # fmt: skip
+    }.get(named, "")  # fmt: skip
     line = (
         f"{name}: {verdict_text(c, result.distribution)}"
         f"{recalled}{point}  "

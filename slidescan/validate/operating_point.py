@@ -13,7 +13,7 @@ def operating_point(reports: Iterable[SlideReport]) -> dict[str, Any]:
     for a given --threshold) and the seed thresholds of its reports (a run may mix them)."""
     reports = list(reports)
     return {
-        "name": sorted({r.settings.get("operating_point", "standard") for r in reports}),
+        "name": sorted({r.operating_point for r in reports}),
         "seed_threshold": sorted({r.call.seed_threshold for r in reports}),
     }
 
