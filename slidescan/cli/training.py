@@ -89,6 +89,16 @@ def train(
         typer.Option(help="Validation data; default: hold out --val-fraction of DATA."),
     ] = None,
     val_fraction: Annotated[float, typer.Option(help="Held-out fraction without --val.")] = 0.2,
+    holdout_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Hold out exactly the patches this weights file held out (its card lists "
+            "them) instead of a --val-fraction: a run that adds data to an earlier run's can "
+            "then be compared with it on the same patches and distilled from it. DATA must "
+            "hold them all.",
+            show_default=False,
+        ),
+    ] = None,
     split: Annotated[
         str, typer.Option(help="Split to read from folders that have several.")
     ] = "train",
@@ -170,6 +180,8 @@ def train(
         raise SlidescanError("--annotations needs --slides")
     if hard_negatives is not None and slides is None:
         raise SlidescanError("--hard-negatives needs --slides")
+    if holdout_from is not None and val:
+        raise SlidescanError("give --holdout-from or --val, not both", param="holdout_from")
     init_path = _init_weights(init, fine_tune_default=slides is not None)
     if init_path is not None:
         init_card = load_weights(init_path).card
@@ -194,6 +206,7 @@ def train(
         stain_norm=stain_norm.value if stain_norm else "none",
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         schedule=schedule.value, val_fraction=val_fraction, augment=augment.value, ema=ema,
+        holdout_from=str(holdout_from.resolve()) if holdout_from else "",
         teachers=[str(t.resolve()) for t in teacher or []], distill_weight=distill_weight,
         seed=seed, workers=workers, device=device, int8=int8,
     )  # fmt: skip

@@ -40,6 +40,10 @@ def json_config(cfg: TrainConfig) -> dict[str, Any]:
         raw["init"] = file_sha256(Path(cfg.init))
     else:
         raw.pop("init")
+    if cfg.holdout_from:  # the split is the patch ids the file names, not its path
+        raw["holdout_from"] = file_sha256(Path(cfg.holdout_from))
+    else:
+        raw.pop("holdout_from")
     if cfg.teachers:  # a teacher retrained in place changes the targets: --resume must notice
         raw["teacher_sha256"] = [file_sha256(Path(t)) for t in cfg.teachers]
     else:

@@ -3,7 +3,7 @@ whole slides on one side, class balance, and the input statistics of the trainin
 
 from __future__ import annotations
 
-from collections.abc import Sized
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -31,9 +31,21 @@ class HeldOut:
     holdout_ids: list[str]
 
 
-def hold_out(data: Dataset, val_data: Dataset | None, fraction: float, seed: int) -> HeldOut:
+def hold_out(
+    data: Dataset,
+    val_data: Dataset | None,
+    fraction: float,
+    seed: int,
+    *,
+    same_as: Sequence[str] = (),
+) -> HeldOut:
     """Split ``data`` (unless ``val_data`` is given): slides are held out whole and the training
-    side balanced; patch collections keep repeated patches on one side."""
+    side balanced; patch collections keep repeated patches on one side.
+
+    ``same_as``: hold out exactly these patch ids (an earlier run's), so a run that adds data
+    can be compared with that run and distilled from it; patches of the added data that repeat a
+    held-out one (same pixels, same slide) are dropped rather than trained on.
+    """
     holdout_ids: list[str] = []
     if val_data is not None:
         split = HeldOut(data, val_data, labels_of(data), labels_of(val_data), holdout_ids)
@@ -41,10 +53,13 @@ def hold_out(data: Dataset, val_data: Dataset | None, fraction: float, seed: int
         slide_groups = getattr(data, "groups", None)
         groups = pixel_digests(data) if slide_groups is None else slide_groups
         labels = labels_of(data)
-        train_idx, val_idx = split_holdout(
-            dataset_size(data), fraction, seed, groups=groups,
-            labels=None if slide_groups is None else labels,
-        )  # fmt: skip
+        if same_as:
+            train_idx, val_idx = _split_by_ids(data, groups, same_as)
+        else:
+            train_idx, val_idx = split_holdout(
+                dataset_size(data), fraction, seed, groups=groups,
+                labels=None if slide_groups is None else labels,
+            )  # fmt: skip
         if slide_groups is not None:
             train_idx = balance_classes(train_idx, labels, seed)
         ids = getattr(data, "ids", None)
@@ -58,6 +73,26 @@ def hold_out(data: Dataset, val_data: Dataset | None, fraction: float, seed: int
         if len(np.unique(side)) < 2 or side.min() < 0:
             raise SlidescanError(f"the {name} data needs labelled examples of both classes")
     return split
+
+
+def _split_by_ids(
+    data: Dataset, groups: np.ndarray, held_ids: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices holding out the items whose id is in ``held_ids``; items sharing a
+    group with a held-out one train on neither side."""
+    ids = getattr(data, "ids", None)
+    if ids is None:
+        raise SlidescanError("these patches have no ids, so no earlier split can be reused")
+    wanted = set(held_ids)
+    is_val = np.fromiter((str(i) in wanted for i in ids), dtype=bool, count=len(ids))
+    found = len({str(ids[i]) for i in np.flatnonzero(is_val)})
+    if found < len(wanted):
+        raise SlidescanError(
+            f"the data lacks {len(wanted) - found} of the {len(wanted)} patches to hold out: "
+            "give the data the earlier run was trained on (new data may be added to it)"
+        )
+    near_held = np.isin(groups, np.unique(groups[is_val])) & ~is_val
+    return np.flatnonzero(~is_val & ~near_held), np.flatnonzero(is_val)
 
 
 def split_holdout(

@@ -100,7 +100,10 @@ def teacher_probabilities(
 
 def _check_no_leak(path: Path, training: dict, holdout_ids: Sequence[str]) -> None:
     theirs = training.get("holdout_ids")
-    same_split = "use teachers trained on the same data with the same val_fraction and seed"
+    same_split = (
+        "use teachers trained on the same data with the same val_fraction and seed, or hold "
+        "out their patches with --holdout-from"
+    )
     if not theirs:
         raise SlidescanError(
             f"teacher {path.name} records no held-out patches, so it may have trained on the "

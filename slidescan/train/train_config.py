@@ -26,6 +26,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     val_fraction: float = 0.2
+    holdout_from: str = ""  # weights file whose held-out patches this run holds out; "" = off
     augment: str = "strong"  # none, basic or strong (see slidescan.engine.augment)
     ema: float = 0.0  # per-step decay of an exponential moving average of the weights; 0 = off
     teachers: list[str] = field(default_factory=list)  # weights files to distil from; [] = off

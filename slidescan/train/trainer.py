@@ -117,7 +117,9 @@ def _train(
     train_data = normalised(train_data, cfg.stain_norm, reference, cfg.seed)
     if val_data is not None:
         val_data = normalised(val_data, cfg.stain_norm, reference, cfg.seed)
-    split = hold_out(train_data, val_data, cfg.val_fraction, cfg.seed)
+    split = hold_out(
+        train_data, val_data, cfg.val_fraction, cfg.seed, same_as=_held_out_by(cfg.holdout_from)
+    )
     model, card = _start_model(start_from, split.train, cfg, ctx.device)
     card.stain_reference, card.stain_norm = reference, cfg.stain_norm
     run = _Run(ctx, cfg, model, card, dataset_size(split.train))
@@ -162,6 +164,18 @@ def _train(
     return TrainResult(
         out, run.best_epoch, run.best_metrics, run.history, time.perf_counter() - start
     )
+
+
+def _held_out_by(path: str) -> list[str]:
+    """The patch ids the weights file at ``path`` held out ([] without one)."""
+    if not path:
+        return []
+    ids = load_weights(Path(path)).card.training.get("holdout_ids")
+    if not ids:
+        raise SlidescanError(
+            f"{Path(path).name} records no held-out patches to reuse", param="holdout_from"
+        )
+    return [str(i) for i in ids]
 
 
 def _check_settings(cfg: TrainConfig, ctx: DistContext, *, separate_validation: bool) -> None:

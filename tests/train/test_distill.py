@@ -14,7 +14,7 @@ from train_helpers import Interrupted, stop_after_checkpoint
 from slidescan.engine.inference import make_predictor, predict_dataset
 from slidescan.engine.weights import file_sha256, load_weights
 from slidescan.errors import SlidescanError
-from slidescan.io.patches import PatchDataset, open_patch_dataset
+from slidescan.io.patches import ConcatPatchDataset, PatchDataset, open_patch_dataset
 from slidescan.train import checkpoint
 from slidescan.train.distill import SoftTargets, teacher_probabilities
 from slidescan.train.train_config import TrainConfig
@@ -169,3 +169,64 @@ def test_cli_refuses_a_distill_weight_without_teachers(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(app, ["train", str(tmp_path), "--distill-weight", "0.3"])
     assert result.exit_code == 1 and "--distill-weight needs --teacher" in result.output
+
+
+@pytest.fixture(scope="module")
+def added(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """New patches (other names than ``toy``'s), one of them a copy of a ``toy`` patch."""
+    root = write_toy_set(tmp_path_factory.mktemp("added"), 6, seed=5)
+    for png in root.glob("*/*.png"):
+        png.rename(png.with_name("new_" + png.name))
+    return root
+
+
+def test_holdout_from_keeps_an_earlier_runs_held_out_patches_as_data_is_added(
+    toy: PatchDataset, teachers: list[Path], added: Path, tmp_path: Path
+) -> None:
+    held = load_weights(teachers[0]).card.training["holdout_ids"]
+    more = ConcatPatchDataset([toy, open_patch_dataset(added)])
+    out = tmp_path / "s.pt"
+    cfg = _cfg(teachers=[str(teachers[0])], holdout_from=str(teachers[0]))
+    train(more, out, cfg)  # distilling from a teacher that held out these patches is allowed
+    training = load_weights(out).card.training
+    assert sorted(training["holdout_ids"]) == sorted(held)
+    assert training["n_train"] == len(more) - len(held)
+    assert training["config"]["holdout_from"] == file_sha256(teachers[0])
+    with pytest.raises(SlidescanError, match="did not hold out"):  # a fresh split would leak
+        train(more, tmp_path / "leaky.pt", _cfg(teachers=[str(teachers[0])]))
+
+
+def test_holdout_from_drops_added_repeats_of_held_out_patches(
+    toy: PatchDataset, teachers: list[Path], added: Path, tmp_path: Path
+) -> None:
+    held = load_weights(teachers[0]).card.training["holdout_ids"]
+    source = next(p for p in toy.paths if Path(p).stem == held[0])
+    copy = tmp_path / "extra" / "1"
+    copy.mkdir(parents=True)
+    shutil.copy(source, copy / "repeat.png")
+    shutil.copy(next(added.glob("0/*.png")), tmp_path / "extra" / "1" / "other.png")
+    more = ConcatPatchDataset([toy, open_patch_dataset(tmp_path / "extra")])
+    out = tmp_path / "s.pt"
+    train(more, out, _cfg(holdout_from=str(teachers[0])))
+    training = load_weights(out).card.training
+    assert training["n_train"] == len(more) - len(held) - 1  # the repeat trains on neither side
+    assert "repeat" not in training["holdout_ids"]
+
+
+def test_holdout_from_needs_every_held_out_patch(
+    teachers: list[Path], added: Path, tmp_path: Path
+) -> None:
+    n = len(load_weights(teachers[0]).card.training["holdout_ids"])
+    with pytest.raises(SlidescanError, match=f"lacks {n} of the {n} patches to hold out"):
+        train(open_patch_dataset(added), tmp_path / "s.pt", _cfg(holdout_from=str(teachers[0])))
+    assert not (tmp_path / "s.pt").exists()
+
+
+def test_cli_refuses_holdout_from_with_val(teachers: list[Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from slidescan.cli import app
+
+    args = ["train", str(tmp_path), "--holdout-from", str(teachers[0]), "--val", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "--holdout-from or --val, not both" in result.output
