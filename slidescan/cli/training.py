@@ -338,7 +338,8 @@ def calibrate(
 
     from slidescan.engine.weights import load_weights
     from slidescan.io.patches import open_patch_datasets
-    from slidescan.train.calibration import calibrate_weights, split_by_ids
+    from slidescan.train.calibration import calibrate_weights
+    from slidescan.train.data_split import split_by_ids
 
     card = load_weights(weights).card
     dataset = open_patch_datasets(data, split=split, resize=resize)

@@ -87,20 +87,6 @@ class CalibrationResult:
         )
 
 
-def split_by_ids(data: Any, holdout_ids: list[str]) -> tuple[Dataset, Dataset]:
-    """(training part, held-out part) of a patch dataset, by the held-out ids."""
-    wanted = set(holdout_ids)
-    ids = list(data.ids)
-    held = [i for i, key in enumerate(ids) if key in wanted]
-    if len(held) != len(wanted):
-        raise SlidescanError(
-            f"{len(wanted) - len(held)} held-out patches of the model card are not in this data; "
-            "pass the data the model was trained on"
-        )
-    rest = sorted(set(range(len(ids))) - set(held))
-    return Subset(data, rest), Subset(data, held)
-
-
 @torch.inference_mode()
 def dihedral_probs(
     model: torch.nn.Module, data: Dataset, normalizer: Normalizer, *, batch_size: int = 256

@@ -54,7 +54,7 @@ def hold_out(
         groups = pixel_digests(data) if slide_groups is None else slide_groups
         labels = labels_of(data)
         if same_as:
-            train_idx, val_idx = _split_by_ids(data, groups, same_as)
+            train_idx, val_idx = _held_out_indices(data, groups, same_as)
         else:
             train_idx, val_idx = split_holdout(
                 dataset_size(data), fraction, seed, groups=groups,
@@ -75,24 +75,37 @@ def hold_out(
     return split
 
 
-def _split_by_ids(
+def split_by_ids(data: Dataset, held_ids: Sequence[str]) -> tuple[Dataset, Dataset]:
+    """(training part, held-out part) of a patch dataset, by the held-out ids."""
+    is_held = _held_mask(data, held_ids)
+    rest, held = np.flatnonzero(~is_held), np.flatnonzero(is_held)
+    return Subset(data, rest.tolist()), Subset(data, held.tolist())
+
+
+def _held_out_indices(
     data: Dataset, groups: np.ndarray, held_ids: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) indices holding out the items whose id is in ``held_ids``; items sharing a
     group with a held-out one train on neither side."""
+    is_val = _held_mask(data, held_ids)
+    near_held = np.isin(groups, np.unique(groups[is_val])) & ~is_val
+    return np.flatnonzero(~is_val & ~near_held), np.flatnonzero(is_val)
+
+
+def _held_mask(data: Dataset, held_ids: Sequence[str]) -> np.ndarray:
+    """Which items of ``data`` have an id in ``held_ids``; every one of them must be there."""
     ids = getattr(data, "ids", None)
     if ids is None:
         raise SlidescanError("these patches have no ids, so no earlier split can be reused")
     wanted = set(held_ids)
-    is_val = np.fromiter((str(i) in wanted for i in ids), dtype=bool, count=len(ids))
-    found = len({str(ids[i]) for i in np.flatnonzero(is_val)})
+    is_held = np.fromiter((str(i) in wanted for i in ids), dtype=bool, count=len(ids))
+    found = len({str(ids[i]) for i in np.flatnonzero(is_held)})
     if found < len(wanted):
         raise SlidescanError(
             f"the data lacks {len(wanted) - found} of the {len(wanted)} patches to hold out: "
-            "give the data the earlier run was trained on (new data may be added to it)"
+            "give the data the model was trained on (new data may be added to it)"
         )
-    near_held = np.isin(groups, np.unique(groups[is_val])) & ~is_val
-    return np.flatnonzero(~is_val & ~near_held), np.flatnonzero(is_val)
+    return is_held
 
 
 def split_holdout(

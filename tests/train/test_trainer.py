@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,29 @@ def test_training_ends_calibrated_on_the_held_out_patches(trained) -> None:
         float(loaded.feature_reference["patch_threshold"])
     )
     assert loaded.feature_reference["whiten"].shape == (720, 720)
+
+
+def test_calibrate_command_reads_the_held_out_patches_from_the_card(
+    trained, toy: PatchDataset, small_toy: PatchDataset, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from slidescan.cli import app
+
+    out, _ = trained
+    copy = tmp_path / "model.pt"
+    shutil.copy(out, copy)
+    before = load_weights(copy).card
+    root = str(Path(toy.paths[0]).parents[1])
+    args = ["calibrate", root, "--weights", str(copy), "--no-int8", "--rate", "0.3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    after = load_weights(copy).card
+    assert after.calibration["holdout_patches"] == before.training["n_val"]
+    assert after.seed_threshold <= before.seed_threshold  # a looser rate: no stricter seed
+    other = str(Path(small_toy.paths[0]).parents[1])  # lacks the held-out patches
+    result = CliRunner().invoke(app, ["calibrate", other, "--weights", str(copy), "--no-int8"])
+    assert result.exit_code == 1 and "lacks" in result.output
 
 
 def test_mean_std_are_training_channel_stats(trained, toy: PatchDataset) -> None:
