@@ -322,6 +322,17 @@ def calibrate(
             min=0.0001, max=0.5, help="Share of those slides allowed to be called positive."
         ),
     ] = 0.01,
+    tile_specificity: Annotated[
+        float | None,
+        typer.Option(
+            min=0.5,
+            max=0.9999,
+            help="Set the tile threshold so that this share of held-out normal patches is "
+            "called normal, instead of maximising held-out accuracy (which is too strict on "
+            "other slides: held-out patches come from the training slides).",
+            show_default=False,
+        ),
+    ] = None,
     int8: Annotated[bool, typer.Option(help="Also (re)build the int8 CPU engine.")] = True,
     resize: ResizeOpt = False,
     seed: Annotated[int, typer.Option(help="Seed of the simulated slides.")] = 0,
@@ -329,9 +340,10 @@ def calibrate(
     """Set a model's tile and lesion thresholds, out-of-distribution reference and int8 engine.
 
     DATA is the model's training data. Everything is chosen on patches held out of training:
-    the tile threshold maximises their accuracy; the lesion seed threshold calls at most --rate
-    of simulated all-normal slides of --tissue-cells cells positive, and the `run --sensitivity
-    high` seed 5% of them (replacing any earlier high point; none when --rate is 5% or more).
+    the tile threshold maximises their accuracy (or meets --tile-specificity); the lesion seed
+    threshold calls at most --rate of simulated all-normal slides of --tissue-cells cells
+    positive, and the `run --sensitivity high` seed 5% of them (replacing any earlier high
+    point; none when --rate is 5% or more).
     `slidescan train` does this itself; run it again after changing the policy.
     """
     from torch.utils.data import Dataset
@@ -356,6 +368,6 @@ def calibrate(
         train_part, held = split_by_ids(dataset, ids)
     result = calibrate_weights(
         weights, train_part, held, tissue_cells=tissue_cells, target_rate=rate, int8=int8,
-        seed=seed,
+        seed=seed, tile_specificity=tile_specificity,
     )  # fmt: skip
     typer.echo(result.describe())

@@ -3,7 +3,10 @@
 Everything here is chosen on patches **held out of training** (the trainer records their ids in
 the card), never on the data the model is reported on:
 
-- the *tile* threshold maximises held-out patch accuracy (patch predictions, ``evaluate``);
+- the *tile* threshold maximises held-out patch accuracy (patch predictions, ``evaluate``), or
+  with ``tile_specificity`` calls that share of held-out normal patches normal: held-out patches
+  come from the training slides, where a model is surer than on other slides, so a rule fitted
+  to other slides (issue 20) is carried to a new model as the held-out specificity it gave;
 - the lesion *extent* threshold is the 95th percentile of held-out normal tiles (under the 8
   flips/rotations): a normal tile next to a lesion joins it, and lengthens its measured
   diameter, with a chance of 5 % (at the tile threshold it was ~12 %, and lesions of PCam valid
@@ -121,6 +124,7 @@ def calibrate_weights(
     target_rate: float = TARGET_RATE,
     int8: bool = True,
     seed: int = 0,
+    tile_specificity: float | None = None,
 ) -> CalibrationResult:
     """Calibrate the weights file at ``path`` in place (see the module docstring)."""
     loaded = load_weights(path)
@@ -129,7 +133,16 @@ def calibrate_weights(
     labels, probs = dihedral_probs(model, holdout_data, normalizer)
     if len(np.unique(labels)) < 2:
         raise SlidescanError("calibration needs held-out patches of both classes")
-    tile = best_threshold(labels, probs[0])
+    if tile_specificity is None:
+        tile, tile_rule = best_threshold(labels, probs[0]), "maximises held-out accuracy"
+    else:
+        if not 0.0 < tile_specificity < 1.0:
+            raise SlidescanError(
+                f"tile specificity must be between 0 and 1, got {tile_specificity}",
+                param="tile_specificity",
+            )
+        tile = float(np.quantile(probs[0][labels == 0], tile_specificity))
+        tile_rule = f"calls {tile_specificity:.2%} of held-out normal patches normal"
     auc = binary_metrics(labels, probs[0], threshold=tile, n_bootstrap=0).auc
     negatives = probs[:, labels == 0].ravel()
     extent = max(float(np.quantile(negatives, EXTENT_QUANTILE)), float(tile))
@@ -180,7 +193,7 @@ def calibrate_weights(
     card.calibration = {
         "holdout_patches": int(len(labels)),
         "holdout_auc": float(auc),
-        "tile_threshold": "maximises held-out accuracy",
+        "tile_threshold": tile_rule,
         "extent_threshold": f"{EXTENT_QUANTILE:.0%} quantile of held-out normal tiles",
         "seed_cells": SEED_CELLS,
         "seed_threshold": (

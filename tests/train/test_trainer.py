@@ -11,10 +11,11 @@ import pytest
 import torch
 from patch_fixtures import write_toy_set
 from sklearn.metrics import roc_auc_score
+from torch.utils.data import Subset
 from train_helpers import Interrupted, stop_after_checkpoint
 
 import slidescan.train.trainer as trainer_mod
-from slidescan.engine.inference import make_predictor, predict_probs
+from slidescan.engine.inference import make_predictor, predict_dataset, predict_probs
 from slidescan.engine.weights import load_weights
 from slidescan.errors import SlidescanError
 from slidescan.io.patches import PatchDataset, open_patch_dataset
@@ -163,6 +164,16 @@ def test_calibrate_command_reads_the_held_out_patches_from_the_card(
     after = load_weights(copy).card
     assert after.calibration["holdout_patches"] == before.training["n_val"]
     assert after.seed_threshold <= before.seed_threshold  # a looser rate: no stricter seed
+    assert after.calibration["tile_threshold"] == "maximises held-out accuracy"
+    held = Subset(toy, [toy.ids.index(i) for i in before.training["holdout_ids"]])
+    predictor = make_predictor(load_weights(copy), "cpu", "torch")
+    p = predict_dataset(predictor.model, held, predictor.normalizer, workers=0)
+    normal = p[np.asarray(toy.labels)[held.indices] == 0]
+    args += ["--tile-specificity", "0.6"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    card = load_weights(copy).card
+    assert card.threshold == pytest.approx(float(np.quantile(normal, 0.6)), abs=1e-4)
+    assert card.calibration["tile_threshold"] == "calls 60.00% of held-out normal patches normal"
     other = str(Path(small_toy.paths[0]).parents[1])  # lacks the held-out patches
     result = CliRunner().invoke(app, ["calibrate", other, "--weights", str(copy), "--no-int8"])
     assert result.exit_code == 1 and "lacks" in result.output
