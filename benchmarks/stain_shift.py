@@ -2,6 +2,9 @@
 
     python benchmarks/stain_shift.py weights/pcamnet-v2.pt runs/other.pt \
         [--data ../shared/data/pcam-jpeg] [--limit 1500] [--threads 2] [--tta]
+    # patches both models held out of training (their training data, the first's card ids):
+    python benchmarks/stain_shift.py a.pt b.pt --data ../shared/data/pcam-jpeg \
+        ../shared/data/kaggle --split train --held-out-of a.pt
 
 A proxy for slides from unseen labs and scanners: the validation patches are shifted at four
 increasing strengths of each kind, and the AUC is measured at every strength. The shifts are
@@ -25,6 +28,7 @@ import argparse
 import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -32,10 +36,12 @@ from data_paths import shared_data_dir
 from PIL import Image
 from skimage.color import hed2rgb, hsv2rgb, rgb2hed, rgb2hsv
 from skimage.filters import gaussian
+from torch.utils.data import Subset
 
 from slidescan.engine.inference import make_predictor, predict_probs
 from slidescan.engine.weights import load_weights
-from slidescan.io.patches import open_patch_dataset
+from slidescan.io.patches import open_patch_datasets
+from slidescan.train.data_split import split_by_ids
 from slidescan.train.metrics import roc_auc
 
 Shift = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
@@ -137,25 +143,36 @@ def auc_table(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", nargs="+", type=Path)
-    parser.add_argument("--data", type=Path, default=shared_data_dir() / "pcam-jpeg")
+    parser.add_argument("--data", type=Path, nargs="+", default=[shared_data_dir() / "pcam-jpeg"])
     parser.add_argument("--split", default="valid")
     parser.add_argument("--limit", type=int, default=1500, help="patches (half per class)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tta", action="store_true", help="mean over the 8 flips/rotations")
+    parser.add_argument(
+        "--held-out-of",
+        type=Path,
+        default=None,
+        help="only the patches of --data this weights file held out of training",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    dataset = open_patch_dataset(args.data, split=args.split)
-    labels_all = np.asarray(dataset.labels)
+    dataset = open_patch_datasets(args.data, split=args.split)
+    description, index = dataset.description, np.arange(len(dataset))
+    if args.held_out_of is not None:
+        ids = load_weights(args.held_out_of).card.training["holdout_ids"]
+        index = np.asarray(cast(Subset, split_by_ids(dataset, ids)[1]).indices)
+        description += f", the {len(ids):,} patches {args.held_out_of.name} held out"
+    labels_all = np.asarray(dataset.labels)[index]
     rng = np.random.default_rng(args.seed)
     pick = np.concatenate(
         [rng.permutation(np.flatnonzero(labels_all == c))[: args.limit // 2] for c in (0, 1)]
     )
-    patches = np.stack([dataset[int(i)][0].permute(1, 2, 0).numpy() for i in pick])
+    patches = np.stack([dataset[int(index[i])][0].permute(1, 2, 0).numpy() for i in pick])
     labels = labels_all[pick]
     sets = shifted_sets(patches, args.seed)
-    print(f"data: {dataset.description}; {len(pick)} patches; torch threads {args.threads}"
+    print(f"data: {description}; {len(pick)} patches; torch threads {args.threads}"
           f"{'; 8× TTA' if args.tta else ''}\n")  # fmt: skip
 
     kinds = list(SHIFTS)
