@@ -322,6 +322,15 @@ def calibrate(
             min=0.0001, max=0.5, help="Share of those slides allowed to be called positive."
         ),
     ] = 0.01,
+    high_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0001,
+            max=0.5,
+            help="Share of the simulated slides the `run --sensitivity high` seed calls "
+            "positive (no high point unless above --rate).",
+        ),
+    ] = 0.05,
     tile_specificity: Annotated[
         float | None,
         typer.Option(
@@ -342,8 +351,8 @@ def calibrate(
     DATA is the model's training data. Everything is chosen on patches held out of training:
     the tile threshold maximises their accuracy (or meets --tile-specificity); the lesion seed
     threshold calls at most --rate of simulated all-normal slides of --tissue-cells cells
-    positive, and the `run --sensitivity high` seed 5% of them (replacing any earlier high
-    point; none when --rate is 5% or more).
+    positive, and the `run --sensitivity high` seed --high-rate of them (replacing any earlier
+    high point; none unless --high-rate is above --rate).
     `slidescan train` does this itself; run it again after changing the policy.
     """
     from torch.utils.data import Dataset
@@ -368,6 +377,6 @@ def calibrate(
         train_part, held = split_by_ids(dataset, ids)
     result = calibrate_weights(
         weights, train_part, held, tissue_cells=tissue_cells, target_rate=rate, int8=int8,
-        seed=seed, tile_specificity=tile_specificity,
+        seed=seed, tile_specificity=tile_specificity, high_rate=high_rate,
     )  # fmt: skip
     typer.echo(result.describe())

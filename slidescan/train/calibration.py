@@ -125,6 +125,7 @@ def calibrate_weights(
     int8: bool = True,
     seed: int = 0,
     tile_specificity: float | None = None,
+    high_rate: float = HIGH_SENSITIVITY_RATE,
 ) -> CalibrationResult:
     """Calibrate the weights file at ``path`` in place (see the module docstring)."""
     loaded = load_weights(path)
@@ -148,11 +149,7 @@ def calibrate_weights(
     extent = max(float(np.quantile(negatives, EXTENT_QUANTILE)), float(tile))
     cell_mm = card.input_size * card.mpp / 1000.0  # the default stride-96 grid
     # The high point only where it is looser than the standard one.
-    rates = (
-        (target_rate, HIGH_SENSITIVITY_RATE)
-        if target_rate < HIGH_SENSITIVITY_RATE
-        else (target_rate,)
-    )
+    rates = (target_rate, high_rate) if target_rate < high_rate else (target_rate,)
     seeds = calibrate_seed_thresholds(
         negatives, extent_threshold=extent, cell_mm=cell_mm, tissue_cells=tissue_cells,
         seed_cells=SEED_CELLS, target_rates=rates, slides=SIMULATED_SLIDES, seed=seed,
@@ -185,7 +182,7 @@ def calibrate_weights(
         points["high"] = {
             "seed_threshold": float(high_t),
             "chosen_on": (
-                f"calls {HIGH_SENSITIVITY_RATE:.0%} of the same simulated all-normal slides of "
+                f"calls {high_rate:.1%} of the same simulated all-normal slides of "
                 f"{tissue_cells:,} tissue tiles positive"
             ),
         }
