@@ -322,6 +322,14 @@ def calibrate(
             min=0.0001, max=0.5, help="Share of those slides allowed to be called positive."
         ),
     ] = 0.01,
+    simulated_slides: Annotated[
+        int,
+        typer.Option(
+            min=100,
+            help="Simulated normal slides the seeds are chosen on (half as many fresh ones "
+            "report the rates): more give steadier seeds (a 1% rate rests on 1% of them).",
+        ),
+    ] = 1000,
     high_rate: Annotated[
         float,
         typer.Option(
@@ -378,5 +386,6 @@ def calibrate(
     result = calibrate_weights(
         weights, train_part, held, tissue_cells=tissue_cells, target_rate=rate, int8=int8,
         seed=seed, tile_specificity=tile_specificity, high_rate=high_rate,
+        simulated_slides=simulated_slides,
     )  # fmt: skip
     typer.echo(result.describe())

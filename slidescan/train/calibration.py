@@ -66,6 +66,7 @@ class CalibrationResult:
     int8: str
     target_rate: float = TARGET_RATE  # the seed's aim, on the calibration's own simulated slides
     tissue_cells: int = CALIBRATION_CELLS
+    simulated_slides: int = SIMULATED_SLIDES
 
     def describe(self) -> str:
         """A few lines for the terminal."""
@@ -84,8 +85,9 @@ class CalibrationResult:
             f"held-out AUC {self.holdout_auc:.4f}; tile threshold {self.tile_threshold:.3f}, "
             f"lesion extent {self.extent_threshold:.3f}, seed {self.seed_threshold:.4f}{high}"
             f"{feat}\n"
-            f"seed chosen to call {self.target_rate:.0%} of {SIMULATED_SLIDES} simulated normal "
-            f"slides of {self.tissue_cells:,} tissue tiles positive; on {SIMULATED_SLIDES // 2} "
+            f"seed chosen to call {self.target_rate:.0%} of {self.simulated_slides:,} simulated "
+            f"normal slides of {self.tissue_cells:,} tissue tiles positive; on "
+            f"{self.simulated_slides // 2:,} "
             f"fresh ones, by tissue tiles: {fp} (the gap is sampling noise)\n{self.int8}"
         )
 
@@ -126,6 +128,7 @@ def calibrate_weights(
     seed: int = 0,
     tile_specificity: float | None = None,
     high_rate: float = HIGH_SENSITIVITY_RATE,
+    simulated_slides: int = SIMULATED_SLIDES,
 ) -> CalibrationResult:
     """Calibrate the weights file at ``path`` in place (see the module docstring)."""
     loaded = load_weights(path)
@@ -152,7 +155,7 @@ def calibrate_weights(
     rates = (target_rate, high_rate) if target_rate < high_rate else (target_rate,)
     seeds = calibrate_seed_thresholds(
         negatives, extent_threshold=extent, cell_mm=cell_mm, tissue_cells=tissue_cells,
-        seed_cells=SEED_CELLS, target_rates=rates, slides=SIMULATED_SLIDES, seed=seed,
+        seed_cells=SEED_CELLS, target_rates=rates, slides=simulated_slides, seed=seed,
     )  # fmt: skip
     seed_t, high_t = seeds[0], (seeds[1] if len(seeds) > 1 else None)
     curve = {
@@ -163,7 +166,7 @@ def calibrate_weights(
             cell_mm=cell_mm,
             tissue_cells=cells,
             seed_cells=SEED_CELLS,
-            slides=SIMULATED_SLIDES // 2,
+            slides=simulated_slides // 2,
             seed=seed + 1,
         )  # fmt: skip
         for cells in REPORT_CELLS
@@ -194,8 +197,9 @@ def calibrate_weights(
         "extent_threshold": f"{EXTENT_QUANTILE:.0%} quantile of held-out normal tiles",
         "seed_cells": SEED_CELLS,
         "seed_threshold": (
-            f"calls {target_rate:.0%} of simulated all-normal slides of {tissue_cells:,} tissue "
-            "tiles positive (tiles drawn from held-out normal patches under 8 flips/rotations)"
+            f"calls {target_rate:.0%} of {simulated_slides:,} simulated all-normal slides of "
+            f"{tissue_cells:,} tissue tiles positive (tiles drawn from held-out normal patches "
+            "under 8 flips/rotations)"
         ),
         "false_positive_rate_by_tissue_cells": {str(k): v for k, v in curve.items()},
         "feature_patch_threshold": None if reference is None else reference.patch_threshold,
@@ -218,6 +222,7 @@ def calibrate_weights(
         int8=int8_note,
         target_rate=target_rate,
         tissue_cells=tissue_cells,
+        simulated_slides=simulated_slides,
     )
 
 

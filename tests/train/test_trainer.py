@@ -177,8 +177,15 @@ def test_calibrate_command_reads_the_held_out_patches_from_the_card(
     assert CliRunner().invoke(app, [*args, "--high-rate", "0.45"]).exit_code == 0
     high = load_weights(copy).card.operating_points["high"]
     assert high["chosen_on"].startswith("calls 45.0% of the same simulated all-normal slides")
-    assert CliRunner().invoke(app, [*args, "--high-rate", "0.2"]).exit_code == 0
-    assert "high" not in load_weights(copy).card.operating_points  # not looser than --rate
+    assert (
+        CliRunner()
+        .invoke(app, [*args, "--high-rate", "0.2", "--simulated-slides", "200"])
+        .exit_code
+        == 0
+    )
+    card = load_weights(copy).card
+    assert "high" not in card.operating_points  # not looser than --rate
+    assert card.calibration["seed_threshold"].startswith("calls 30% of 200 simulated all-normal")
     other = str(Path(small_toy.paths[0]).parents[1])  # lacks the held-out patches
     result = CliRunner().invoke(app, ["calibrate", other, "--weights", str(copy), "--no-int8"])
     assert result.exit_code == 1 and "lacks" in result.output
