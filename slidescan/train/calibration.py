@@ -182,12 +182,19 @@ def calibrate_weights(
     card.seed_threshold = float(seed_t)
     points = {k: v for k, v in card.operating_points.items() if k != "high"}
     if high_t is not None:
+        high_fp = false_positive_rate(
+            negatives, seed_threshold=high_t, extent_threshold=extent, cell_mm=cell_mm,
+            tissue_cells=tissue_cells, seed_cells=SEED_CELLS, slides=simulated_slides // 2,
+            seed=seed + 1,
+        )  # fmt: skip
         points["high"] = {
             "seed_threshold": float(high_t),
             "chosen_on": (
                 f"calls {high_rate:.1%} of the same simulated all-normal slides of "
                 f"{tissue_cells:,} tissue tiles positive"
             ),
+            # On the fresh simulated slides of the standard point's report.
+            "figures": {"normal_slides_positive": high_fp, "tissue_tiles": tissue_cells},
         }
     card.operating_points = points
     card.calibration = {

@@ -133,6 +133,8 @@ def test_training_ends_calibrated_on_the_held_out_patches(trained) -> None:
     high = card.operating_points["high"]["seed_threshold"]
     assert card.extent_threshold <= high <= card.seed_threshold
     assert card.lesion_thresholds(sensitivity="high") == (high, card.extent_threshold)
+    high_fp = card.operating_points["high"]["figures"]["normal_slides_positive"]
+    assert card.calibration["false_positive_rate_by_tissue_cells"]["40000"] <= high_fp <= 1
     cal = card.calibration
     assert cal["holdout_patches"] == card.training["n_val"] and cal["seed_cells"] == 3
     rates = cal["false_positive_rate_by_tissue_cells"]
