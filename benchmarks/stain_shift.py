@@ -41,7 +41,7 @@ from torch.utils.data import Subset
 from slidescan.engine.inference import make_predictor, predict_probs
 from slidescan.engine.weights import load_weights
 from slidescan.io.patches import open_patch_datasets
-from slidescan.train.data_split import split_by_ids
+from slidescan.train.data_split import recorded_holdout_ids, split_by_ids
 from slidescan.train.metrics import roc_auc
 
 Shift = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
@@ -161,7 +161,11 @@ def main() -> None:
     dataset = open_patch_datasets(args.data, split=args.split)
     description, index = dataset.description, np.arange(len(dataset))
     if args.held_out_of is not None:
-        ids = load_weights(args.held_out_of).card.training["holdout_ids"]
+        ids = recorded_holdout_ids(load_weights(args.held_out_of).card.training, "--held-out-of")
+        for path in args.weights:  # a model that trained on any of them would be flattered
+            theirs = set(load_weights(path).card.training.get("holdout_ids") or [])
+            if not set(ids) <= theirs:
+                parser.error(f"{path} did not hold out the patches {args.held_out_of} held out")
         index = np.asarray(cast(Subset, split_by_ids(dataset, ids)[1]).indices)
         description += f", the {len(ids):,} patches {args.held_out_of.name} held out"
     labels_all = np.asarray(dataset.labels)[index]

@@ -1,7 +1,7 @@
 """Build the demo slide that `slidescan demo` scans: a lymph-node-like mosaic with known metastases.
 
 The slide is a pyramidal TIFF at 0.972 µm/px (PatchCamelyon's scale) made of real PatchCamelyon
-*valid* patches (slides the shipped model was neither trained nor calibrated on; PCam is CC0):
+*valid* patches (PCam is CC0; since 2026-12-06 the shipped model also trains on them):
 an oval of tissue on white glass holding one obvious macrometastasis (2.2 mm across), one
 micrometastasis (0.65 mm) and normal node tissue. Its truth goes next to it as JSON.
 

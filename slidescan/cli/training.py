@@ -95,7 +95,7 @@ def train(
             help="Hold out exactly the patches this weights file held out (its card lists "
             "them) instead of a --val-fraction: a run that adds data to an earlier run's can "
             "then be compared with it on the same patches and distilled from it. DATA must "
-            "hold them all.",
+            "hold them all; --val-fraction is ignored.",
             show_default=False,
         ),
     ] = None,
@@ -180,8 +180,6 @@ def train(
         raise SlidescanError("--annotations needs --slides")
     if hard_negatives is not None and slides is None:
         raise SlidescanError("--hard-negatives needs --slides")
-    if holdout_from is not None and val:
-        raise SlidescanError("give --holdout-from or --val, not both", param="holdout_from")
     init_path = _init_weights(init, fine_tune_default=slides is not None)
     if init_path is not None:
         init_card = load_weights(init_path).card
@@ -368,7 +366,7 @@ def calibrate(
     from slidescan.engine.weights import load_weights
     from slidescan.io.patches import open_patch_datasets
     from slidescan.train.calibration import calibrate_weights
-    from slidescan.train.data_split import split_by_ids
+    from slidescan.train.data_split import recorded_holdout_ids, split_by_ids
 
     card = load_weights(weights).card
     dataset = open_patch_datasets(data, split=split, resize=resize)
@@ -377,11 +375,7 @@ def calibrate(
     if holdout:
         train_part, held = dataset, open_patch_datasets(holdout, split="valid", resize=resize)
     else:
-        ids = card.training.get("holdout_ids") or []
-        if not ids:
-            raise SlidescanError(
-                f"{weights}: the model card lists no held-out patches; pass --holdout"
-            )
+        ids = recorded_holdout_ids(card.training, f"{weights} (pass --holdout)")
         train_part, held = split_by_ids(dataset, ids)
     result = calibrate_weights(
         weights, train_part, held, tissue_cells=tissue_cells, target_rate=rate, int8=int8,

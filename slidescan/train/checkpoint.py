@@ -40,8 +40,9 @@ def json_config(cfg: TrainConfig) -> dict[str, Any]:
         raw["init"] = file_sha256(Path(cfg.init))
     else:
         raw.pop("init")
-    if cfg.holdout_from:  # the split is the patch ids the file names, not its path
+    if cfg.holdout_from:  # the file, not its path; any change to it (even its card) is a change
         raw["holdout_from"] = file_sha256(Path(cfg.holdout_from))
+        raw.pop("val_fraction")  # the file's ids decide the split
     else:
         raw.pop("holdout_from")
     if cfg.teachers:  # a teacher retrained in place changes the targets: --resume must notice

@@ -3,6 +3,7 @@ whole slides on one side, class balance, and the input statistics of the trainin
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, cast
@@ -92,18 +93,34 @@ def _held_out_indices(
     return np.flatnonzero(~is_val & ~near_held), np.flatnonzero(is_val)
 
 
+def recorded_holdout_ids(training: dict[str, Any], name: str) -> list[str]:
+    """The patch ids a model card's training record lists as held out (``name``: the file)."""
+    ids = training.get("holdout_ids")
+    if not ids:
+        raise SlidescanError(f"{name}: the model card lists no held-out patches")
+    return [str(i) for i in ids]
+
+
 def _held_mask(data: Dataset, held_ids: Sequence[str]) -> np.ndarray:
-    """Which items of ``data`` have an id in ``held_ids``; every one of them must be there."""
+    """Which items of ``data`` have an id in ``held_ids``: each of them exactly once."""
     ids = getattr(data, "ids", None)
     if ids is None:
         raise SlidescanError("these patches have no ids, so no earlier split can be reused")
-    wanted = set(held_ids)
+    wanted = {str(i) for i in held_ids}
     is_held = np.fromiter((str(i) in wanted for i in ids), dtype=bool, count=len(ids))
-    found = len({str(ids[i]) for i in np.flatnonzero(is_held)})
-    if found < len(wanted):
+    found = Counter(str(ids[i]) for i in np.flatnonzero(is_held))
+    missing = sorted(wanted - set(found))
+    if missing:
         raise SlidescanError(
-            f"the data lacks {len(wanted) - found} of the {len(wanted)} patches to hold out: "
-            "give the data the model was trained on (new data may be added to it)"
+            f"the data lacks {len(missing)} of the {len(wanted)} patches to hold out (e.g. "
+            f"{', '.join(missing[:3])}): give the data the model was trained on, read the same "
+            "way (for slides: the same --seed and --patches-per-slide); new data may be added"
+        )
+    repeated = sorted(i for i, n in found.items() if n > 1)
+    if repeated:
+        raise SlidescanError(
+            f"{len(repeated)} patch ids to hold out occur more than once in the data (e.g. "
+            f"{', '.join(repeated[:3])}): is a folder given twice?"
         )
     return is_held
 

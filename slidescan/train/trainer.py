@@ -34,7 +34,13 @@ from slidescan.train.checkpoint import (
     resume_path,
     save_checkpoint,
 )
-from slidescan.train.data_split import HeldOut, channel_stats, dataset_size, hold_out
+from slidescan.train.data_split import (
+    HeldOut,
+    channel_stats,
+    dataset_size,
+    hold_out,
+    recorded_holdout_ids,
+)
 from slidescan.train.distill import SoftTargets, check_distill_settings, teacher_probabilities
 from slidescan.train.distributed import (
     DistContext,
@@ -170,12 +176,7 @@ def _held_out_by(path: str) -> list[str]:
     """The patch ids the weights file at ``path`` held out ([] without one)."""
     if not path:
         return []
-    ids = load_weights(Path(path)).card.training.get("holdout_ids")
-    if not ids:
-        raise SlidescanError(
-            f"{Path(path).name} records no held-out patches to reuse", param="holdout_from"
-        )
-    return [str(i) for i in ids]
+    return recorded_holdout_ids(load_weights(Path(path)).card.training, Path(path).name)
 
 
 def _check_settings(cfg: TrainConfig, ctx: DistContext, *, separate_validation: bool) -> None:
@@ -186,6 +187,8 @@ def _check_settings(cfg: TrainConfig, ctx: DistContext, *, separate_validation: 
         )
     if not 0.0 <= cfg.ema < 1.0:
         raise SlidescanError(f"ema must be in [0, 1), got {cfg.ema}", param="ema")
+    if cfg.holdout_from and separate_validation:
+        raise SlidescanError("give --holdout-from or --val, not both", param="holdout_from")
     if cfg.teachers:
         check_distill_settings(cfg.distill_weight, separate_validation=separate_validation)
 

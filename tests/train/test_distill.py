@@ -173,7 +173,7 @@ def test_cli_refuses_a_distill_weight_without_teachers(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def added(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """New patches (other names than ``toy``'s), one of them a copy of a ``toy`` patch."""
+    """New patches, named unlike ``toy``'s."""
     root = write_toy_set(tmp_path_factory.mktemp("added"), 6, seed=5)
     for png in root.glob("*/*.png"):
         png.rename(png.with_name("new_" + png.name))
@@ -222,11 +222,27 @@ def test_holdout_from_needs_every_held_out_patch(
     assert not (tmp_path / "s.pt").exists()
 
 
-def test_cli_refuses_holdout_from_with_val(teachers: list[Path], tmp_path: Path) -> None:
-    from typer.testing import CliRunner
+def test_holdout_from_refuses_val_data_repeated_ids_and_a_card_without_a_split(
+    toy: PatchDataset,
+    teachers: list[Path],
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    cfg = _cfg(holdout_from=str(teachers[0]))
+    with pytest.raises(SlidescanError, match="--holdout-from or --val, not both"):
+        train(toy, tmp_path / "s.pt", cfg, val_data=toy)
+    with pytest.raises(SlidescanError, match=r"patch ids to hold out occur more than once"):
+        train(ConcatPatchDataset([toy, toy]), tmp_path / "s.pt", cfg)  # a folder given twice
+    other = open_patch_dataset(write_toy_set(tmp_path_factory.mktemp("o"), 10, seed=2))
+    no_split = tmp_path / "no-split.pt"
+    train(toy, no_split, _cfg(), val_data=other)  # held out nothing of toy
+    with pytest.raises(SlidescanError, match="no-split.pt: the model card lists no held-out"):
+        train(toy, tmp_path / "s.pt", _cfg(holdout_from=str(no_split)))
+    assert not (tmp_path / "s.pt").exists()
 
-    from slidescan.cli import app
 
-    args = ["train", str(tmp_path), "--holdout-from", str(teachers[0]), "--val", str(tmp_path)]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 1 and "--holdout-from or --val, not both" in result.output
+def test_resume_key_of_holdout_from_is_the_file_not_the_fraction(teachers: list[Path]) -> None:
+    with_file = checkpoint.json_config(_cfg(holdout_from=str(teachers[0])))
+    assert with_file["holdout_from"] == file_sha256(teachers[0])
+    assert "val_fraction" not in with_file  # the file's ids decide the split
+    assert "holdout_from" not in checkpoint.json_config(_cfg())  # older checkpoints resume
