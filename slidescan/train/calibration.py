@@ -85,11 +85,16 @@ class CalibrationResult:
             f"held-out AUC {self.holdout_auc:.4f}; tile threshold {self.tile_threshold:.3f}, "
             f"lesion extent {self.extent_threshold:.3f}, seed {self.seed_threshold:.4f}{high}"
             f"{feat}\n"
-            f"seed chosen to call {self.target_rate:.0%} of {self.simulated_slides:,} simulated "
-            f"normal slides of {self.tissue_cells:,} tissue tiles positive; on "
+            f"seed chosen to call {_percent(self.target_rate)} of {self.simulated_slides:,} "
+            f"simulated normal slides of {self.tissue_cells:,} tissue tiles positive; on "
             f"{self.simulated_slides // 2:,} "
             f"fresh ones, by tissue tiles: {fp} (the gap is sampling noise)\n{self.int8}"
         )
+
+
+def _percent(rate: float) -> str:
+    """0.01 → '1%', 0.005 → '0.5%', 0.018 → '1.8%': as given, never rounded to 0%."""
+    return f"{rate * 100:.4g}%"
 
 
 @torch.inference_mode()
@@ -190,7 +195,7 @@ def calibrate_weights(
         points["high"] = {
             "seed_threshold": float(high_t),
             "chosen_on": (
-                f"calls {high_rate:.1%} of the same simulated all-normal slides of "
+                f"calls {_percent(high_rate)} of the same simulated all-normal slides of "
                 f"{tissue_cells:,} tissue tiles positive"
             ),
             # On the fresh simulated slides of the standard point's report.
@@ -204,7 +209,7 @@ def calibrate_weights(
         "extent_threshold": f"{EXTENT_QUANTILE:.0%} quantile of held-out normal tiles",
         "seed_cells": SEED_CELLS,
         "seed_threshold": (
-            f"calls {target_rate:.0%} of {simulated_slides:,} simulated all-normal slides of "
+            f"calls {_percent(target_rate)} of {simulated_slides:,} simulated all-normal slides of "
             f"{tissue_cells:,} tissue tiles positive (tiles drawn from held-out normal patches "
             "under 8 flips/rotations)"
         ),
