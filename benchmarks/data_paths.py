@@ -20,3 +20,15 @@ def shared_data_dir() -> Path:
     if beside_cwd.is_dir():
         return beside_cwd
     return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def in_sample_note(training: dict, data: Path) -> str:
+    """A warning line when a model's card says it trained on the patch folder ``data`` (a
+    benchmark's test data): since 2026-12-06 the shipped model trains on PCam ``valid``."""
+    tail = "/".join(Path(data).parts[-2:])
+    if tail and tail in str(training.get("data", "")).replace("\\", "/"):
+        return (
+            f"NOTE: this model was trained on {tail}, so its figures here are in-sample, not "
+            "figures on unseen slides"
+        )
+    return ""

@@ -1,6 +1,7 @@
 """ "A new lab": the whole adaptation loop on slides that look unlike PatchCamelyon.
 
-    python benchmarks/new_lab.py [--out runs/new-lab] [--steps shipped,stain-reinhard,ft10,...]
+    python benchmarks/new_lab.py [--out runs/new-lab] [--steps shipped,stain-reinhard,ft10,...] \
+        [--weights runs/teacher-v2.pt]
 
 The lab is one fixed, strong transform of every patch (implemented here, independently of the
 training augmentation): haematoxylin ×1.8 and eosin ×0.45 (scikit-image HED), brightness −0.06,
@@ -8,12 +9,13 @@ hue turned by +0.08 (about 29°), Gaussian blur σ 0.8 px, JPEG quality 50. Unde
 
 - *training side*: 20 annotated mosaic slides of PCam ``train`` patches (14 with one lesion of
   0.5–3 mm, 6 all normal; 40×40 cells), their tumour outlined as QuPath GeoJSON;
-- *test side*: 40 mosaics of PCam ``valid`` patches (slides the shipped model never trained
-  on): 20 normal, 10 micrometastases of 0.6–1.8 mm, 10 macrometastases of 2.2–3 mm; truth.csv
-  and annotations for ``slidescan validate``; and every ``valid`` patch under the transform,
-  for patch AUC (``slidescan evaluate``).
+- *test side*: 40 mosaics of PCam ``valid`` patches (slides the starting model must not have
+  trained on: since 2026-12-06 the shipped model has, so pass ``--weights`` with the train-only
+  model, git 07754a5, for unseen-slide figures): 20 normal, 10 micrometastases of 0.6–1.8 mm,
+  10 macrometastases of 2.2–3 mm; truth.csv and annotations for ``slidescan validate``; and
+  every ``valid`` patch under the transform, for patch AUC (``slidescan evaluate``).
 
-Steps, each through the command line as a lab runs it: the shipped model; with
+Steps, each through the command line as a lab runs it: the starting model (``shipped``); with
 ``--stain-norm reinhard`` and ``macenko``; fine-tuned (``slidescan train --slides
 --annotations``) on the first 5, 10 and 20 training slides. Per step: normal test slides called
 positive, micro/macro slides with the right category, slide sensitivity/specificity, FROC
@@ -33,7 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from data_paths import shared_data_dir
+from data_paths import in_sample_note, shared_data_dir
 from lesion_mosaics import load_patches
 from mosaic_slides import image_mosaic, lesion_layout, write_slide
 from mosaic_truth import tumour_area, write_geojson
@@ -41,13 +43,14 @@ from PIL import Image
 from skimage.color import hed2rgb, hsv2rgb, rgb2hed, rgb2hsv
 from skimage.filters import gaussian
 
-from slidescan.engine.weights import PCAM_MPP
+from slidescan.engine.weights import PCAM_MPP, load_weights
 
 CELLS = 40
 TRAIN_SLIDES = 20
 TEST_KINDS = {"normal": (20, (0.0, 0.0)), "micro": (10, (0.6, 1.8)), "macro": (10, (2.2, 3.0))}
 EXPECTED = {"normal": "negative", "micro": "micrometastasis", "macro": "macrometastasis"}
 PATCHES_PER_SLIDE = 800
+VALID = shared_data_dir() / "pcam-jpeg" / "valid"  # the test side
 
 
 def lab_transform(patches: np.ndarray) -> np.ndarray:
@@ -72,7 +75,7 @@ def build(out: Path, seed: int) -> None:
     if (out / "built").exists():
         return
     rng = np.random.default_rng(seed)
-    data = shared_data_dir() / "pcam-jpeg"
+    data = VALID.parent
     for split, folder in (("train", "train-slides"), ("valid", "test-slides")):
         x, y = load_patches(data / split)
         if split == "train":  # a sample is plenty for 20 slides and keeps the build short
@@ -142,8 +145,9 @@ def slidescan(*args: str | Path, log: Path, stdout: Path | None = None) -> float
     return time.perf_counter() - start
 
 
-def step(out: Path, name: str) -> dict:
-    """One step's figures (cached in ``out/<name>/figures.json``)."""
+def step(out: Path, name: str, base: Path | None = None) -> dict:
+    """One step's figures (cached in ``out/<name>/figures.json``); ``base``: the model to start
+    from (default: the shipped one)."""
     folder = out / name
     cached = folder / "figures.json"
     if cached.exists():
@@ -151,7 +155,7 @@ def step(out: Path, name: str) -> dict:
     folder.mkdir(exist_ok=True)
     log = folder / "log.txt"
     figures: dict = {"step": name}
-    options: list[str | Path] = []
+    options: list[str | Path] = [] if base is None else ["--weights", base]
     if name.startswith("ft"):
         n = int(name[2:])
         weights = folder / "model.pt"
@@ -160,11 +164,11 @@ def step(out: Path, name: str) -> dict:
             figures["train_s"] = slidescan(
                 "train", "--slides", out / f"train-{n}", "--annotations",
                 out / "train-slides-annotations", "--out", weights, "--patches-per-slide",
-                PATCHES_PER_SLIDE, *resume, log=log,
+                PATCHES_PER_SLIDE, *(["--init", base] if base else []), *resume, log=log,
             )  # fmt: skip
         options = ["--weights", weights]
     elif name.startswith("stain-"):
-        options = ["--stain-norm", name.removeprefix("stain-")]
+        options += ["--stain-norm", name.removeprefix("stain-")]
     results = folder / "results"
     figures["scan_s"] = slidescan("run", out / "test-slides", "--out", results, *options, log=log)
     slidescan("validate", results, "--truth", out / "test-slides.truth.csv", "--annotations",
@@ -198,14 +202,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/new-lab"))
     parser.add_argument("--steps", default="shipped,stain-reinhard,stain-macenko,ft5,ft10,ft20")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="the lab's starting model (default: the shipped one)",
+    )
     args = parser.parse_args()
+    note = in_sample_note(load_weights(args.weights).card.training, VALID)
+    if note:
+        print(note)
     args.out.mkdir(parents=True, exist_ok=True)
     build(args.out, args.seed)
     print("| step | normal slides positive | micro right | macro right | sensitivity | "
           "specificity | FROC | patch AUC | fine-tune s | scan s |")  # fmt: skip
     print("|---|" + "---:|" * 9)
     for name in args.steps.split(","):
-        f = step(args.out, name)
+        f = step(args.out, name, args.weights)
         print(f"| {name} | {f['normal_positive']}/20 | {f['micro_right']}/10 | "
               f"{f['macro_right']}/10 | {f['sensitivity']:.3f} | {f['specificity']:.3f} | "
               f"{f['froc']:.3f} | {f['patch_auc']:.4f} | {f.get('train_s', 0):.0f} | "

@@ -32,7 +32,7 @@ from typing import cast
 
 import numpy as np
 import torch
-from data_paths import shared_data_dir
+from data_paths import in_sample_note, shared_data_dir
 from PIL import Image
 from skimage.color import hed2rgb, hsv2rgb, rgb2hed, rgb2hsv
 from skimage.filters import gaussian
@@ -176,6 +176,10 @@ def main() -> None:
     patches = np.stack([dataset[int(index[i])][0].permute(1, 2, 0).numpy() for i in pick])
     labels = labels_all[pick]
     sets = shifted_sets(patches, args.seed)
+    if args.held_out_of is None:
+        for path, folder in ((w, d / args.split) for w in args.weights for d in args.data):
+            note = in_sample_note(load_weights(path).card.training, folder)
+            print(f"{path.name}: {note}" if note else "", end="\n" if note else "")
     print(f"data: {description}; {len(pick)} patches; torch threads {args.threads}"
           f"{'; 8× TTA' if args.tta else ''}\n")  # fmt: skip
 
