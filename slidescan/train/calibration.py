@@ -67,6 +67,8 @@ class CalibrationResult:
     target_rate: float = TARGET_RATE  # the seed's aim, on the calibration's own simulated slides
     tissue_cells: int = CALIBRATION_CELLS
     simulated_slides: int = SIMULATED_SLIDES
+    tile_rule: str = "maximises held-out accuracy"
+    high_false_positive: float | None = None  # the high seed's rate on the fresh slides
 
     def describe(self) -> str:
         """A few lines for the terminal."""
@@ -74,7 +76,8 @@ class CalibrationResult:
         high = (
             ""
             if self.high_seed_threshold is None
-            else f" (--sensitivity high: {self.high_seed_threshold:.4f})"
+            else f" (--sensitivity high: {self.high_seed_threshold:.4f}, "
+            f"{self.high_false_positive:.1%} at {self.tissue_cells:,} tiles)"
         )
         feat = (
             ""
@@ -82,9 +85,9 @@ class CalibrationResult:
             else f"; feature distance p99 {self.feature_threshold:.1f}"
         )
         return (
-            f"held-out AUC {self.holdout_auc:.4f}; tile threshold {self.tile_threshold:.3f}, "
-            f"lesion extent {self.extent_threshold:.3f}, seed {self.seed_threshold:.4f}{high}"
-            f"{feat}\n"
+            f"held-out AUC {self.holdout_auc:.4f}; tile threshold {self.tile_threshold:.3f} "
+            f"({self.tile_rule}), lesion extent {self.extent_threshold:.3f}, "
+            f"seed {self.seed_threshold:.4f}{high}{feat}\n"
             f"seed chosen to call {_percent(self.target_rate)} of {self.simulated_slides:,} "
             f"simulated normal slides of {self.tissue_cells:,} tissue tiles positive; on "
             f"{self.simulated_slides // 2:,} "
@@ -151,7 +154,7 @@ def calibrate_weights(
                 param="tile_specificity",
             )
         tile = float(np.quantile(probs[0][labels == 0], tile_specificity))
-        tile_rule = f"calls {tile_specificity:.2%} of held-out normal patches normal"
+        tile_rule = f"calls {_percent(tile_specificity)} of held-out normal patches normal"
     auc = binary_metrics(labels, probs[0], threshold=tile, n_bootstrap=0).auc
     negatives = probs[:, labels == 0].ravel()
     extent = max(float(np.quantile(negatives, EXTENT_QUANTILE)), float(tile))
@@ -186,6 +189,7 @@ def calibrate_weights(
     card.extent_threshold = extent
     card.seed_threshold = float(seed_t)
     points = {k: v for k, v in card.operating_points.items() if k != "high"}
+    high_fp = None
     if high_t is not None:
         high_fp = false_positive_rate(
             negatives, seed_threshold=high_t, extent_threshold=extent, cell_mm=cell_mm,
@@ -235,6 +239,8 @@ def calibrate_weights(
         target_rate=target_rate,
         tissue_cells=tissue_cells,
         simulated_slides=simulated_slides,
+        tile_rule=tile_rule,
+        high_false_positive=high_fp,
     )
 
 

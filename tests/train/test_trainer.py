@@ -172,10 +172,12 @@ def test_calibrate_command_reads_the_held_out_patches_from_the_card(
     p = predict_dataset(predictor.model, held, predictor.normalizer, workers=0)
     normal = p[np.asarray(toy.labels)[held.indices] == 0]
     args += ["--tile-specificity", "0.6"]
-    assert CliRunner().invoke(app, args).exit_code == 0
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0
+    assert "(calls 60% of held-out normal patches normal)" in result.output
     card = load_weights(copy).card
     assert card.threshold == pytest.approx(float(np.quantile(normal, 0.6)), abs=1e-4)
-    assert card.calibration["tile_threshold"] == "calls 60.00% of held-out normal patches normal"
+    assert card.calibration["tile_threshold"] == "calls 60% of held-out normal patches normal"
     assert CliRunner().invoke(app, [*args, "--high-rate", "0.455"]).exit_code == 0
     high = load_weights(copy).card.operating_points["high"]
     assert high["chosen_on"].startswith("calls 45.5% of the same simulated all-normal slides")
