@@ -22,13 +22,12 @@ def shared_data_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def in_sample_note(training: dict, data: Path) -> str:
-    """A warning line when a model's card says it trained on the patch folder ``data`` (a
+def note_if_in_sample(training: dict, data: Path, name: str = "this model") -> None:
+    """Print a warning when a model's card says it trained on the patch folder ``data`` (a
     benchmark's test data): since 2026-12-06 the shipped model trains on PCam ``valid``."""
     tail = "/".join(Path(data).parts[-2:])
     if tail and tail in str(training.get("data", "")).replace("\\", "/"):
-        return (
-            f"NOTE: this model was trained on {tail}, so its figures here are in-sample, not "
+        print(
+            f"NOTE: {name} was trained on {tail}, so its figures here are in-sample, not "
             "figures on unseen slides"
         )
-    return ""

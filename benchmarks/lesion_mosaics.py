@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from data_paths import in_sample_note, shared_data_dir
+from data_paths import note_if_in_sample, shared_data_dir
 from mosaic_slides import (
     cell_mm,
     image_mosaic,
@@ -85,8 +85,7 @@ def main() -> None:
     card = loaded.card
     patches, labels = load_patches(args.data)
     normal, tumour = patches[labels == 0], patches[labels == 1]
-    if note := in_sample_note(card.training, args.data):
-        print(note)
+    note_if_in_sample(card.training, args.data)
     print(
         f"{card.model} ({loaded.sha256[:12]}); {args.data}: {len(normal)} normal, "
         f"{len(tumour)} tumour patches; {args.cells}×{args.cells}-cell mosaics\n"

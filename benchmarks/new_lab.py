@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from data_paths import in_sample_note, shared_data_dir
+from data_paths import note_if_in_sample, shared_data_dir
 from lesion_mosaics import load_patches
 from mosaic_slides import image_mosaic, lesion_layout, write_slide
 from mosaic_truth import tumour_area, write_geojson
@@ -209,9 +209,7 @@ def main() -> None:
         help="the lab's starting model (default: the shipped one)",
     )
     args = parser.parse_args()
-    note = in_sample_note(load_weights(args.weights).card.training, VALID)
-    if note:
-        print(note)
+    note_if_in_sample(load_weights(args.weights).card.training, VALID)
     args.out.mkdir(parents=True, exist_ok=True)
     build(args.out, args.seed)
     print("| step | normal slides positive | micro right | macro right | sensitivity | "

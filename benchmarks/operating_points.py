@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from data_paths import in_sample_note, shared_data_dir
+from data_paths import note_if_in_sample, shared_data_dir
 from lesion_mosaics import load_patches
 from mosaic_slides import cell_mm, lesion_layout, probability_mosaic
 
@@ -64,8 +64,7 @@ def main() -> None:
     loaded = load_weights(args.weights)
     card = loaded.card
     patches, labels = load_patches(shared_data_dir() / "pcam-jpeg" / "valid")
-    if note := in_sample_note(card.training, shared_data_dir() / "pcam-jpeg" / "valid"):
-        print(note)
+    note_if_in_sample(card.training, shared_data_dir() / "pcam-jpeg" / "valid")
     ds = torch.utils.data.TensorDataset(
         torch.from_numpy(patches).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
     )

@@ -32,7 +32,7 @@ from typing import cast
 
 import numpy as np
 import torch
-from data_paths import in_sample_note, shared_data_dir
+from data_paths import note_if_in_sample, shared_data_dir
 from PIL import Image
 from skimage.color import hed2rgb, hsv2rgb, rgb2hed, rgb2hsv
 from skimage.filters import gaussian
@@ -158,13 +158,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    trained = {path: load_weights(path).card.training for path in args.weights}
     dataset = open_patch_datasets(args.data, split=args.split)
     description, index = dataset.description, np.arange(len(dataset))
     if args.held_out_of is not None:
         ids = recorded_holdout_ids(load_weights(args.held_out_of).card.training, "--held-out-of")
-        for path in args.weights:  # a model that trained on any of them would be flattered
-            theirs = set(load_weights(path).card.training.get("holdout_ids") or [])
-            if not set(ids) <= theirs:
+        for path, training in trained.items():  # one trained on any of them would be flattered
+            if not set(ids) <= set(training.get("holdout_ids") or []):
                 parser.error(f"{path} did not hold out the patches {args.held_out_of} held out")
         index = np.asarray(cast(Subset, split_by_ids(dataset, ids)[1]).indices)
         description += f", the {len(ids):,} patches {args.held_out_of.name} held out"
@@ -177,9 +177,9 @@ def main() -> None:
     labels = labels_all[pick]
     sets = shifted_sets(patches, args.seed)
     if args.held_out_of is None:
-        for path, folder in ((w, d / args.split) for w in args.weights for d in args.data):
-            note = in_sample_note(load_weights(path).card.training, folder)
-            print(f"{path.name}: {note}" if note else "", end="\n" if note else "")
+        for path, training in trained.items():
+            for folder in args.data:
+                note_if_in_sample(training, folder / args.split, path.name)
     print(f"data: {description}; {len(pick)} patches; torch threads {args.threads}"
           f"{'; 8× TTA' if args.tta else ''}\n")  # fmt: skip
 

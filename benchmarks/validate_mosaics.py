@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from data_paths import in_sample_note, shared_data_dir
+from data_paths import note_if_in_sample, shared_data_dir
 from lesion_mosaics import load_patches
 from mosaic_slides import image_mosaic, lesion_layout, write_slide
 from mosaic_truth import truth_label, tumour_area, write_asap, write_geojson
@@ -86,8 +86,7 @@ def main() -> None:
     args = parser.parse_args()
 
     loaded = load_weights(args.weights)
-    if note := in_sample_note(loaded.card.training, shared_data_dir() / "pcam-jpeg" / "valid"):
-        print(note)
+    note_if_in_sample(loaded.card.training, shared_data_dir() / "pcam-jpeg" / "valid")
     rows = build(args.out, args.cells, args.per_kind, args.seed, loaded.card.mpp)
     weights = ["--weights", args.weights] if args.weights else []
     tag = "default" if args.threshold is None else f"seed{args.threshold}"
